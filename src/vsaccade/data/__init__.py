@@ -1,0 +1,1 @@
+"""Digit sources: MNIST (IDX files, local or downloaded into the cache) and a font-rendered fallback."""

@@ -1,0 +1,137 @@
+"""The large-image interface: what the model may ask of an image too big to load.
+
+A `LargeImage` answers two questions, and the model asks nothing else:
+  * `proxy(size)`: a small, whole view (P x P, aspect kept, top-left placed, zero padding; see geometry.py);
+  * `read_region(top, left, height, width, downsample)`: the pixels of one window, optionally reduced by an
+    integer factor, zero outside the image.
+In-memory arrays, synthetic scenes composed on demand and (later) files read lazily all implement it, so
+the glimpse sampler never needs to know where pixels come from.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import proxy_extent
+
+
+class ImageError(ValueError):
+    """An image that cannot be used (wrong shape, non-finite pixels, too small...)."""
+
+
+class LargeImage(abc.ABC):
+    """An image of `channels` x `height` x `width` float pixels in [0, 1], read lazily."""
+
+    height: int
+    width: int
+    channels: int
+
+    @abc.abstractmethod
+    def read_region(self, top: int, left: int, height: int, width: int, downsample: int = 1) -> torch.Tensor:
+        """Pixels of rows [top, top+height) and columns [left, left+width), zero outside the image.
+
+        With `downsample` = d > 1 each output pixel summarises a d x d block of source pixels, so the
+        result is (channels, ceil(height / d), ceil(width / d)) float32.
+        """
+
+    def proxy(self, size: int) -> torch.Tensor:
+        """(channels, size, size): the whole image, aspect kept, top-left placed, zero padding."""
+        rows, cols = proxy_extent(self.height, self.width, size)
+        step = max(1, min(self.height // rows, self.width // cols))
+        coarse = self.read_region(0, 0, self.height, self.width, downsample=step)
+        out = torch.zeros(self.channels, size, size)
+        out[:, :rows, :cols] = F.interpolate(coarse[None], size=(rows, cols), mode="area")[0]
+        return out
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.channels, self.height, self.width
+
+
+def _block_mean(pixels: torch.Tensor, downsample: int) -> torch.Tensor:
+    """Mean over downsample x downsample blocks of (C, H, W), zero-padding the ragged edge."""
+    if downsample == 1:
+        return pixels
+    _, h, w = pixels.shape
+    pad_h, pad_w = (-h) % downsample, (-w) % downsample
+    if pad_h or pad_w:
+        pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
+    return F.avg_pool2d(pixels[None], downsample)[0]
+
+
+class ArrayImage(LargeImage):
+    """An image held in memory: a (C, H, W) tensor, or an (H, W) / (H, W, C) numpy array (uint8 or float)."""
+
+    def __init__(self, pixels):
+        self.pixels = as_chw_tensor(pixels)
+        self.channels, self.height, self.width = self.pixels.shape
+
+    def read_region(self, top, left, height, width, downsample=1):
+        out = torch.zeros(self.channels, height, width)
+        y0, x0 = max(top, 0), max(left, 0)
+        y1, x1 = min(top + height, self.height), min(left + width, self.width)
+        if y1 > y0 and x1 > x0:
+            out[:, y0 - top : y1 - top, x0 - left : x1 - left] = self.pixels[:, y0:y1, x0:x1]
+        return _block_mean(out, downsample)
+
+
+class UpsampledImage(LargeImage):
+    """A small base image seen as its bilinear upsampling to (height, width), never materialised.
+
+    This is the paper's synthetic "large" image (a 100x100 canvas upsampled to 2528x2528). Pixel values
+    equal `F.interpolate(base, (height, width), mode="bilinear", align_corners=False)`; a downsampled
+    read takes each block's value at its centre (the upsampled image is smooth at that scale).
+    """
+
+    def __init__(self, base: torch.Tensor, height: int, width: int):
+        self.base = as_chw_tensor(base)
+        self.channels = self.base.shape[0]
+        self.height, self.width = int(height), int(width)
+
+    def read_region(self, top, left, height, width, downsample=1):
+        d = downsample
+        ys = top + (torch.arange(math.ceil(height / d)) + 0.5) * d
+        xs = left + (torch.arange(math.ceil(width / d)) + 0.5) * d
+        gy, gx = torch.meshgrid(2 * ys / self.height - 1, 2 * xs / self.width - 1, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1)[None]
+        out = F.grid_sample(self.base[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        inside = ((ys >= 0) & (ys < self.height))[:, None] & ((xs >= 0) & (xs < self.width))[None, :]
+        return out * inside
+
+    def proxy(self, size):
+        rows, cols = proxy_extent(self.height, self.width, size)
+        out = torch.zeros(self.channels, size, size)
+        out[:, :rows, :cols] = F.interpolate(self.base[None], size=(rows, cols), mode="area")[0]
+        return out
+
+
+def as_chw_tensor(pixels) -> torch.Tensor:
+    """Convert an array to a finite float32 (C, H, W) tensor in [0, 1], or raise ImageError."""
+    if isinstance(pixels, np.ndarray):
+        if pixels.ndim == 3:
+            pixels = np.moveaxis(pixels, -1, 0)
+        tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+    elif isinstance(pixels, torch.Tensor):
+        tensor = pixels.detach()
+    else:
+        raise ImageError(f"expected a numpy array or torch tensor, got {type(pixels).__name__}")
+    if tensor.ndim == 2:
+        tensor = tensor[None]
+    if tensor.ndim != 3:
+        raise ImageError(f"expected an image of shape (H, W), (H, W, C) or (C, H, W); got {tuple(tensor.shape)}")
+    if tensor.dtype == torch.uint8:
+        tensor = tensor.float() / 255
+    elif tensor.is_floating_point():
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise ImageError("image contains NaN or infinite pixels")
+    else:
+        raise ImageError(f"unsupported pixel dtype {tensor.dtype}; use uint8 or float")
+    if tensor.shape[0] > 4:
+        raise ImageError(f"image has {tensor.shape[0]} channels; expected 1-4 (shape {tuple(tensor.shape)})")
+    return tensor.contiguous()
