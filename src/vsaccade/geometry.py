@@ -87,4 +87,4 @@ def read_level(side_pixels: float, glimpse_size: int) -> int:
     Reading at about one source pixel per glimpse pixel keeps bilinear sampling free of aliasing and the
     patch small, however large the window is.
     """
-    return max(1, int(math.floor(side_pixels / glimpse_size)))
+    return max(1, int(math.floor(side_pixels / glimpse_size + 1e-6)))

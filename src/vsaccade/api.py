@@ -1,0 +1,78 @@
+"""The Python API's predict call: one image (array, tensor, LargeImage or path) -> probabilities and glimpse boxes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .geometry import proxy_valid_mask
+from .images import ArrayImage, ImageError, LargeImage
+from .evaluate import head_probabilities
+from .model.glimpse_sampler import glimpse_boxes_pixels
+from .config import parse_policy
+
+
+@dataclass
+class Prediction:
+    probabilities: dict  # head -> (classes,) tensor (softmax, or per-class sigmoid for multilabel heads)
+    boxes: torch.Tensor  # (T, 4) glimpse windows (x0, y0, x1, y1) in the image's pixel coordinates
+    z: torch.Tensor  # (T, 3) latents (s, u, v)
+
+    def label(self, head: str | None = None) -> int:
+        probs = self.probabilities[head or next(iter(self.probabilities))]
+        return int(probs.argmax())
+
+
+def open_image(source, channels: int) -> LargeImage:
+    """An array, tensor, LargeImage or image file path -> a LargeImage with `channels` channels."""
+    if isinstance(source, LargeImage):
+        return source
+    if isinstance(source, (str, Path)):
+        from PIL import Image, UnidentifiedImageError
+
+        path = Path(source)
+        if not path.is_file():
+            raise ImageError(f"image not found: {path}")
+        try:
+            with Image.open(path) as handle:
+                handle.load()
+                pixels = np.asarray(handle.convert("L" if channels == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError, SyntaxError) as error:
+            raise ImageError(f"cannot read image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        return ArrayImage(pixels)
+    return ArrayImage(source)
+
+
+def match_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
+    """(C, H, W) -> (channels, H, W): grey from the channel mean, colour by repeating a single channel."""
+    if pixels.shape[0] == channels:
+        return pixels
+    if channels == 1:
+        return pixels.mean(0, keepdim=True)
+    if pixels.shape[0] == 1:
+        return pixels.expand(channels, -1, -1)
+    raise ImageError(f"cannot convert a {pixels.shape[0]}-channel image to {channels} channels")
+
+
+@torch.no_grad()
+def predict(model, image, policy: str = "mode") -> Prediction:
+    """Classify one image: `policy` is "mode" (posterior mode) or "samples:K" (average over K posterior samples)."""
+    samples = parse_policy(policy)
+    c = model.config
+    image = open_image(image, c.image_channels)
+    if image.channels != c.image_channels:
+        raise ImageError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
+    if min(image.height, image.width) < c.glimpse_size:
+        raise ImageError(f"image is {image.width}x{image.height}, smaller than one {c.glimpse_size}x{c.glimpse_size} glimpse")
+    model.eval()
+    device = next(model.parameters()).device
+    proxy = match_channels(image.proxy(c.proxy_size), c.proxy_channels)[None].to(device)
+    mask = proxy_valid_mask(image.height, image.width, c.proxy_size)[None].to(device)
+    runs = [model([image], proxy, mask, sample=samples > 0) for _ in range(max(samples, 1))]
+    probs = [head_probabilities(run.logits, c.heads) for run in runs]
+    mean = {k: torch.stack([p[k][0] for p in probs]).mean(0).cpu() for k in probs[0]}
+    z = runs[0].z
+    return Prediction(mean, glimpse_boxes_pixels([image], z)[0].cpu(), z[0].cpu())

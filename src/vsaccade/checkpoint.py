@@ -1,0 +1,86 @@
+"""Checkpoints: plain data and tensors only (loadable with torch.load(weights_only=True)), written atomically.
+
+Schema (version 1):
+    schema_version: int         model_name: str           model_config: dict (ModelConfig fields)
+    objective_config: dict      train_config: dict        task: dict (the task's describe(), digit source included)
+    state_dict: {name: tensor}  epoch: int                step_in_epoch: int   global_step: int
+    best_validation: float      optimizer: dict | absent  rng: dict | absent   metrics: dict
+A checkpoint alone rebuilds its model: `vsaccade.load(path)`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+SCHEMA_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable vsaccade checkpoint."""
+
+
+def save_checkpoint(payload: dict, path) -> None:
+    """Write `payload` to `path` atomically: a temporary file in the same folder, fsynced, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"schema_version": SCHEMA_VERSION, **payload}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path) -> dict:
+    """Load and validate a checkpoint's payload, or raise CheckpointError naming the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable vsaccade checkpoint ({reason[:200]})") from None
+    if not isinstance(payload, dict) or "schema_version" not in payload or "model_config" not in payload:
+        raise CheckpointError(f"{path} is not a vsaccade checkpoint (no schema_version/model_config)")
+    if payload["schema_version"] != SCHEMA_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint schema version {payload['schema_version']}; this vsaccade reads version {SCHEMA_VERSION}"
+        )
+    return payload
+
+
+def model_from_checkpoint(payload: dict, path="checkpoint"):
+    """Rebuild the model a checkpoint describes and load its weights."""
+    from .config import ConfigError
+    from .model import create_model
+
+    try:
+        model = create_model(payload.get("model_name", "saccader"), **payload["model_config"])
+    except (ConfigError, ValueError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild its model: {error}") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as error:
+        first = str(error).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: weights do not match its model config ({first[:200]})") from None
+    return model
+
+
+def load(path, device: str = "cpu"):
+    """Load a model from a checkpoint file, in eval mode; `model.checkpoint` keeps the plain-data metadata."""
+    payload = read_checkpoint(path)
+    model = model_from_checkpoint(payload, path).to(device).eval()
+    model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
+    return model

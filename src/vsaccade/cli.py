@@ -1,0 +1,172 @@
+"""The `vsaccade` command: train, evaluate, show, demo, presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+
+def add_data_arguments(parser):
+    parser.add_argument("--data-dir", help="directory holding the MNIST IDX files (or an mnist/ folder); "
+                        "default: $VSACCADE_DATA/mnist, then the cache")
+    parser.add_argument("--digits", choices=("auto", "mnist", "font"), default=None,
+                        help="digit source: MNIST, the font-rendered fallback, or auto (MNIST if available)")
+
+
+def command_train(args):
+    from .config import ConfigError
+    from .presets import resolve
+    from .train import train
+
+    overrides = list(args.set or [])
+    if args.no_glimpses:
+        overrides.append("model.no_glimpses=true")
+    for flag, key in (("epochs", "train.epochs"), ("max_minutes", "train.max_minutes"), ("seed", "train.seed")):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    model, objective, config = resolve(args.preset, overrides)
+    out = Path(args.out or f"runs/{args.preset}{'-noglimpse' if args.no_glimpses else ''}-seed{config.seed}")
+    if (out / "last.pt").exists() and not args.resume:
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    results = train(model, objective, config, out, resume=args.resume, digit_source=args.digits or "auto",
+                    data_dir=args.data_dir, progress=not args.no_progress)
+    print(f"checkpoint: {results['checkpoint']}\nresults: {out / 'results.json'}")
+    return results
+
+
+def task_from_checkpoint(model, split, args, size=None):
+    from .tasks import make_task
+
+    train_config = model.checkpoint["train_config"]
+    recorded = (model.checkpoint.get("digit_source") or {}).get("source", "auto")
+    options = dict(train_config["task_options"])
+    size = size or train_config.get(f"{split}_size") or None
+    return make_task(train_config["task"], split, seed=train_config["seed"], digit_source=args.digits or recorded,
+                     data_dir=args.data_dir, **({"size": size} if size else {}), **options)
+
+
+def command_evaluate(args):
+    from .checkpoint import load
+    from .evaluate import evaluate, summary_line
+
+    model = load(args.checkpoint)
+    task = task_from_checkpoint(model, args.split, args)
+    result = evaluate(model, task, args.policy, args.batch_size, references=not args.no_references, limit=args.limit)
+    result.update(checkpoint=str(args.checkpoint), split=args.split, task=task.describe())
+    print(f"{args.split} ({result['samples']} images): {summary_line(result)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"results: {args.json}")
+    return result
+
+
+def command_show(args):
+    from .checkpoint import load
+    from .show import show_samples
+
+    model = load(args.checkpoint)
+    task = task_from_checkpoint(model, args.split, args)
+    indices = range(args.index, min(args.index + args.count, len(task)))
+    out = args.out or str(Path(args.checkpoint).with_suffix("")) + f"-{args.split}-glimpses.png"
+    path = show_samples(model, [task[i] for i in indices], out)
+    print(path)
+    return path
+
+
+def command_demo(args):
+    """Train the small embedded default, evaluate it on its test split and draw where it looked."""
+    from .checkpoint import load
+    from .presets import resolve
+    from .show import show_samples
+    from .train import build_tasks, train
+
+    model_config, objective, config = resolve("demo", args.set or [])
+    out = Path(args.out)
+    results = train(model_config, objective, config, out, resume=(out / "last.pt").exists(),
+                    digit_source=args.digits or "auto", data_dir=args.data_dir, progress=not args.no_progress)
+    model = load(results["checkpoint"])
+    test = build_tasks(config, args.digits or "auto", args.data_dir)["test"]
+    path = show_samples(model, [test[i] for i in range(4)], out / "glimpses.png")
+    print(f"glimpse picture: {path}")
+    return path
+
+
+def command_presets(args):
+    from .presets import PRESETS
+
+    print(json.dumps(PRESETS if args.verbose else sorted(PRESETS), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsaccade", description="Variational Saccading for huge images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model from a preset")
+    p.add_argument("--preset", default="cluttered-pair", help="see `vsaccade presets`")
+    p.add_argument("--out", help="run directory (default runs/PRESET-seedN)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-minutes", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-glimpses", action="store_true", help="control run: glimpse features zeroed")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_arguments(p)
+    p.set_defaults(handler=command_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and localisation of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
+    p.add_argument("--limit", type=int, help="evaluate only the first N images")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--no-references", action="store_true", help="skip the random- and prior-glimpse references")
+    p.add_argument("--json", help="write the results here")
+    add_data_arguments(p)
+    p.set_defaults(handler=command_evaluate)
+
+    p = sub.add_parser("show", help="PNG of the proxy, the glimpse windows and the glimpses")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--index", type=int, default=0)
+    p.add_argument("--count", type=int, default=4)
+    p.add_argument("--out", help="PNG path")
+    add_data_arguments(p)
+    p.set_defaults(handler=command_show)
+
+    p = sub.add_parser("demo", help="train the embedded default for a few minutes, evaluate, draw the glimpses")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_arguments(p)
+    p.set_defaults(handler=command_demo)
+
+    p = sub.add_parser("presets", help="list the presets")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(handler=command_presets)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data.digits import DataSourceError
+    from .images import ImageError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ConfigError, CheckpointError, DataSourceError, ImageError) as error:
+        print(f"vsaccade: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vsaccade: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Typed configs. Each round-trips through plain data (`to_dict` / `from_dict`), which is how checkpoints
+store them, so a checkpoint alone rebuilds its model and a run's JSON says exactly what ran."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built (unknown field, wrong type, value out of range)."""
+
+
+class PlainConfig:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
+        config = cls(**data)
+        config.validate()
+        return config
+
+    def replace(self, **changes):
+        return type(self).from_dict({**self.to_dict(), **changes})
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(f.type))
+            if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r}")
+
+
+@dataclass
+class ModelConfig(PlainConfig):
+    """Architecture of a Variational Saccading model (see model/saccader.py for how the pieces connect)."""
+
+    heads: list = field(default_factory=lambda: [{"name": "label", "num_classes": 10, "kind": "class"}])
+    image_channels: int = 1
+    proxy_channels: int = 1
+    proxy_size: int = 16  # P: the proxy is resized to P x P (aspect kept, padding masked)
+    location_cells: int = 8  # the mixture posterior chooses among location_cells^2 proxy cells
+    glimpses: int = 4  # T
+    glimpse_size: int = 32  # W: each glimpse is W x W pixels
+    s_min: float = 0.2  # window side, as a fraction of the shorter image side
+    s_max: float = 0.35
+    posterior: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
+    estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
+    proxy_prior_weight: float = 1.0  # weight of the proxy-intensity location prior (mixture only)
+    inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
+    prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
+    proxy_width: int = 32
+    glimpse_width: int = 64
+    hidden: int = 128
+    rnn: str = "gru"  # "gru" or "lstm"
+    core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
+    no_glimpses: bool = False  # control: glimpse features zeroed, everything else equal
+    reconstruct_proxy: bool = False  # optional log p(x~ | z_t, h_{t-1}) term (continuous Bernoulli)
+
+    def validate(self):
+        super().validate()
+        choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 < self.s_min <= self.s_max <= 1:
+            raise ConfigError(f"need 0 < s_min <= s_max <= 1, got s_min={self.s_min}, s_max={self.s_max}")
+        for name in ("glimpses", "glimpse_size", "proxy_size", "location_cells", "hidden", "proxy_width", "glimpse_width"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.glimpse_size < 8:
+            raise ConfigError(f"glimpse_size must be at least 8 pixels, got {self.glimpse_size}")
+        if self.location_cells > self.proxy_size:
+            raise ConfigError(f"location_cells ({self.location_cells}) cannot exceed proxy_size ({self.proxy_size})")
+        if not self.heads or not all(isinstance(h, dict) and {"name", "num_classes", "kind"} <= set(h) for h in self.heads):
+            raise ConfigError(f"heads must be a non-empty list of {{name, num_classes, kind}} dicts, got {self.heads!r}")
+
+
+@dataclass
+class ObjectiveConfig(PlainConfig):
+    """The ELBO's knobs (objective.py)."""
+
+    beta: float = 1.0  # KL weight
+    beta_warmup_epochs: float = 0.0  # beta rises linearly from 0 over this many epochs
+    combine: str = "sum"  # "sum" (the ELBO) or "product" (the reference code: nll * beta * KL)
+    reconstruction_weight: float = 0.0
+
+    def validate(self):
+        super().validate()
+        if self.combine not in ("sum", "product"):
+            raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
+        if self.beta < 0 or self.beta_warmup_epochs < 0 or self.reconstruction_weight < 0:
+            raise ConfigError("beta, beta_warmup_epochs and reconstruction_weight must be non-negative")
+
+
+@dataclass
+class TrainConfig(PlainConfig):
+    """Everything a `vsaccade train` run needs besides the model and objective."""
+
+    task: str = "cluttered"
+    task_options: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    clip_norm: float = 5.0  # 0 disables
+    clip_value: float = 0.0  # the reference code clipped by value 0.25; 0 disables
+    seed: int = 0
+    max_minutes: float = 0.0  # stop training (and evaluate) after this much wall time; 0: no limit
+    eval_policy: str = "mode"  # "mode" or "samples:K"
+    eval_batch_size: int = 128
+    num_workers: int = 0
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    train_size: int = 0  # 0: the task's default split sizes
+    validation_size: int = 0
+    test_size: int = 0
+
+    def validate(self):
+        super().validate()
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ConfigError("epochs, batch_size and eval_batch_size must be positive")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        parse_policy(self.eval_policy)
+
+
+def parse_policy(policy: str) -> int:
+    """Test-time location policy -> number of posterior samples (0 means the posterior mode)."""
+    if policy == "mode":
+        return 0
+    if policy.startswith("samples:") and policy[8:].isdigit() and int(policy[8:]) > 0:
+        return int(policy[8:])
+    raise ConfigError(f"policy must be 'mode' or 'samples:K' with K > 0, got {policy!r}")

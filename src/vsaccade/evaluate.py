@@ -1,0 +1,149 @@
+"""Evaluation: accuracy per label head and where the glimpses went.
+
+Localisation, objects = the task's boxes (digits only, never distractors or noise):
+  * hit rate: the fraction of glimpse centres inside an object box;
+  * coverage: the fraction of objects lying wholly inside some glimpse window whose side is at most
+    4x the object's longer side (seen, at a usable resolution).
+Both are reported for the model's glimpses and, as references, for uniformly random glimpses and for
+glimpses drawn from the learned prior alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from .config import parse_policy
+from .model.glimpse_sampler import glimpse_boxes_pixels
+from .tasks.base import collate
+
+COVERAGE_MAX_RATIO = 4.0
+
+
+def localisation_counts(boxes: list, windows: torch.Tensor) -> dict:
+    """boxes: B tensors (N_b, 4); windows: (B, T, 4) -> counts of hits and covered objects."""
+    hits = glimpses = covered = objects = 0
+    for objs, wins in zip(boxes, windows):
+        glimpses += len(wins)
+        if len(objs) == 0:
+            continue
+        cx, cy = (wins[:, 0] + wins[:, 2]) / 2, (wins[:, 1] + wins[:, 3]) / 2
+        inside = (cx[:, None] >= objs[:, 0]) & (cx[:, None] < objs[:, 2]) & (cy[:, None] >= objs[:, 1]) & (cy[:, None] < objs[:, 3])
+        hits += int(inside.any(1).sum())
+        contains = (wins[:, None, 0] <= objs[:, 0]) & (wins[:, None, 1] <= objs[:, 1]) & (wins[:, None, 2] >= objs[:, 2]) & (wins[:, None, 3] >= objs[:, 3])
+        object_side = torch.maximum(objs[:, 2] - objs[:, 0], objs[:, 3] - objs[:, 1])
+        small_enough = (wins[:, None, 2] - wins[:, None, 0]) <= COVERAGE_MAX_RATIO * object_side[None]
+        covered += int((contains & small_enough).any(0).sum())
+        objects += len(objs)
+    return {"hits": hits, "glimpses": glimpses, "covered": covered, "objects": objects}
+
+
+class HeadScores:
+    """Accumulates accuracy (class heads) or exact match and macro-F1 (multilabel heads)."""
+
+    def __init__(self, heads: list[dict]):
+        self.heads = heads
+        self.correct = {h["name"]: 0 for h in heads}
+        self.count = 0
+        self.confusion = {h["name"]: torch.zeros(3, h["num_classes"]) for h in heads if h["kind"] == "multilabel"}
+
+    def add(self, probs: dict, labels: dict):
+        self.count += len(next(iter(labels.values())))
+        for head in self.heads:
+            name, p, y = head["name"], probs[head["name"]], labels[head["name"]]
+            if head["kind"] == "multilabel":
+                pred, truth = p > 0.5, y > 0.5
+                self.correct[name] += int((pred == truth).all(1).sum())
+                conf = self.confusion[name]
+                conf[0] += (pred & truth).sum(0)
+                conf[1] += (pred & ~truth).sum(0)
+                conf[2] += (~pred & truth).sum(0)
+            else:
+                self.correct[name] += int((p.argmax(1) == y).sum())
+
+    def result(self) -> dict:
+        out = {}
+        for head in self.heads:
+            name = head["name"]
+            key = "exact_match" if head["kind"] == "multilabel" else "accuracy"
+            out[name] = {key: self.correct[name] / max(self.count, 1)}
+            if name in self.confusion:
+                tp, fp, fn = self.confusion[name]
+                out[name]["macro_f1"] = float((2 * tp / (2 * tp + fp + fn).clamp_min(1)).mean())
+        return out
+
+
+def head_probabilities(logits: dict, heads: list[dict]) -> dict:
+    return {
+        h["name"]: torch.sigmoid(logits[h["name"]]) if h["kind"] == "multilabel" else torch.softmax(logits[h["name"]], -1)
+        for h in heads
+    }
+
+
+@torch.no_grad()
+def predict_batch(model, batch, policy: str = "mode", source: str = "posterior"):
+    """Class probabilities (averaged over K posterior samples for "samples:K") and the first pass's output."""
+    samples = parse_policy(policy)
+    heads = model.config.heads
+    first = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=samples > 0 or source != "posterior")
+    probs = head_probabilities(first.logits, heads)
+    for _ in range(max(samples - 1, 0)):
+        more = head_probabilities(model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=True).logits, heads)
+        probs = {k: probs[k] + more[k] for k in probs}
+    if samples > 1:
+        probs = {k: v / samples for k, v in probs.items()}
+    return probs, first
+
+
+@torch.no_grad()
+def evaluate(model, task, policy: str = "mode", batch_size: int = 128, references: bool = True, progress: bool = True,
+             limit: int | None = None, seed: int = 0) -> dict:
+    """Accuracy per head and localisation on `task`, with random/prior-glimpse references if asked."""
+    model.eval()
+    torch.manual_seed(seed)
+    count = len(task) if limit is None else min(limit, len(task))
+    sources = ["posterior"] + (["random", "prior"] if references else [])
+    scores = {s: HeadScores(model.config.heads) for s in sources}
+    counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
+    starts = range(0, count, batch_size)
+    for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
+        batch = collate([task[i] for i in range(start, min(start + batch_size, count))])
+        for source in sources:
+            probs, output = predict_batch(model, batch, policy if source == "posterior" else "mode", source)
+            scores[source].add(probs, batch.labels)
+            found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z))
+            counts[source] = {k: counts[source][k] + found[k] for k in found}
+    c = model.config
+    image_pixels = task.image_height * task.image_width
+    result = {
+        "samples": count,
+        "policy": policy,
+        "glimpses": c.glimpses,
+        "glimpse_size": c.glimpse_size,
+        "s_min": c.s_min,
+        "s_max": c.s_max,
+        "no_glimpses": c.no_glimpses,
+        "sampled_pixels": c.glimpses * c.glimpse_size**2,
+        "fraction_of_pixels_sampled": c.glimpses * c.glimpse_size**2 / image_pixels if image_pixels else None,
+    }
+    for source in sources:
+        n = counts[source]
+        entry = {
+            "heads": scores[source].result(),
+            "hit_rate": n["hits"] / max(n["glimpses"], 1),
+            "coverage": n["covered"] / max(n["objects"], 1),
+        }
+        result["model" if source == "posterior" else f"{source}_glimpses"] = entry
+    return result
+
+
+def summary_line(result: dict) -> str:
+    """One line for logs: accuracy per head, hit rate and coverage beside the references."""
+    parts = []
+    for name, score in result["model"]["heads"].items():
+        parts.append(f"{name} {100 * next(iter(score.values())):.1f}%")
+    line = ", ".join(parts) + f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
+    for ref in ("random_glimpses", "prior_glimpses"):
+        if ref in result:
+            line += f" | {ref.split('_')[0]}: hit {100 * result[ref]['hit_rate']:.1f}% cover {100 * result[ref]['coverage']:.1f}%"
+    return line

@@ -1,0 +1,4 @@
+"""The model pieces, one file each; saccader.py wires them into the Variational Saccading model."""
+
+from .registry import MODELS, create_model, register_model  # noqa: F401
+from .saccader import VariationalSaccader  # noqa: F401

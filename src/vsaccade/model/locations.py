@@ -1,0 +1,127 @@
+"""Location posterior q(z_t | e, h_{t-1}) and learned prior p(z_t | h_{t-1}[, x~]), with torch.distributions.
+
+Two families (`ModelConfig.posterior`):
+
+* "gaussian" (the paper's): a diagonal Normal over unconstrained a = (a_s, a_u, a_v), mapped to
+  z = (s_min + (s_max - s_min) * sigmoid(a_s), tanh(a_u), tanh(a_v)). Fully reparameterised; KL in closed form.
+  Its mean averages the modes of a multimodal belief, which on sparse scenes falls between objects.
+
+* "mixture": one component per proxy cell. q(c_t) is a Categorical over the location_cells^2 cells (padding
+  cells and, with inhibition of return, cells already visited are masked out), and a Normal over
+  (a_s, a_du, a_dv) conditioned on the chosen cell's features gives the scale and an offset of up to half a
+  cell: z = (s(a_s), u_c + tanh(a_du) * half_cell_u, v_c + tanh(a_dv) * half_cell_v).
+  The offset and scale are reparameterised. The discrete cell is not: its gradient comes from a named
+  estimator, the one place this model departs from pure reparameterisation:
+    - "score": the score-function (REINFORCE) estimator with a batch-mean baseline, applied in objective.py;
+    - "ats": Attention Sampling's estimator, the glimpse features scaled by q(c)/stop_gradient(q(c)).
+  KL: the Categorical part in closed form; the offset part in closed form given the sampled cell, so the
+  expectation over cells is a one-sample Monte-Carlo estimate.
+  Both q and p add `proxy_prior_weight` x log(normalised max proxy intensity per cell): "look where there is
+  anything". The learned parts start at zero, so training starts from that proxy-derived prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import Categorical, Independent, Normal, kl_divergence
+import torch.nn.functional as F
+
+MASKED = -1e9  # logit of an excluded cell (finite, so no NaN reaches gradients)
+MIN_SCALE = 1e-3
+
+
+@dataclass
+class LocationStep:
+    z: torch.Tensor  # (B, 3) latent (s, u, v)
+    kl: torch.Tensor  # (B,) KL(q || p) of this step (zero when z did not come from the posterior)
+    log_q_cell: torch.Tensor | None = None  # (B,) log q(c_t) of the chosen cell (mixture)
+    cell: torch.Tensor | None = None  # (B,) chosen cell index (mixture)
+
+
+def gaussian_head(inputs: int, hidden: int) -> nn.Sequential:
+    head = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 6))
+    nn.init.zeros_(head[-1].weight)
+    nn.init.zeros_(head[-1].bias)
+    return head
+
+
+def as_normal(params: torch.Tensor) -> Independent:
+    """(B, 6) -> diagonal Normal over 3 dims; the second half is a pre-softplus standard deviation."""
+    mean, raw_scale = params.chunk(2, dim=-1)
+    return Independent(Normal(mean, F.softplus(raw_scale + 0.5413) + MIN_SCALE), 1)  # softplus(0.5413) = 1
+
+
+def proxy_location_prior(proxy: torch.Tensor, cells: int, valid: torch.Tensor) -> torch.Tensor:
+    """(B, C', P, P) proxy -> (B, cells^2) log of the normalised per-cell max intensity ("anything there?")."""
+    intensity = F.adaptive_max_pool2d(proxy.amax(1, keepdim=True), cells).flatten(1)
+    intensity = (intensity + 1e-3) * valid
+    return torch.log(intensity / intensity.sum(1, keepdim=True).clamp_min(1e-12) + 1e-12)
+
+
+class GaussianLocations(nn.Module):
+    def __init__(self, hidden: int, s_min: float, s_max: float, prior_sees_proxy: bool):
+        super().__init__()
+        self.s_min, self.s_max = s_min, s_max
+        self.prior_sees_proxy = prior_sees_proxy
+        self.posterior = gaussian_head(2 * hidden, hidden)
+        self.prior = gaussian_head((2 if prior_sees_proxy else 1) * hidden, hidden)
+
+    def to_z(self, a: torch.Tensor) -> torch.Tensor:
+        s = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a[:, 0])
+        return torch.stack([s, torch.tanh(a[:, 1]), torch.tanh(a[:, 2])], dim=-1)
+
+    def distributions(self, e, h):
+        q = as_normal(self.posterior(torch.cat([e, h], -1)))
+        p = as_normal(self.prior(torch.cat([h, e], -1) if self.prior_sees_proxy else h))
+        return q, p
+
+    def forward(self, e, h, source: str, sample: bool) -> LocationStep:
+        q, p = self.distributions(e, h)
+        dist = q if source == "posterior" else p
+        a = dist.rsample() if sample else dist.mean
+        kl = kl_divergence(q, p) if source == "posterior" else torch.zeros(len(e), device=e.device)
+        return LocationStep(self.to_z(a), kl)
+
+
+class MixtureLocations(nn.Module):
+    def __init__(self, hidden: int, feature_width: int, cells: int, s_min: float, s_max: float, proxy_prior_weight: float):
+        super().__init__()
+        self.s_min, self.s_max, self.cells = s_min, s_max, cells
+        self.proxy_prior_weight = proxy_prior_weight
+        self.posterior_logits = nn.Sequential(
+            nn.Conv2d(feature_width + hidden, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
+        )
+        nn.init.zeros_(self.posterior_logits[-1].weight)
+        nn.init.zeros_(self.posterior_logits[-1].bias)
+        self.prior_logits = nn.Linear(hidden, cells * cells)
+        nn.init.zeros_(self.prior_logits.weight)
+        nn.init.zeros_(self.prior_logits.bias)
+        self.posterior_offset = gaussian_head(feature_width + hidden, hidden)
+        self.prior_offset = gaussian_head(hidden, hidden)
+
+    def forward(self, features, h, anchor, allowed, centres, half_cell, source: str, sample: bool) -> LocationStep:
+        """features (B, F, c, c); h (B, H); anchor (B, c^2) proxy prior logits; allowed (B, c^2) bool;
+        centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell in (u, v) units."""
+        batch, width = features.shape[:2]
+        grid = torch.cat([features, h[:, :, None, None].expand(-1, -1, self.cells, self.cells)], 1)
+        anchor = self.proxy_prior_weight * anchor
+        q_cells = Categorical(logits=(self.posterior_logits(grid).flatten(1) + anchor).masked_fill(~allowed, MASKED))
+        p_cells = Categorical(logits=(self.prior_logits(h) + anchor).masked_fill(~allowed, MASKED))
+        cells_dist = q_cells if source == "posterior" else p_cells
+        cell = cells_dist.sample() if sample else cells_dist.probs.argmax(-1)
+        cell_features = features.flatten(2).gather(2, cell[:, None, None].expand(-1, width, 1))[:, :, 0]
+        q_offset = as_normal(self.posterior_offset(torch.cat([cell_features, h], -1)))
+        p_offset = as_normal(self.prior_offset(h))
+        offset_dist = q_offset if source == "posterior" else p_offset
+        a = offset_dist.rsample() if sample else offset_dist.mean
+        centre = centres.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]
+        uv = (centre + torch.tanh(a[:, 1:]) * half_cell).clamp(-1, 1)
+        s = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a[:, :1])
+        z = torch.cat([s, uv], -1)
+        if source != "posterior":
+            return LocationStep(z, torch.zeros(batch, device=h.device), None, cell)
+        kl = kl_divergence(q_cells, p_cells) + kl_divergence(q_offset, p_offset)
+        return LocationStep(z, kl, q_cells.log_prob(cell), cell)

@@ -1,0 +1,158 @@
+"""The Variational Saccading model: proxy encoder -> (location posterior/prior -> glimpse sampler -> glimpse
+encoder -> recurrent core) x T -> classifier.
+
+Per image, with e = ProxyEncoder(x~) computed once:
+    for t = 1..T:  z_t ~ q(z_t | e, h_{t-1})       (or the prior, or uniform, or the posterior mode)
+                   g_t = crop(x; z_t)                (W x W, from the large image)
+                   f_t = GlimpseEncoder(g_t)
+                   h_t = RNN([e, f_t, embed(z_t)], h_{t-1})
+    p(y | f_1..f_T, h_T) = Classifier(mean_t f_t, h_T)
+Shapes follow (B, T, C, H, W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.distributions import ContinuousBernoulli
+import torch.nn.functional as F
+
+from ..config import ModelConfig
+from ..geometry import cell_centres_normalised, cell_half_extent_normalised
+from .classifier import Classifier
+from .core import RecurrentCore
+from .glimpse_encoder import GlimpseEncoder
+from .glimpse_sampler import sample_glimpses
+from .locations import GaussianLocations, MixtureLocations, proxy_location_prior
+from .proxy_encoder import ProxyEncoder
+from .registry import register_model
+
+SOURCES = ("posterior", "prior", "random")
+
+
+@dataclass
+class SaccadeOutput:
+    logits: dict  # head -> (B, classes)
+    z: torch.Tensor  # (B, T, 3) latents (s, u, v)
+    kl: torch.Tensor  # (B, T)
+    glimpses: torch.Tensor  # (B, T, C, W, W)
+    log_q_cells: torch.Tensor | None = None  # (B, T) log q(c_t) of the chosen cells (mixture posterior)
+    reconstruction: torch.Tensor | None = None  # (B, T) log p(x~ | z_t, h_{t-1})
+
+
+class VariationalSaccader(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden)
+        if c.posterior == "mixture":
+            self.locations = MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight)
+        else:
+            self.locations = GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy)
+        self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden)
+        self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
+        self.classifier = Classifier(c.hidden, c.heads)
+        if c.reconstruct_proxy:
+            self.decoder = nn.Sequential(
+                nn.Linear(3 + c.hidden, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.proxy_channels * c.proxy_size**2)
+            )
+        self._cell_geometry: dict = {}
+
+    def check_inputs(self, images, proxy, proxy_mask):
+        c = self.config
+        expected = (len(images), c.proxy_channels, c.proxy_size, c.proxy_size)
+        if tuple(proxy.shape) != expected:
+            raise ValueError(f"proxy must have shape (B, C', P, P) = {expected}, got {tuple(proxy.shape)}")
+        if tuple(proxy_mask.shape) != (len(images), c.proxy_size, c.proxy_size):
+            raise ValueError(f"proxy_mask must have shape {(len(images), c.proxy_size, c.proxy_size)}, got {tuple(proxy_mask.shape)}")
+        for image in images:
+            if image.channels != c.image_channels:
+                raise ValueError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
+
+    def cell_geometry(self, images, device):
+        """Per image: cell centres (c^2, 2) in (u, v) and half a cell (2,), cached by image shape."""
+        c = self.config
+        centres, halves = [], []
+        for image in images:
+            key = (image.height, image.width)
+            if key not in self._cell_geometry:
+                u, v = cell_centres_normalised(*key, c.proxy_size, c.location_cells)
+                half = cell_half_extent_normalised(*key, c.proxy_size, c.location_cells)
+                self._cell_geometry[key] = (torch.stack([u.flatten(), v.flatten()], -1), torch.tensor(half))
+            centre, half = self._cell_geometry[key]
+            centres.append(centre)
+            halves.append(half)
+        return torch.stack(centres).to(device), torch.stack(halves).float().to(device)
+
+    def random_z(self, batch: int, device) -> torch.Tensor:
+        r = torch.rand(batch, 3, device=device)
+        c = self.config
+        return torch.stack([c.s_min + (c.s_max - c.s_min) * r[:, 0], 2 * r[:, 1] - 1, 2 * r[:, 2] - 1], -1)
+
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+        """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
+
+        source: where z_t comes from ("posterior", "prior" or "random" uniform); sample=False takes the mode.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        self.check_inputs(images, proxy, proxy_mask)
+        c, batch, device = self.config, len(images), proxy.device
+        cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0
+        features, e = self.proxy_encoder(proxy, cell_mask)
+        state = self.core.initial(e)
+        mixture = c.posterior == "mixture"
+        if mixture:
+            valid = cell_mask.flatten(1)
+            visited = torch.zeros_like(valid)
+            anchor = proxy_location_prior(proxy, c.location_cells, valid)
+            centres, half_cell = self.cell_geometry(images, device)
+
+        zs, kls, log_qs, feats, glimpses, recons = [], [], [], [], [], []
+        for _ in range(c.glimpses):
+            h = self.core.output(state)
+            log_q = None
+            if source == "random":
+                z, kl = self.random_z(batch, device), torch.zeros(batch, device=device)
+            elif mixture:
+                allowed = valid & ~visited
+                allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
+                step = self.locations(features, h, anchor, allowed, centres, half_cell, source, sample)
+                z, kl, log_q = step.z, step.kl, step.log_q_cell
+                if c.inhibition_of_return:
+                    visited = visited.scatter(1, step.cell[:, None], True)
+            else:
+                step = self.locations(e, h, source, sample)
+                z, kl = step.z, step.kl
+            if c.reconstruct_proxy:
+                logits = self.decoder(torch.cat([z, h], -1)).view_as(proxy)
+                log_p = ContinuousBernoulli(logits=logits).log_prob(proxy) * proxy_mask[:, None]
+                recons.append(log_p.flatten(1).sum(1))
+            glimpse = sample_glimpses(images, z, c.glimpse_size)
+            f = self.glimpse_encoder(glimpse)
+            if c.no_glimpses:
+                f = torch.zeros_like(f)
+            elif c.estimator == "ats" and log_q is not None:
+                f = f * torch.exp(log_q - log_q.detach())[:, None]  # value 1, gradient d log q
+            state = self.core(e, f, z, state)
+            zs.append(z), kls.append(kl), feats.append(f), glimpses.append(glimpse)
+            if log_q is not None:
+                log_qs.append(log_q)
+
+        logits = self.classifier(torch.stack(feats, 1), self.core.output(state))
+        return SaccadeOutput(
+            logits=logits,
+            z=torch.stack(zs, 1),
+            kl=torch.stack(kls, 1),
+            glimpses=torch.stack(glimpses, 1),
+            log_q_cells=torch.stack(log_qs, 1) if log_qs else None,
+            reconstruction=torch.stack(recons, 1) if recons else None,
+        )
+
+
+@register_model("saccader")
+def build_saccader(config: ModelConfig) -> VariationalSaccader:
+    return VariationalSaccader(config)

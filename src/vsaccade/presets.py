@@ -1,0 +1,82 @@
+"""Named presets: the embedded defaults of `vsaccade train --preset NAME`, as plain data.
+
+Each preset is {"model": ModelConfig fields, "objective": ObjectiveConfig fields, "train": TrainConfig fields};
+`--set section.field=value` overrides any field.
+"""
+
+from __future__ import annotations
+
+import copy
+
+from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig
+
+PRESETS: dict[str, dict] = {
+    # The README's first command: a small single-digit cluttered task that trains in a few minutes on 2 cores.
+    "demo": {
+        "model": {"glimpses": 3, "glimpse_size": 24, "s_min": 0.25, "s_max": 0.4, "location_cells": 6, "hidden": 96},
+        "objective": {"beta": 0.1},
+        "train": {"task": "cluttered", "epochs": 3, "batch_size": 64, "lr": 2e-3, "train_size": 12000,
+                  "validation_size": 500, "test_size": 1000, "max_minutes": 4.0,
+                  "task_options": {"label": "digit", "digits": 1, "distractors": 4, "canvas_size": 60,
+                                   "image_size": 1200, "proxy_factor": 5.0}},
+    },
+    # The paper's benchmark: Two-Digit Cluttered MNIST, pair task, 2528x2528, T=4.
+    "cluttered-pair": {
+        "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.2, "s_max": 0.35, "location_cells": 8},
+        "objective": {"beta": 0.1},
+        "train": {"task": "cluttered", "epochs": 30, "batch_size": 64, "lr": 1e-3, "max_minutes": 30.0,
+                  "task_options": {"label": "pair", "proxy_factor": 8.0}},
+    },
+    "cluttered-sum": {
+        "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.2, "s_max": 0.35, "location_cells": 8},
+        "objective": {"beta": 0.1},
+        "train": {"task": "cluttered", "epochs": 30, "batch_size": 64, "lr": 1e-3, "max_minutes": 30.0,
+                  "task_options": {"label": "sum", "proxy_factor": 8.0}},
+    },
+    # Megapixel MNIST, all four labels from one model; T*W^2 = 6 * 32^2 = 6144 sampled pixels.
+    "megapixel": {
+        "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.02, "s_max": 0.03, "location_cells": 45,
+                  "proxy_width": 32, "hidden": 128},
+        "objective": {"beta": 0.1},
+        "train": {"task": "megapixel", "epochs": 20, "batch_size": 32, "lr": 1e-3, "max_minutes": 60.0},
+    },
+    # The learning test's task: a 64x64 canvas with one digit, an 8x8 proxy.
+    "tiny": {
+        "model": {"glimpses": 2, "glimpse_size": 16, "s_min": 0.4, "s_max": 0.5, "location_cells": 4,
+                  "hidden": 64, "proxy_width": 16, "glimpse_width": 32},
+        "objective": {"beta": 0.05},
+        "train": {"task": "cluttered", "epochs": 4, "batch_size": 32, "lr": 3e-3, "train_size": 3000,
+                  "validation_size": 300, "test_size": 500,
+                  "task_options": {"label": "digit", "digits": 1, "distractors": 0, "canvas_size": 64,
+                                   "image_size": 64, "proxy_factor": 8.0}},
+    },
+}
+
+
+def parse_value(text: str):
+    """Command-line value -> Python: JSON where it parses (numbers, booleans, lists, objects), else a string."""
+    import json
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def resolve(preset: str, overrides: list[str] = ()) -> tuple[ModelConfig, ObjectiveConfig, TrainConfig]:
+    """A preset plus `section.field=value` overrides -> validated configs."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    data = copy.deepcopy(PRESETS[preset])
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in ("model", "objective", "train", "task"):
+            raise ConfigError(f"override {item!r} must look like model.FIELD=VALUE, objective.FIELD=VALUE, "
+                              "train.FIELD=VALUE or task.OPTION=VALUE")
+        if section == "task":
+            data["train"].setdefault("task_options", {})[name] = parse_value(value)
+        else:
+            data[section][name] = parse_value(value)
+    return (ModelConfig.from_dict(data["model"]), ObjectiveConfig.from_dict(data["objective"]),
+            TrainConfig.from_dict(data["train"]))

@@ -1,0 +1,76 @@
+"""Pictures of where the model looked: proxy | full image with numbered glimpse windows | the glimpses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .evaluate import head_probabilities  # noqa: E402
+from .model.glimpse_sampler import glimpse_boxes_pixels  # noqa: E402
+
+VIEW_SIZE = 768  # the full image is drawn from a view this many pixels on its longer side
+
+
+def to_display(pixels: torch.Tensor):
+    """(C, H, W) -> an array matplotlib shows (grey for 1 channel, RGB for 3, first channel otherwise)."""
+    pixels = pixels.detach().float().clamp(0, 1).cpu()
+    return pixels.permute(1, 2, 0).numpy() if pixels.shape[0] == 3 else pixels[0].numpy()
+
+
+@torch.no_grad()
+def show_samples(model, samples: list, path, titles: list[str] | None = None) -> Path:
+    """Draw one row per sample and save a PNG; returns the path."""
+    from .tasks.base import collate
+
+    model.eval()
+    batch = collate(samples)
+    output = model(batch.images, batch.proxy, batch.proxy_mask, sample=False)
+    probs = head_probabilities(output.logits, model.config.heads)
+    windows = glimpse_boxes_pixels(batch.images, output.z)
+    steps = output.glimpses.shape[1]
+    columns = 2 + steps
+    fig, axes = plt.subplots(len(samples), columns, figsize=(2.2 * columns + 2.2, 2.6 * len(samples)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2] + [0.8] * steps})
+    colours = plt.cm.autumn(torch.linspace(0, 1, steps).numpy())
+    for row, sample in enumerate(samples):
+        ax = axes[row]
+        ax[0].imshow(to_display(sample.proxy), cmap="gray", vmin=0, vmax=1)
+        ax[0].set_title("proxy", fontsize=8)
+        image = sample.image
+        scale = VIEW_SIZE / max(image.height, image.width)
+        view = image.proxy(VIEW_SIZE)
+        ax[1].imshow(to_display(view), cmap="gray", vmin=0, vmax=1)
+        ax[1].set_xlim(0, image.width * scale)
+        ax[1].set_ylim(image.height * scale, 0)
+        for box in sample.boxes:
+            x0, y0, x1, y1 = (box * scale).tolist()
+            ax[1].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="cyan", lw=0.6, ls="--"))
+        for t, box in enumerate(windows[row]):
+            x0, y0, x1, y1 = (box * scale).tolist()
+            ax[1].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colours[t], lw=1.4))
+            ax[1].text(x0, y0, str(t + 1), color=colours[t], fontsize=8, va="bottom", fontweight="bold")
+        head = model.config.heads[0]
+        p = probs[head["name"]][row]
+        truth = sample.labels[head["name"]]
+        predicted = (p > 0.5).nonzero().flatten().tolist() if head["kind"] == "multilabel" else int(p.argmax())
+        if head["kind"] == "multilabel":
+            truth = truth.nonzero().flatten().tolist()
+        title = titles[row] if titles else f"{head['name']}: predicted {predicted}, true {truth}"
+        ax[1].set_title(f"{title}  ({image.width}x{image.height})", fontsize=8)
+        for t in range(steps):
+            ax[2 + t].imshow(to_display(output.glimpses[row, t]), cmap="gray", vmin=0, vmax=1)
+            ax[2 + t].set_title(f"glimpse {t + 1}", fontsize=8, color=colours[t])
+        for a in ax:
+            a.set_xticks([])
+            a.set_yticks([])
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
