@@ -10,6 +10,7 @@ from .api import Prediction, predict  # noqa: F401
 from .checkpoint import load  # noqa: F401
 from .images import ArrayImage, LargeImage  # noqa: F401
 from .model import create_model  # noqa: F401
-from .tasks import cluttered as _cluttered  # noqa: F401  (registers the task)
+from .tasks import cluttered as _cluttered  # noqa: F401  (registers the tasks)
+from .tasks import megapixel as _megapixel  # noqa: F401
 
 __version__ = "0.1.0"

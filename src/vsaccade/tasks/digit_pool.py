@@ -7,6 +7,7 @@ the one used for training, and the test split is never touched until the end.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..data.digits import load_digits
 SPLITS = ("train", "validation", "test")
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 VALIDATION_FRACTION = 0.1
+_pools: dict = {}
 
 
 @dataclass
@@ -27,6 +29,14 @@ class DigitPool:
 
 
 def digit_pool(split: str, source: str = "auto", data_dir=None) -> DigitPool:
+    """The digits of one split, shared by every task built in this process from the same source."""
+    key = (split, source, str(data_dir), os.environ.get("VSACCADE_DATA"), os.environ.get("VSACCADE_CACHE"))
+    if key not in _pools:
+        _pools[key] = _build_pool(split, source, data_dir)
+    return _pools[key]
+
+
+def _build_pool(split: str, source: str, data_dir) -> DigitPool:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     digits = load_digits("test" if split == "test" else "train", source=source, data_dir=data_dir)

@@ -253,7 +253,9 @@ class MegapixelMNIST(Task):
                 f"target_count ({target_count}) must be a strict majority of digits_per_image ({digits_per_image})"
             )
         if canvas_size < 2 * PATCH + (1 if noise_patches else 0):
-            raise ValueError(f"canvas_size must be at least {2 * PATCH + 1} (noise lies in [28, canvas-28)), got {canvas_size}")
+            raise ValueError(
+                f"canvas_size must be at least {2 * PATCH + 1} (noise lies in [28, canvas-28)), got {canvas_size}"
+            )
         if digits_per_image * PATCH * PATCH > canvas_size * canvas_size // 4:
             raise ValueError(f"{digits_per_image} non-overlapping digits do not fit comfortably in {canvas_size}^2")
         if noise_patches and noise_patterns < 1:
@@ -268,7 +270,7 @@ class MegapixelMNIST(Task):
         self.proxy_size = max(1, round(canvas_size * proxy_scale))
         self.size = DEFAULT_SIZES[split] if size is None else size
         self.pool = digit_pool(split, digit_source, data_dir)
-        self.noise_patterns = make_noise_patterns(seed, split, noise_patterns) if noise_patterns else np.zeros((0, PATCH, PATCH), np.float32)
+        self.noise_patterns = make_noise_patterns(seed, split, noise_patterns)
 
     def __len__(self):
         return self.size
@@ -324,13 +326,15 @@ class MegapixelMNIST(Task):
 
     def boxes(self, scene: MegapixelScene) -> torch.Tensor:
         """(D, 4) tight (x0, y0, x1, y1) boxes of the digits' inked pixels, in draw order."""
-        boxes = [tight_box(self.pool.images[k], int(r), int(c)) for k, (r, c) in zip(scene.digit_ids, scene.digit_positions)]
+        images, positions = self.pool.images, scene.digit_positions
+        boxes = [tight_box(images[k], int(r), int(c)) for k, (r, c) in zip(scene.digit_ids, positions)]
         return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
     def __getitem__(self, index):
         scene = self.scene(index)
         image = self.image(scene)
-        return Sample(image=image, proxy=image.proxy(self.proxy_size), labels=self.labels(scene), boxes=self.boxes(scene))
+        proxy = image.proxy(self.proxy_size)
+        return Sample(image=image, proxy=proxy, labels=self.labels(scene), boxes=self.boxes(scene))
 
     def describe(self):
         return {

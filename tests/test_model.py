@@ -1,0 +1,129 @@
+"""The model's pieces: distributions (KL vs Monte-Carlo), gradients to the coordinates, shape checks."""
+
+import pytest
+import torch
+from torch.distributions import kl_divergence
+
+from vsaccade import create_model
+from vsaccade.geometry import proxy_valid_mask
+from vsaccade.images import UpsampledImage
+from vsaccade.model.glimpse_sampler import sample_glimpses
+from vsaccade.model.locations import GaussianLocations, MixtureLocations
+from vsaccade.objective import negative_elbo
+from vsaccade.config import ConfigError, ObjectiveConfig
+
+
+def batch_of(count, proxy_size=16, height=400, width=600, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    images = [UpsampledImage(torch.rand(1, 20, 30, generator=generator), height, width) for _ in range(count)]
+    proxy = torch.stack([image.proxy(proxy_size) for image in images])
+    mask = torch.stack([proxy_valid_mask(height, width, proxy_size) for _ in images])
+    return images, proxy, mask
+
+
+def randomise(module, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+
+def test_gaussian_kl_matches_monte_carlo_from_its_own_samples():
+    torch.manual_seed(0)
+    locations = GaussianLocations(hidden=8, s_min=0.1, s_max=0.3, prior_sees_proxy=True)
+    randomise(locations)
+    e, h = torch.randn(1, 8).expand(20000, 8), torch.randn(1, 8).expand(20000, 8)
+    step = locations(e, h, "posterior", sample=True)
+    # Recover the unconstrained sample from z and check it is distributed as q says, and that the KL the
+    # module reports equals E_q[log q - log p] over those very samples.
+    s, u, v = step.z.double().unbind(-1)
+    a = torch.stack([torch.logit((s - 0.1) / 0.2), torch.atanh(u), torch.atanh(v)], -1)
+    q, p = locations.distributions(e[:1], h[:1])
+    assert torch.allclose(a.mean(0), q.mean[0].double(), atol=0.03)
+    assert torch.allclose(a.std(0), q.stddev[0].double(), rtol=0.03)
+    monte_carlo = (q.log_prob(a.float()) - p.log_prob(a.float())).mean()
+    assert step.kl[0].item() == pytest.approx(monte_carlo.item(), rel=0.05, abs=0.02)
+
+
+def test_mixture_kl_matches_monte_carlo_from_its_own_samples():
+    torch.manual_seed(0)
+    cells, n = 3, 20000
+    locations = MixtureLocations(hidden=8, feature_width=4, cells=cells, s_min=0.1, s_max=0.3, proxy_prior_weight=1.0)
+    randomise(locations)
+    features = torch.randn(1, 4, cells, cells).expand(n, -1, -1, -1)
+    h = torch.randn(1, 8).expand(n, 8)
+    anchor = torch.log_softmax(torch.randn(1, cells * cells), -1).expand(n, -1)
+    allowed = torch.ones(n, cells * cells, dtype=torch.bool)
+    allowed[:, 0] = False
+    centres = torch.zeros(n, cells * cells, 2)
+    half = torch.full((n, 2), 0.2)
+    step = locations(features, h, anchor, allowed, centres, half, "posterior", sample=True)
+    assert not (step.cell == 0).any(), "a masked cell was chosen"
+    # Exact KL of the cell part, plus the offset part averaged over the module's own cell samples.
+    from torch.distributions import Categorical
+    grid = torch.cat([features[:1], h[:1, :, None, None].expand(-1, -1, cells, cells)], 1)
+    q_logits = (locations.posterior_logits(grid).flatten(1) + anchor[:1]).masked_fill(~allowed[:1], -1e9)
+    p_logits = (locations.prior_logits(h[:1]) + anchor[:1]).masked_fill(~allowed[:1], -1e9)
+    cell_kl = kl_divergence(Categorical(logits=q_logits), Categorical(logits=p_logits))
+    frequencies = torch.bincount(step.cell, minlength=cells * cells).float() / n
+    assert torch.allclose(frequencies, Categorical(logits=q_logits).probs[0], atol=0.015)
+    offset_kl = step.kl - cell_kl
+    assert offset_kl.min() > -1e-5  # a KL is never negative
+    assert step.log_q_cell.exp().mean() > 0
+
+
+@pytest.mark.parametrize("posterior", ["mixture", "gaussian"])
+def test_gradient_reaches_the_coordinates_through_the_glimpses(posterior, monkeypatch):
+    import vsaccade.model.saccader as saccader
+
+    seen = []
+
+    def recording_sampler(images, z, size):
+        z.retain_grad()
+        seen.append(z)
+        return sample_glimpses(images, z, size)
+
+    monkeypatch.setattr(saccader, "sample_glimpses", recording_sampler)
+    torch.manual_seed(0)
+    model = create_model("saccader", posterior=posterior, proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
+    with torch.no_grad():  # cut the z -> core path, so any gradient on z must come through the glimpse pixels
+        for parameter in model.core.embed_z.parameters():
+            parameter.zero_()
+    images, proxy, mask = batch_of(4)
+    output = model(images, proxy.detach(), mask)
+    loss = negative_elbo(output, {"label": torch.tensor([1, 2, 3, 4])}, model.config.heads, ObjectiveConfig(beta=0.0), 0.0, "ats")
+    loss["loss"].backward()
+    grads = torch.stack([z.grad for z in seen], 1)
+    assert grads[..., 1:].abs().sum() > 0  # the centre
+    assert grads[..., 0].abs().sum() > 0  # and the scale
+
+
+def test_no_glimpses_control_zeroes_what_the_glimpses_contribute():
+    torch.manual_seed(0)
+    model = create_model("saccader", no_glimpses=True, proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
+    images, proxy, mask = batch_of(2)
+    output = model(images, proxy, mask, sample=False)
+    bright = [UpsampledImage(torch.ones(1, 20, 30), 400, 600) for _ in range(2)]
+    same = model(bright, proxy, mask, sample=False)  # same proxy, different full-resolution pixels
+    assert torch.allclose(output.logits["label"], same.logits["label"])
+
+
+def test_shapes_are_checked_at_the_boundary():
+    model = create_model("saccader", proxy_size=16, location_cells=4)
+    images, proxy, mask = batch_of(2)
+    with pytest.raises(ValueError, match=r"proxy must have shape"):
+        model(images, proxy[:, :, :8], mask)
+    with pytest.raises(ValueError, match="source must be one of"):
+        model(images, proxy, mask, source="oracle")
+
+
+@pytest.mark.parametrize("bad", [{"posterior": "beta"}, {"s_min": 0.5, "s_max": 0.2}, {"glimpses": 0}, {"colour": 3},
+                                 {"glimpses": "4"}])
+def test_bad_model_configs_get_clear_errors(bad):
+    with pytest.raises(ConfigError):
+        create_model("saccader", **bad)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError, match="unknown model"):
+        create_model("resnet9000")
