@@ -115,7 +115,7 @@ def as_chw_tensor(pixels) -> torch.Tensor:
     if isinstance(pixels, np.ndarray):
         if pixels.ndim == 3:
             pixels = np.moveaxis(pixels, -1, 0)
-        tensor = torch.from_numpy(np.ascontiguousarray(pixels))
+        tensor = torch.from_numpy(np.array(pixels, copy=True))
     elif isinstance(pixels, torch.Tensor):
         tensor = pixels.detach()
     else:

@@ -42,10 +42,10 @@ PRESETS: dict[str, dict] = {
     },
     # The learning test's task: a 64x64 canvas with one digit, an 8x8 proxy.
     "tiny": {
-        "model": {"glimpses": 2, "glimpse_size": 16, "s_min": 0.4, "s_max": 0.5, "location_cells": 4,
+        "model": {"glimpses": 3, "glimpse_size": 16, "s_min": 0.4, "s_max": 0.5, "location_cells": 4,
                   "hidden": 64, "proxy_width": 16, "glimpse_width": 32},
         "objective": {"beta": 0.05},
-        "train": {"task": "cluttered", "epochs": 4, "batch_size": 32, "lr": 3e-3, "train_size": 3000,
+        "train": {"task": "cluttered", "epochs": 6, "batch_size": 32, "lr": 2e-3, "train_size": 4000,
                   "validation_size": 300, "test_size": 500,
                   "task_options": {"label": "digit", "digits": 1, "distractors": 0, "canvas_size": 64,
                                    "image_size": 64, "proxy_factor": 8.0}},

@@ -1,0 +1,91 @@
+"""Checkpoints round-trip with weights_only and rebuild their model alone; the Python API predicts."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vsaccade
+from vsaccade.checkpoint import CheckpointError, save_checkpoint
+from vsaccade.images import ImageError
+
+
+def small_model():
+    torch.manual_seed(0)
+    return vsaccade.create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32,
+                                 heads=[{"name": "digit", "num_classes": 10, "kind": "class"}])
+
+
+def write(model, path):
+    save_checkpoint({"model_name": "saccader", "model_config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+
+
+def test_round_trip_with_weights_only(tmp_path):
+    model = small_model()
+    write(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert payload["schema_version"] == 1 and payload["model_name"] == "saccader"
+    loaded = vsaccade.load(tmp_path / "m.pt")
+    assert loaded.config == model.config
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name])
+    image = np.random.default_rng(0).random((300, 200)).astype(np.float32)
+    a, b = vsaccade.predict(model.eval(), image), vsaccade.predict(loaded, image)
+    assert torch.allclose(a.probabilities["digit"], b.probabilities["digit"])
+    assert list(tmp_path.iterdir()) == [tmp_path / "m.pt"]  # no temporary file left behind
+
+
+def test_predict_on_array_and_path(tmp_path):
+    model = small_model().eval()
+    pixels = (np.random.default_rng(1).random((200, 300)) * 255).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    from_array = vsaccade.predict(model, pixels)
+    from_path = vsaccade.predict(model, tmp_path / "x.png")
+    assert torch.allclose(from_array.probabilities["digit"], from_path.probabilities["digit"], atol=1e-6)
+    assert from_array.probabilities["digit"].sum().item() == pytest.approx(1.0, abs=1e-5)
+    boxes = from_array.boxes
+    assert boxes.shape == (model.config.glimpses, 4)
+    sides = boxes[:, 2] - boxes[:, 0]
+    assert torch.allclose(sides, boxes[:, 3] - boxes[:, 1])  # square windows in source pixels
+    assert (sides >= model.config.s_min * 200 - 1e-3).all() and (sides <= model.config.s_max * 200 + 1e-3).all()
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    assert (centres[:, 0] >= 0).all() and (centres[:, 0] <= 300).all() and (centres[:, 1] <= 200).all()
+    sampled = vsaccade.predict(model, pixels, policy="samples:3")
+    assert sampled.probabilities["digit"].shape == (10,)
+
+
+def test_predict_rejects_bad_images(tmp_path):
+    model = small_model().eval()
+    with pytest.raises(ImageError, match="smaller than one 16x16 glimpse"):
+        vsaccade.predict(model, np.zeros((10, 40), np.uint8))
+    with pytest.raises(ImageError, match="not found"):
+        vsaccade.predict(model, tmp_path / "missing.png")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    with pytest.raises(ImageError, match="cannot read image"):
+        vsaccade.predict(model, tmp_path / "bad.png")
+    with pytest.raises(ImageError, match="NaN"):
+        vsaccade.predict(model, np.full((64, 64), np.nan, np.float32))
+
+
+def test_bad_checkpoints_get_one_line_errors(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable vsaccade checkpoint"):
+        vsaccade.load(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        vsaccade.load(tmp_path / "nothing.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a vsaccade checkpoint"):
+        vsaccade.load(tmp_path / "other.pt")
+    model = small_model()
+    write(model, tmp_path / "m.pt")
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    torch.save({**payload, "schema_version": 99}, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="schema version 99"):
+        vsaccade.load(tmp_path / "future.pt")
+    torch.save({**payload, "model_config": {**payload["model_config"], "hidden": 64}}, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        vsaccade.load(tmp_path / "mismatch.pt")
+    data = (tmp_path / "m.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError):
+        vsaccade.load(tmp_path / "truncated.pt")

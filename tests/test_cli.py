@@ -1,0 +1,72 @@
+"""The command line: train -> evaluate -> show, resume, and one-line errors for bad arguments."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from vsaccade.cli import main
+
+TINY = ["--preset", "tiny", "--no-progress", "--set", "train.train_size=64", "--set", "train.validation_size=32",
+        "--set", "train.test_size=32", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--out", str(out)] + TINY) == 0
+    return out
+
+
+def test_train_writes_checkpoints_metrics_and_results(trained, needs_mnist):
+    assert {"best.pt", "last.pt", "config.json", "metrics.jsonl", "results.json"} <= {p.name for p in trained.iterdir()}
+    results = json.loads((trained / "results.json").read_text())
+    assert results["digit_source"]["source"] == "mnist" and results["test"]["samples"] == 32
+    assert len((trained / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_evaluate_and_show(trained, tmp_path, capsys, needs_mnist):
+    assert main(["evaluate", str(trained / "best.pt"), "--limit", "16", "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["samples"] == 16 and "random_glimpses" in result and "prior_glimpses" in result
+    assert main(["show", str(trained / "best.pt"), "--count", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(tmp_path / "g.png") in capsys.readouterr().out
+
+
+def test_resume_continues_where_it_stopped(trained, capsys, needs_mnist):
+    assert main(["train", "--out", str(trained)] + TINY) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["train", "--out", str(trained), "--resume"] + TINY[:-1] + ["2"]) == 0
+    lines = (trained / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--preset", "nope"], "unknown preset 'nope'"),
+    (["train", "--preset", "tiny", "--set", "model.colour=3"], "unknown ModelConfig field"),
+    (["train", "--preset", "tiny", "--set", "glimpses=3"], "must look like model.FIELD=VALUE"),
+    (["train", "--preset", "tiny", "--set", "train.lr=-1"], "lr must be positive"),
+    (["evaluate", "missing.pt"], "checkpoint not found: missing.pt"),
+    (["evaluate", "missing.pt", "--policy", "best"], "checkpoint not found"),
+])
+def test_bad_arguments_get_one_line_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_explicit_mnist_without_data_fails_clearly(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("VSACCADE_DATA", raising=False)
+    from vsaccade.data.digits import clear_cache
+    clear_cache()
+    assert main(["train", "--preset", "tiny", "--digits", "mnist", "--out", str(tmp_path / "r")] + TINY[2:]) == 2
+    err = capsys.readouterr().err
+    assert "MNIST" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_console_script_runs():
+    done = subprocess.run([sys.executable, "-m", "vsaccade.cli", "presets"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "megapixel" in done.stdout
