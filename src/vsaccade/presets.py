@@ -22,13 +22,15 @@ PRESETS: dict[str, dict] = {
     },
     # The paper's benchmark: Two-Digit Cluttered MNIST, pair task, 2528x2528, T=4.
     "cluttered-pair": {
-        "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.2, "s_max": 0.35, "location_cells": 8},
+        "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.25, "s_max": 0.4, "location_cells": 12,
+                  "proxy_prior_weight": 8.0},
         "objective": {"beta": 0.1},
         "train": {"task": "cluttered", "epochs": 30, "batch_size": 64, "lr": 1e-3, "max_minutes": 30.0,
                   "task_options": {"label": "pair", "proxy_factor": 8.0}},
     },
     "cluttered-sum": {
-        "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.2, "s_max": 0.35, "location_cells": 8},
+        "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.25, "s_max": 0.4, "location_cells": 12,
+                  "proxy_prior_weight": 8.0},
         "objective": {"beta": 0.1},
         "train": {"task": "cluttered", "epochs": 30, "batch_size": 64, "lr": 1e-3, "max_minutes": 30.0,
                   "task_options": {"label": "sum", "proxy_factor": 8.0}},

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, model_from_checkpoint, read_checkpoint, save_checkpoint
 from .config import ModelConfig, ObjectiveConfig, TrainConfig
-from .evaluate import evaluate, summary_line
+from .evaluate import evaluate, localisation_counts, summary_line
+from .model.glimpse_sampler import glimpse_boxes_pixels
 from .model import create_model
 from .objective import beta_at, negative_elbo
 from .tasks import collate, make_task
@@ -115,7 +116,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = epoch_order(config.seed, epoch, len(train_task))
-        sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "accuracy": 0.0, "data_seconds": 0.0, "step_seconds": 0.0}
+        sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "accuracy": 0.0, "hit_rate": 0.0, "data_seconds": 0.0, "step_seconds": 0.0}
         steps = 0
         bar = tqdm(range(start_step, batches_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
         for step in bar:
@@ -140,6 +141,8 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
             sums["kl"] += float(parts["kl"].mean())
             if model_config.heads[0]["kind"] == "class":
                 sums["accuracy"] += float((output.logits[first_head].argmax(1) == batch.labels[first_head]).float().mean())
+            found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.detach()))
+            sums["hit_rate"] += found["hits"] / max(found["glimpses"], 1)
             sums["data_seconds"] += t1 - t0
             sums["step_seconds"] += time.time() - t1
             bar.set_postfix(loss=f"{sums['loss'] / steps:.3f}", acc=f"{sums['accuracy'] / steps:.3f}", kl=f"{sums['kl'] / steps:.2f}")
@@ -164,6 +167,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         with open(out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
         log(f"epoch {record['epoch']:.2f}: train loss {train_metrics['loss']:.3f} acc {100 * train_metrics['accuracy']:.1f}% "
+            f"hit {100 * train_metrics['hit_rate']:.0f}% "
             f"({train_metrics['images_per_second']:.0f} img/s, data {100 * train_metrics['data_fraction']:.0f}%) | "
             f"validation {summary_line(validation)}")
         if improved:

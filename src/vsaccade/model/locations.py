@@ -16,7 +16,7 @@ Two families (`ModelConfig.posterior`):
     - "ats": Attention Sampling's estimator, the glimpse features scaled by q(c)/stop_gradient(q(c)).
   KL: the Categorical part in closed form; the offset part in closed form given the sampled cell, so the
   expectation over cells is a one-sample Monte-Carlo estimate.
-  Both q and p add `proxy_prior_weight` x log(normalised max proxy intensity per cell): "look where there is
+  Both q and p add `proxy_prior_weight` x log(normalised mean proxy intensity per cell): "look where there is
   anything". The learned parts start at zero, so training starts from that proxy-derived prior.
 """
 
@@ -48,15 +48,18 @@ def gaussian_head(inputs: int, hidden: int) -> nn.Sequential:
     return head
 
 
+INITIAL_SCALE_SHIFT = -1.0502  # softplus(-1.0502) = 0.3: at initialisation, glimpses stay near their cell's centre
+
+
 def as_normal(params: torch.Tensor) -> Independent:
     """(B, 6) -> diagonal Normal over 3 dims; the second half is a pre-softplus standard deviation."""
     mean, raw_scale = params.chunk(2, dim=-1)
-    return Independent(Normal(mean, F.softplus(raw_scale + 0.5413) + MIN_SCALE), 1)  # softplus(0.5413) = 1
+    return Independent(Normal(mean, F.softplus(raw_scale + INITIAL_SCALE_SHIFT) + MIN_SCALE), 1)
 
 
 def proxy_location_prior(proxy: torch.Tensor, cells: int, valid: torch.Tensor) -> torch.Tensor:
-    """(B, C', P, P) proxy -> (B, cells^2) log of the normalised per-cell max intensity ("anything there?")."""
-    intensity = F.adaptive_max_pool2d(proxy.amax(1, keepdim=True), cells).flatten(1)
+    """(B, C', P, P) proxy -> (B, cells^2) log of the normalised mean intensity per cell ("how much is there?")."""
+    intensity = F.adaptive_avg_pool2d(proxy.amax(1, keepdim=True), cells).flatten(1)
     intensity = (intensity + 1e-3) * valid
     return torch.log(intensity / intensity.sum(1, keepdim=True).clamp_min(1e-12) + 1e-12)
 
