@@ -70,3 +70,16 @@ def test_explicit_mnist_without_data_fails_clearly(tmp_path, monkeypatch, capsys
 def test_console_script_runs():
     done = subprocess.run([sys.executable, "-m", "vsaccade.cli", "presets"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "megapixel" in done.stdout
+
+
+def test_megapixel_four_heads_train_and_evaluate(tmp_path, needs_mnist):
+    """One model, four heads (majority, max, top, multi): trains a step and reports every head."""
+    argv = ["train", "--preset", "megapixel", "--out", str(tmp_path / "mp"), "--no-progress", "--epochs", "1",
+            "--set", "task.canvas_size=400", "--set", "train.train_size=32", "--set", "train.validation_size=16",
+            "--set", "train.test_size=16", "--set", "train.batch_size=16"]
+    assert main(argv) == 0
+    results = json.loads((tmp_path / "mp" / "results.json").read_text())
+    heads = results["test"]["model"]["heads"]
+    assert set(heads) == {"majority", "max", "top", "multi"}
+    assert set(heads["multi"]) == {"exact_match", "macro_f1"} and "accuracy" in heads["top"]
+    assert results["task"]["name"] == "megapixel"

@@ -77,8 +77,6 @@ class ModelConfig(PlainConfig):
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.glimpse_size < 8:
             raise ConfigError(f"glimpse_size must be at least 8 pixels, got {self.glimpse_size}")
-        if self.location_cells > self.proxy_size:
-            raise ConfigError(f"location_cells ({self.location_cells}) cannot exceed proxy_size ({self.proxy_size})")
         if not self.heads or not all(isinstance(h, dict) and {"name", "num_classes", "kind"} <= set(h) for h in self.heads):
             raise ConfigError(f"heads must be a non-empty list of {{name, num_classes, kind}} dicts, got {self.heads!r}")
 

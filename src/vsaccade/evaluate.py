@@ -98,9 +98,16 @@ def predict_batch(model, batch, policy: str = "mode", source: str = "posterior")
 @torch.no_grad()
 def evaluate(model, task, policy: str = "mode", batch_size: int = 128, references: bool = True, progress: bool = True,
              limit: int | None = None, seed: int = 0) -> dict:
-    """Accuracy per head and localisation on `task`, with random/prior-glimpse references if asked."""
+    """Accuracy per head and localisation on `task`, with random/prior-glimpse references if asked.
+
+    Sampling uses its own random stream (seeded by `seed`), leaving the caller's untouched."""
     model.eval()
-    torch.manual_seed(seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _evaluate(model, task, policy, batch_size, references, progress, limit)
+
+
+def _evaluate(model, task, policy, batch_size, references, progress, limit):
     count = len(task) if limit is None else min(limit, len(task))
     sources = ["posterior"] + (["random", "prior"] if references else [])
     scores = {s: HeadScores(model.config.heads) for s in sources}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -45,6 +46,18 @@ def model_config_for(task, model_config: ModelConfig) -> ModelConfig:
     cells = min(model_config.location_cells, task.proxy_size)
     return model_config.replace(heads=heads, image_channels=task.image_channels, proxy_channels=task.proxy_channels,
                                 proxy_size=task.proxy_size, location_cells=cells)
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout (recorded in every run)."""
+    from . import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+{commit}" if commit else __version__
 
 
 def seed_everything(seed: int) -> None:
@@ -97,6 +110,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     run_info = {
         "model_config": model_config.to_dict(), "objective_config": objective.to_dict(), "train_config": config.to_dict(),
         "task": tasks["train"].describe(), "digit_source": tasks["train"].describe().get("digit_source"),
+        "vsaccade_version": code_version(), "torch_threads": torch.get_num_threads(),
     }
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
 
@@ -112,7 +126,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     batches_per_epoch = math.ceil(len(train_task) / config.batch_size)
     started = last_save = time.time()
     out_of_time = False
-    record = {"epoch": start_epoch}
+    record, beta = {"epoch": start_epoch}, objective.beta
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = epoch_order(config.seed, epoch, len(train_task))

@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributions import ContinuousBernoulli
 import torch.nn.functional as F
 
-from ..config import ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..geometry import cell_centres_normalised, cell_half_extent_normalised
 from .classifier import Classifier
 from .core import RecurrentCore
@@ -45,6 +45,8 @@ class SaccadeOutput:
 class VariationalSaccader(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.location_cells > config.proxy_size:
+            raise ConfigError(f"location_cells ({config.location_cells}) cannot exceed proxy_size ({config.proxy_size})")
         self.config = config
         c = config
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden)

@@ -1,0 +1,66 @@
+"""The negative ELBO: sum form by default, the reference code's product form as an option, beta warm-up."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vsaccade.config import ConfigError, ObjectiveConfig
+from vsaccade.model.saccader import SaccadeOutput
+from vsaccade.objective import beta_at, negative_elbo
+
+HEADS = [{"name": "digit", "num_classes": 3, "kind": "class"}, {"name": "multi", "num_classes": 2, "kind": "multilabel"}]
+
+
+def output(log_q=None, reconstruction=None):
+    logits = {"digit": torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]]), "multi": torch.tensor([[3.0, -3.0], [0.0, 0.0]])}
+    return SaccadeOutput(logits=logits, z=torch.zeros(2, 2, 3), kl=torch.tensor([[0.5, 0.25], [1.0, 1.0]]),
+                         glimpses=torch.zeros(2, 2, 1, 4, 4), log_q_cells=log_q, reconstruction=reconstruction)
+
+
+LABELS = {"digit": torch.tensor([0, 2]), "multi": torch.tensor([[1.0, 0.0], [0.0, 1.0]])}
+
+
+def expected_nll():
+    out = output()
+    ce = F.cross_entropy(out.logits["digit"], LABELS["digit"], reduction="none")
+    bce = F.binary_cross_entropy_with_logits(out.logits["multi"], LABELS["multi"], reduction="none").sum(1)
+    return ce + bce
+
+
+def test_sum_form_is_nll_plus_beta_kl():
+    parts = negative_elbo(output(), LABELS, HEADS, ObjectiveConfig(beta=2.0), beta=2.0)
+    kl = torch.tensor([0.75, 2.0])
+    assert torch.allclose(parts["nll"], expected_nll())
+    assert parts["loss"].item() == pytest.approx((expected_nll() + 2.0 * kl).mean().item())
+
+
+def test_product_form_multiplies_per_sample():
+    parts = negative_elbo(output(), LABELS, HEADS, ObjectiveConfig(combine="product"), beta=2.0)
+    kl = torch.tensor([0.75, 2.0])
+    assert parts["loss"].item() == pytest.approx((expected_nll() * 2.0 * kl).mean().item())
+
+
+def test_reconstruction_enters_with_its_weight():
+    recon = torch.tensor([[-4.0, -2.0], [-1.0, -1.0]])
+    parts = negative_elbo(output(reconstruction=recon), LABELS, HEADS, ObjectiveConfig(reconstruction_weight=0.5), beta=0.0)
+    assert parts["loss"].item() == pytest.approx((expected_nll() + 0.5 * torch.tensor([3.0, 1.0])).mean().item())
+
+
+def test_score_surrogate_gives_the_cells_a_gradient_without_changing_the_reported_parts():
+    log_q = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]], requires_grad=True)
+    with_score = negative_elbo(output(log_q=log_q), LABELS, HEADS, ObjectiveConfig(), beta=1.0, estimator="score")
+    plain = negative_elbo(output(), LABELS, HEADS, ObjectiveConfig(), beta=1.0)
+    assert torch.allclose(with_score["nll"], plain["nll"]) and torch.allclose(with_score["kl"], plain["kl"])
+    with_score["loss"].backward()
+    reward = -(expected_nll() + torch.tensor([0.75, 2.0]))
+    advantage = reward - reward.mean()
+    assert torch.allclose(log_q.grad, -(advantage / 2)[:, None].expand(2, 2))
+
+
+def test_beta_warm_up_and_bad_configs():
+    config = ObjectiveConfig(beta=4.0, beta_warmup_epochs=2.0)
+    assert [beta_at(config, e) for e in (0.0, 1.0, 2.0, 5.0)] == [0.0, 2.0, 4.0, 4.0]
+    with pytest.raises(ConfigError, match="combine"):
+        ObjectiveConfig.from_dict({"combine": "max"})
+    with pytest.raises(ConfigError, match="non-negative"):
+        ObjectiveConfig.from_dict({"beta": -1.0})
