@@ -107,6 +107,7 @@ class TrainConfig(PlainConfig):
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # "constant" or "cosine" (to zero at the last epoch, per step)
     weight_decay: float = 0.0
     clip_norm: float = 5.0  # 0 disables
     clip_value: float = 0.0  # the reference code clipped by value 0.25; 0 disables
@@ -126,6 +127,8 @@ class TrainConfig(PlainConfig):
             raise ConfigError("epochs, batch_size and eval_batch_size must be positive")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         parse_policy(self.eval_policy)
 
 

@@ -74,3 +74,30 @@ def show_samples(model, samples: list, path, titles: list[str] | None = None) ->
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_curves(metrics_path, path) -> Path:
+    """Learning curves of a run (metrics.jsonl): training loss, accuracy per head and glimpse hit rate."""
+    import json
+
+    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    epochs = [r["epoch"] for r in records]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    loss_ax.plot(epochs, [r["train"]["loss"] for r in records], "o-", label="train loss (nll + beta KL)")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.legend(fontsize=8)
+    for name in records[0]["validation"]["model"]["heads"]:
+        scores = [next(iter(r["validation"]["model"]["heads"][name].values())) for r in records]
+        acc_ax.plot(epochs, [100 * s for s in scores], "o-", label=f"validation {name}")
+    acc_ax.plot(epochs, [100 * r["validation"]["model"]["hit_rate"] for r in records], "s--", label="validation hit rate")
+    acc_ax.plot(epochs, [100 * r["train"]["hit_rate"] for r in records], "^:", label="train hit rate (sampled)")
+    acc_ax.set_xlabel("epoch")
+    acc_ax.set_ylabel("%")
+    acc_ax.set_ylim(0, 100)
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -5,6 +5,7 @@ split evaluated once at the end. A run directory holds:
     metrics.jsonl     one JSON line per epoch (train loss parts, timing, validation scores)
     last.pt / best.pt checkpoints (atomic); last.pt also carries optimiser and RNG state for --resume
     results.json      final test evaluation of best.pt (with localisation and references)
+    curves.png        learning curves (loss, validation accuracy, glimpse hit rates)
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
             batch = collate([train_task[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]])
             t1 = time.time()
             beta = beta_at(objective, epoch + step / batches_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, (epoch + step / batches_per_epoch) / config.epochs)
             output = model(batch.images, batch.proxy, batch.proxy_mask)
             parts = negative_elbo(output, batch.labels, model_config.heads, objective, beta, model_config.estimator)
             optimizer.zero_grad(set_to_none=True)
@@ -199,8 +202,19 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
                "epochs_completed": record["epoch"], "best_validation": best, "test": test,
                "checkpoint": str(best_path)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    if (out / "metrics.jsonl").exists():
+        from .show import plot_curves
+
+        plot_curves(out / "metrics.jsonl", out / "curves.png")
     log(f"test ({len(tasks['test'])} images, best validation checkpoint): {summary_line(test)}")
     return results
+
+
+def learning_rate(config: TrainConfig, progress: float) -> float:
+    """The learning rate after `progress` (0..1) of the planned epochs."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr
 
 
 def mean_head_score(result: dict) -> float:

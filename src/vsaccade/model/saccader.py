@@ -133,11 +133,13 @@ class VariationalSaccader(nn.Module):
                 logits = self.decoder(torch.cat([z, h], -1)).view_as(proxy)
                 log_p = ContinuousBernoulli(logits=logits).log_prob(proxy) * proxy_mask[:, None]
                 recons.append(log_p.flatten(1).sum(1))
-            glimpse = sample_glimpses(images, z, c.glimpse_size)
-            f = self.glimpse_encoder(glimpse)
-            if c.no_glimpses:
-                f = torch.zeros_like(f)
-            elif c.estimator == "ats" and log_q is not None:
+            if c.no_glimpses:  # the control: nothing is read, exactly as if the glimpse features were zeroed
+                glimpse = proxy.new_zeros(batch, c.image_channels, c.glimpse_size, c.glimpse_size)
+                f = proxy.new_zeros(batch, c.hidden)
+            else:
+                glimpse = sample_glimpses(images, z, c.glimpse_size)
+                f = self.glimpse_encoder(glimpse)
+            if c.estimator == "ats" and log_q is not None:
                 f = f * torch.exp(log_q - log_q.detach())[:, None]  # value 1, gradient d log q
             state = self.core(e, f, z, state)
             zs.append(z), kls.append(kl), feats.append(f), glimpses.append(glimpse)
