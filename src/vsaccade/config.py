@@ -115,7 +115,7 @@ class TrainConfig(PlainConfig):
     max_minutes: float = 0.0  # stop training (and evaluate) after this much wall time; 0: no limit
     eval_policy: str = "mode"  # "mode" or "samples:K"
     eval_batch_size: int = 128
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes building samples (0: in the training process)
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     train_size: int = 0  # 0: the task's default split sizes
     validation_size: int = 0

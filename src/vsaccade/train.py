@@ -133,10 +133,13 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         order = epoch_order(config.seed, epoch, len(train_task))
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "accuracy": 0.0, "hit_rate": 0.0, "data_seconds": 0.0, "step_seconds": 0.0}
         steps = 0
-        bar = tqdm(range(start_step, batches_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        for step in bar:
-            t0 = time.time()
-            batch = collate([train_task[i] for i in order[step * config.batch_size : (step + 1) * config.batch_size]])
+        batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(start_step, batches_per_epoch)]
+        loader = torch.utils.data.DataLoader(train_task, batch_sampler=batches, collate_fn=collate,
+                                             num_workers=config.num_workers)
+        bar = tqdm(zip(range(start_step, batches_per_epoch), loader), total=len(batches),
+                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
+        t0 = time.time()
+        for step, batch in bar:
             t1 = time.time()
             beta = beta_at(objective, epoch + step / batches_per_epoch)
             for group in optimizer.param_groups:
@@ -170,6 +173,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
             if time.time() - last_save > CHECKPOINT_EVERY_SECONDS:
                 save_checkpoint(checkpoint_payload(epoch, step + 1, {}), last_path)
                 last_save = time.time()
+            t0 = time.time()
         bar.close()
         start_step = 0
         train_metrics = {k: v / max(steps, 1) for k, v in sums.items() if not k.endswith("seconds")}
