@@ -57,12 +57,12 @@ def test_mixture_kl_matches_monte_carlo_from_its_own_samples():
     allowed[:, 0] = False
     centres = torch.zeros(n, cells * cells, 2)
     half = torch.full((n, 2), 0.2)
-    step = locations(features, h, anchor, allowed, centres, half, "posterior", sample=True)
+    keys = locations.cell_keys(features)
+    step = locations(features, keys, h, anchor, allowed, centres, half, "posterior", sample=True)
     assert not (step.cell == 0).any(), "a masked cell was chosen"
     # Exact KL of the cell part, plus the offset part averaged over the module's own cell samples.
     from torch.distributions import Categorical
-    grid = torch.cat([features[:1], h[:1, :, None, None].expand(-1, -1, cells, cells)], 1)
-    q_logits = (locations.posterior_logits(grid).flatten(1) + anchor[:1]).masked_fill(~allowed[:1], -1e9)
+    q_logits = (locations.posterior_cell_logits(keys[:1], h[:1]) + anchor[:1]).masked_fill(~allowed[:1], -1e9)
     p_logits = (locations.prior_logits(h[:1]) + anchor[:1]).masked_fill(~allowed[:1], -1e9)
     cell_kl = kl_divergence(Categorical(logits=q_logits), Categorical(logits=p_logits))
     frequencies = torch.bincount(step.cell, minlength=cells * cells).float() / n

@@ -25,8 +25,8 @@ PRESETS: dict[str, dict] = {
         "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.25, "s_max": 0.4, "location_cells": 12,
                   "proxy_prior_weight": 8.0},
         "objective": {"beta": 0.1},
-        "train": {"task": "cluttered", "epochs": 30, "batch_size": 64, "lr": 1e-3, "max_minutes": 30.0,
-                  "task_options": {"label": "pair", "proxy_factor": 8.0}},
+        "train": {"task": "cluttered", "epochs": 11, "batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine",
+                  "max_minutes": 30.0, "task_options": {"label": "pair", "proxy_factor": 8.0}},
     },
     # Megapixel MNIST, all four labels from one model; T*W^2 = 6 * 32^2 = 6144 sampled pixels.
     "megapixel": {

@@ -94,24 +94,32 @@ class MixtureLocations(nn.Module):
         super().__init__()
         self.s_min, self.s_max, self.cells = s_min, s_max, cells
         self.proxy_prior_weight = proxy_prior_weight
-        self.posterior_logits = nn.Sequential(
-            nn.Conv2d(feature_width + hidden, hidden, 1), nn.ReLU(inplace=True), nn.Conv2d(hidden, 1, 1)
-        )
-        nn.init.zeros_(self.posterior_logits[-1].weight)
-        nn.init.zeros_(self.posterior_logits[-1].bias)
+        # Cell logits = MLP([cell features, h]). Its first layer is split into a per-cell part, computed once per
+        # image (`cell_keys`), and a per-step part from h, added as a bias: the same function, T times cheaper.
+        self.cell_projection = nn.Conv2d(feature_width, hidden, 1)
+        self.state_projection = nn.Linear(hidden, hidden, bias=False)
+        self.cell_score = nn.Linear(hidden, 1)
+        nn.init.zeros_(self.cell_score.weight)
+        nn.init.zeros_(self.cell_score.bias)
         self.prior_logits = nn.Linear(hidden, cells * cells)
         nn.init.zeros_(self.prior_logits.weight)
         nn.init.zeros_(self.prior_logits.bias)
         self.posterior_offset = gaussian_head(feature_width + hidden, hidden)
         self.prior_offset = gaussian_head(hidden, hidden)
 
-    def forward(self, features, h, anchor, allowed, centres, half_cell, source: str, sample: bool) -> LocationStep:
-        """features (B, F, c, c); h (B, H); anchor (B, c^2) proxy prior logits; allowed (B, c^2) bool;
-        centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell in (u, v) units."""
+    def cell_keys(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F, c, c) -> (B, c^2, hidden): the per-cell part of the posterior's cell scores, once per image."""
+        return self.cell_projection(features).flatten(2).transpose(1, 2)
+
+    def posterior_cell_logits(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return self.cell_score(F.relu(keys + self.state_projection(h)[:, None])).squeeze(-1)
+
+    def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool) -> LocationStep:
+        """features (B, F, c, c); keys (B, c^2, hidden) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
+        logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell."""
         batch, width = features.shape[:2]
-        grid = torch.cat([features, h[:, :, None, None].expand(-1, -1, self.cells, self.cells)], 1)
         anchor = self.proxy_prior_weight * anchor
-        q_cells = Categorical(logits=(self.posterior_logits(grid).flatten(1) + anchor).masked_fill(~allowed, MASKED))
+        q_cells = Categorical(logits=(self.posterior_cell_logits(keys, h) + anchor).masked_fill(~allowed, MASKED))
         p_cells = Categorical(logits=(self.prior_logits(h) + anchor).masked_fill(~allowed, MASKED))
         cells_dist = q_cells if source == "posterior" else p_cells
         cell = cells_dist.sample() if sample else cells_dist.probs.argmax(-1)

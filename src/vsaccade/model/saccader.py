@@ -112,6 +112,7 @@ class VariationalSaccader(nn.Module):
             visited = torch.zeros_like(valid)
             anchor = proxy_location_prior(proxy, c.location_cells, valid)
             centres, half_cell = self.cell_geometry(images, device)
+            keys = self.locations.cell_keys(features)
 
         zs, kls, log_qs, feats, glimpses, recons = [], [], [], [], [], []
         for _ in range(c.glimpses):
@@ -122,7 +123,7 @@ class VariationalSaccader(nn.Module):
             elif mixture:
                 allowed = valid & ~visited
                 allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
-                step = self.locations(features, h, anchor, allowed, centres, half_cell, source, sample)
+                step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample)
                 z, kl, log_q = step.z, step.kl, step.log_q_cell
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
