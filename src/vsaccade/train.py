@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
 import random
 import subprocess
 import time
@@ -112,6 +114,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         "model_config": model_config.to_dict(), "objective_config": objective.to_dict(), "train_config": config.to_dict(),
         "task": tasks["train"].describe(), "digit_source": tasks["train"].describe().get("digit_source"),
         "vsaccade_version": code_version(), "torch_threads": torch.get_num_threads(),
+        "machine": {"cpus": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0], "platform": platform.platform()},
     }
     (out / "config.json").write_text(json.dumps(run_info, indent=2))
 
