@@ -13,10 +13,11 @@ from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig
 PRESETS: dict[str, dict] = {
     # The README's first command: a small single-digit cluttered task that trains in a few minutes on 2 cores.
     "demo": {
-        "model": {"glimpses": 3, "glimpse_size": 24, "s_min": 0.25, "s_max": 0.4, "location_cells": 6, "hidden": 96},
+        "model": {"glimpses": 3, "glimpse_size": 24, "s_min": 0.35, "s_max": 0.5, "location_cells": 12,
+                  "proxy_prior_weight": 8.0, "hidden": 96},
         "objective": {"beta": 0.1},
-        "train": {"task": "cluttered", "epochs": 3, "batch_size": 64, "lr": 2e-3, "train_size": 12000,
-                  "validation_size": 500, "test_size": 1000, "max_minutes": 4.0,
+        "train": {"task": "cluttered", "epochs": 3, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine",
+                  "train_size": 12000, "validation_size": 500, "test_size": 1000, "max_minutes": 4.0,
                   "task_options": {"label": "digit", "digits": 1, "distractors": 4, "canvas_size": 60,
                                    "image_size": 1200, "proxy_factor": 5.0}},
     },
@@ -31,7 +32,7 @@ PRESETS: dict[str, dict] = {
     # Megapixel MNIST, all four labels from one model; T*W^2 = 6 * 32^2 = 6144 sampled pixels.
     "megapixel": {
         "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.02, "s_max": 0.03, "location_cells": 45,
-                  "proxy_width": 32, "hidden": 128},
+                  "proxy_prior_weight": 8.0, "proxy_width": 32, "hidden": 128},
         "objective": {"beta": 0.1},
         "train": {"task": "megapixel", "epochs": 20, "batch_size": 32, "lr": 1e-3, "max_minutes": 60.0},
     },
