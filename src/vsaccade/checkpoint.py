@@ -3,7 +3,7 @@
 Schema (version 1):
     schema_version: int         model_name: str           model_config: dict (ModelConfig fields)
     objective_config: dict      train_config: dict        task: dict (the task's describe(), digit source included)
-    state_dict: {name: tensor}  epoch: int                step_in_epoch: int   global_step: int
+    state_dict: {name: tensor}  epoch: int                step_in_epoch: int   global_step: int  images_seen: int
     best_validation: float      optimizer: dict | absent  rng: dict | absent   metrics: dict
 A checkpoint alone rebuilds its model: `vsaccade.load(path)`.
 """

@@ -96,7 +96,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     model_config = model_config_for(tasks["train"], model_config)
     model = create_model("saccader", **model_config.to_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch, start_step, global_step, best, elapsed_before = 0, 0, 0, -math.inf, 0.0
+    start_epoch, start_step, global_step, images_seen, best, elapsed_before = 0, 0, 0, 0, -math.inf, 0.0
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
         payload = read_checkpoint(last_path)
@@ -107,7 +107,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         optimizer.load_state_dict(payload["optimizer"])
         restore_rng(payload["rng"])
         start_epoch, start_step = payload["epoch"], payload["step_in_epoch"]
-        global_step, best = payload["global_step"], payload["best_validation"]
+        global_step, images_seen, best = payload["global_step"], payload["images_seen"], payload["best_validation"]
         elapsed_before = payload.get("train_minutes", 0.0)
         log(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}")
     run_info = {
@@ -124,6 +124,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     def checkpoint_payload(epoch, step_in_epoch, metrics):
         return {"model_name": "saccader", **run_info, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
+                "images_seen": images_seen,
                 "best_validation": best, "metrics": metrics, "train_minutes": minutes()}
 
     train_task = tasks["train"]
@@ -135,7 +136,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         model.train()
         order = epoch_order(config.seed, epoch, len(train_task))
         sums = {"loss": 0.0, "nll": 0.0, "kl": 0.0, "accuracy": 0.0, "hit_rate": 0.0, "data_seconds": 0.0, "step_seconds": 0.0}
-        steps = 0
+        steps = epoch_images = 0
         batches = [order[i * config.batch_size : (i + 1) * config.batch_size] for i in range(start_step, batches_per_epoch)]
         loader = torch.utils.data.DataLoader(train_task, batch_sampler=batches, collate_fn=collate,
                                              num_workers=config.num_workers)
@@ -157,6 +158,8 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
             optimizer.step()
             global_step += 1
+            images_seen += len(batch)
+            epoch_images += len(batch)
             steps += 1
             first_head = model_config.heads[0]["name"]
             sums["loss"] += float((parts["nll"] + beta * parts["kl"]).mean())
@@ -181,7 +184,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         start_step = 0
         train_metrics = {k: v / max(steps, 1) for k, v in sums.items() if not k.endswith("seconds")}
         train_metrics["data_fraction"] = sums["data_seconds"] / max(sums["data_seconds"] + sums["step_seconds"], 1e-9)
-        train_metrics["images_per_second"] = steps * config.batch_size / max(sums["data_seconds"] + sums["step_seconds"], 1e-9)
+        train_metrics["images_per_second"] = epoch_images / max(sums["data_seconds"] + sums["step_seconds"], 1e-9)
         validation = evaluate(model, tasks["validation"], "mode", config.eval_batch_size, references=False, progress=progress)
         score = mean_head_score(validation)
         improved = score > best
@@ -205,7 +208,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
 
     model = model_from_checkpoint(read_checkpoint(best_path), best_path)
     test = evaluate(model, tasks["test"], config.eval_policy, config.eval_batch_size, references=True, progress=progress)
-    results = {**run_info, "train_minutes": minutes(), "images_seen": global_step * config.batch_size,
+    results = {**run_info, "train_minutes": minutes(), "images_seen": images_seen,
                "epochs_completed": record["epoch"], "best_validation": best, "test": test,
                "checkpoint": str(best_path)}
     (out / "results.json").write_text(json.dumps(results, indent=2))
