@@ -38,6 +38,7 @@ FONT_SEEDS = {"train": 1, "test": 2}  # different seeds, so font train and test 
 
 _mnist_cache: dict[tuple[str, str, tuple[tuple[int, int], ...]], tuple[np.ndarray, np.ndarray]] = {}
 _font_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_notices: set[str] = set()
 _failed_downloads: dict[str, str] = {}  # cache dir -> why downloading into it failed: not retried in this process
 
 
@@ -60,6 +61,7 @@ def clear_cache() -> None:
     _mnist_cache.clear()
     _font_cache.clear()
     _failed_downloads.clear()
+    _notices.clear()
 
 
 def _file_signature(directory: Path) -> tuple[tuple[int, int], ...]:
@@ -126,8 +128,8 @@ def load_digits(split: str, source: str = "auto", data_dir: str | os.PathLike | 
             f"MNIST not found (searched {searched}) and not downloadable ({reason}); "
             "pass data_dir, set VSACCADE_DATA to a folder holding mnist/, or use source='font'"
         )
-    print(
-        f"vsaccade: MNIST unavailable (searched {searched}; {reason}); using digits rendered from Pillow's font",
-        file=sys.stderr,
-    )
+    notice = f"vsaccade: MNIST unavailable (searched {searched}; {reason}); using digits rendered from Pillow's font"
+    if notice not in _notices:  # once per process, however many splits fall back
+        _notices.add(notice)
+        print(notice, file=sys.stderr)
     return _font_set(split)
