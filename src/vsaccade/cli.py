@@ -16,6 +16,13 @@ def add_data_arguments(parser):
                         help="digit source: MNIST, the font-rendered fallback, or auto (MNIST if available)")
 
 
+def add_checkpoint_arguments(parser):
+    """Arguments of the commands that read a checkpoint and rebuild its task."""
+    parser.add_argument("checkpoint")
+    parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    add_data_arguments(parser)
+
+
 def command_train(args):
     from .config import ConfigError
     from .presets import resolve
@@ -118,23 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=command_train)
 
     p = sub.add_parser("evaluate", help="accuracy and localisation of a checkpoint")
-    p.add_argument("checkpoint")
-    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    add_checkpoint_arguments(p)
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-references", action="store_true", help="skip the random- and prior-glimpse references")
     p.add_argument("--json", help="write the results here")
-    add_data_arguments(p)
     p.set_defaults(handler=command_evaluate)
 
     p = sub.add_parser("show", help="PNG of the proxy, the glimpse windows and the glimpses")
-    p.add_argument("checkpoint")
-    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    add_checkpoint_arguments(p)
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--count", type=int, default=4)
     p.add_argument("--out", help="PNG path")
-    add_data_arguments(p)
     p.set_defaults(handler=command_show)
 
     p = sub.add_parser("demo", help="train the embedded default for a few minutes, evaluate, draw the glimpses")
