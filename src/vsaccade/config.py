@@ -54,8 +54,10 @@ class ModelConfig(PlainConfig):
     posterior: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
     estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
     proxy_prior_weight: float = 1.0  # weight of the proxy-intensity location prior (mixture only)
+    cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
     inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
     prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
+    proxy_encoder: str = "wide"  # "wide" or "strided" (model/proxy_encoder.py)
     proxy_width: int = 32
     glimpse_width: int = 64
     hidden: int = 128
@@ -63,10 +65,12 @@ class ModelConfig(PlainConfig):
     core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
     no_glimpses: bool = False  # control: glimpse features zeroed, everything else equal
     reconstruct_proxy: bool = False  # optional log p(x~ | z_t, h_{t-1}) term (continuous Bernoulli)
+    glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
 
     def validate(self):
         super().validate()
-        choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm")}
+        choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
+                   "proxy_encoder": ("wide", "strided")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -75,6 +79,8 @@ class ModelConfig(PlainConfig):
         for name in ("glimpses", "glimpse_size", "proxy_size", "location_cells", "hidden", "proxy_width", "glimpse_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.cell_score_width < 0:
+            raise ConfigError(f"ModelConfig.cell_score_width must be >= 0 (0: hidden), got {self.cell_score_width}")
         if self.glimpse_size < 8:
             raise ConfigError(f"glimpse_size must be at least 8 pixels, got {self.glimpse_size}")
         if not self.heads or not all(isinstance(h, dict) and {"name", "num_classes", "kind"} <= set(h) for h in self.heads):
@@ -89,13 +95,16 @@ class ObjectiveConfig(PlainConfig):
     beta_warmup_epochs: float = 0.0  # beta rises linearly from 0 over this many epochs
     combine: str = "sum"  # "sum" (the ELBO) or "product" (the reference code: nll * beta * KL)
     reconstruction_weight: float = 0.0
+    glimpse_loss_weight: float = 0.0  # weight of the per-glimpse heads' mean -log p(y | g_t) (needs glimpse_heads)
+    glimpse_reward_weight: float = 0.0  # weight of the per-glimpse score-function term (needs glimpse_heads)
 
     def validate(self):
         super().validate()
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
-        if self.beta < 0 or self.beta_warmup_epochs < 0 or self.reconstruction_weight < 0:
-            raise ConfigError("beta, beta_warmup_epochs and reconstruction_weight must be non-negative")
+        for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
 
 
 @dataclass

@@ -9,6 +9,14 @@ nll * (beta * KL - reconstruction_weight * log p(x~ | ...)), per sample.
 For the mixture posterior's discrete cell with the "score" estimator, a surrogate term
 -(ELBO_i - mean_batch ELBO) * sum_t log q(c_t) (the ELBO_i detached) adds the score-function gradient;
 it is zero in expectation and is left out of the reported ELBO.
+
+Per-glimpse terms (need `ModelConfig.glimpse_heads`; both default off, and neither is part of the ELBO):
+  * glimpse_loss_weight * mean_t -log p_t(y | g_t): trains heads that read each glimpse alone (and, through
+    them, the glimpse encoder);
+  * glimpse_reward_weight: a per-step score-function term, -(r_t - mean_batch r_t) * log q(c_t) with
+    r_t = log p_t(y | g_t) detached. It credits each cell choice with what its own glimpse showed, instead of
+    crediting all T choices with one sequence-level reward: far lower variance, but a biased (myopic)
+    estimate of the ELBO's gradient, a shaping reward we name rather than hide.
 """
 
 from __future__ import annotations
@@ -20,14 +28,20 @@ from .config import ObjectiveConfig
 
 
 def log_likelihood(logits: dict, labels: dict, heads: list[dict]) -> torch.Tensor:
-    """Sum over heads of log p(y_head | ...), per sample: (B,)."""
+    """Sum over heads of log p(y_head | ...): logits (B, [T,] classes) -> (B, [T]). Labels (B[, classes])
+    broadcast over the optional glimpse axis T."""
     total = 0
     for head in heads:
-        name = head["name"]
+        name, head_logits, y = head["name"], logits[head["name"]], labels[head["name"]]
         if head["kind"] == "multilabel":
-            total = total - F.binary_cross_entropy_with_logits(logits[name], labels[name].float(), reduction="none").sum(-1)
+            y = y.float()[:, None].expand_as(head_logits) if head_logits.ndim == 3 else y.float()
+            total = total - F.binary_cross_entropy_with_logits(head_logits, y, reduction="none").sum(-1)
         else:
-            total = total - F.cross_entropy(logits[name], labels[name], reduction="none")
+            if head_logits.ndim == 3:
+                y = y[:, None].expand(head_logits.shape[:2])
+                total = total - F.cross_entropy(head_logits.transpose(1, 2), y, reduction="none")
+            else:
+                total = total - F.cross_entropy(head_logits, y, reduction="none")
     return total
 
 
@@ -50,4 +64,13 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
         reward = (-per_sample).detach()
         advantage = reward - reward.mean()
         loss = loss - (advantage * output.log_q_cells.sum(1)).mean()
+    if output.glimpse_logits is not None and (config.glimpse_loss_weight or config.glimpse_reward_weight):
+        glimpse_log_lik = log_likelihood(output.glimpse_logits, labels, heads)  # (B, T)
+        loss = loss - config.glimpse_loss_weight * glimpse_log_lik.mean()
+        if config.glimpse_reward_weight and output.log_q_cells is not None:
+            reward = glimpse_log_lik.detach()
+            advantage = reward - reward.mean(0, keepdim=True)
+            loss = loss - config.glimpse_reward_weight * (advantage * output.log_q_cells).sum(1).mean()
+    elif config.glimpse_loss_weight or config.glimpse_reward_weight:
+        raise ValueError("glimpse_loss_weight and glimpse_reward_weight need a model built with glimpse_heads=True")
     return {"loss": loss, "nll": -log_lik.detach(), "kl": kl.detach(), "reconstruction": recon.detach()}

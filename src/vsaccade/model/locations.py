@@ -90,15 +90,17 @@ class GaussianLocations(nn.Module):
 
 
 class MixtureLocations(nn.Module):
-    def __init__(self, hidden: int, feature_width: int, cells: int, s_min: float, s_max: float, proxy_prior_weight: float):
+    def __init__(self, hidden: int, feature_width: int, cells: int, s_min: float, s_max: float, proxy_prior_weight: float,
+                 score_width: int = 0):
         super().__init__()
+        score_width = score_width or hidden
         self.s_min, self.s_max, self.cells = s_min, s_max, cells
         self.proxy_prior_weight = proxy_prior_weight
         # Cell logits = MLP([cell features, h]). Its first layer is split into a per-cell part, computed once per
         # image (`cell_keys`), and a per-step part from h, added as a bias: the same function, T times cheaper.
-        self.cell_projection = nn.Conv2d(feature_width, hidden, 1)
-        self.state_projection = nn.Linear(hidden, hidden, bias=False)
-        self.cell_score = nn.Linear(hidden, 1)
+        self.cell_projection = nn.Conv2d(feature_width, score_width, 1)
+        self.state_projection = nn.Linear(hidden, score_width, bias=False)
+        self.cell_score = nn.Linear(score_width, 1)
         nn.init.zeros_(self.cell_score.weight)
         nn.init.zeros_(self.cell_score.bias)
         self.prior_logits = nn.Linear(hidden, cells * cells)
@@ -108,14 +110,14 @@ class MixtureLocations(nn.Module):
         self.prior_offset = gaussian_head(hidden, hidden)
 
     def cell_keys(self, features: torch.Tensor) -> torch.Tensor:
-        """(B, F, c, c) -> (B, c^2, hidden): the per-cell part of the posterior's cell scores, once per image."""
-        return self.cell_projection(features).flatten(2).transpose(1, 2)
+        """(B, F, c, c) -> (B, c^2, score_width): the per-cell part of the posterior's cell scores, once per image."""
+        return self.cell_projection(features).flatten(2).transpose(1, 2).contiguous()
 
     def posterior_cell_logits(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.cell_score(F.relu(keys + self.state_projection(h)[:, None])).squeeze(-1)
 
     def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool) -> LocationStep:
-        """features (B, F, c, c); keys (B, c^2, hidden) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
+        """features (B, F, c, c); keys (B, c^2, score_width) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
         logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell."""
         batch, width = features.shape[:2]
         anchor = self.proxy_prior_weight * anchor

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, ModelConfig
 from ..geometry import cell_centres_normalised, cell_half_extent_normalised
-from .classifier import Classifier
+from .classifier import Classifier, GlimpseHeads
 from .core import RecurrentCore
 from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
@@ -40,6 +40,7 @@ class SaccadeOutput:
     glimpses: torch.Tensor  # (B, T, C, W, W)
     log_q_cells: torch.Tensor | None = None  # (B, T) log q(c_t) of the chosen cells (mixture posterior)
     reconstruction: torch.Tensor | None = None  # (B, T) log p(x~ | z_t, h_{t-1})
+    glimpse_logits: dict | None = None  # head -> (B, T, classes), what each glimpse alone says (glimpse_heads)
 
 
 class VariationalSaccader(nn.Module):
@@ -49,14 +50,17 @@ class VariationalSaccader(nn.Module):
             raise ConfigError(f"location_cells ({config.location_cells}) cannot exceed proxy_size ({config.proxy_size})")
         self.config = config
         c = config
-        self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden)
+        self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
+                                          c.proxy_encoder)
         if c.posterior == "mixture":
-            self.locations = MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight)
+            self.locations = MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight,
+                                              c.cell_score_width)
         else:
             self.locations = GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy)
         self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden)
         self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
         self.classifier = Classifier(c.hidden, c.heads)
+        self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else None
         if c.reconstruct_proxy:
             self.decoder = nn.Sequential(
                 nn.Linear(3 + c.hidden, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.proxy_channels * c.proxy_size**2)
@@ -114,7 +118,7 @@ class VariationalSaccader(nn.Module):
             centres, half_cell = self.cell_geometry(images, device)
             keys = self.locations.cell_keys(features)
 
-        zs, kls, log_qs, feats, glimpses, recons = [], [], [], [], [], []
+        zs, kls, log_qs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], []
         for _ in range(c.glimpses):
             h = self.core.output(state)
             log_q = None
@@ -140,6 +144,7 @@ class VariationalSaccader(nn.Module):
             else:
                 glimpse = sample_glimpses(images, z, c.glimpse_size)
                 f = self.glimpse_encoder(glimpse)
+            raw_feats.append(f)
             if c.estimator == "ats" and log_q is not None:
                 f = f * torch.exp(log_q - log_q.detach())[:, None]  # value 1, gradient d log q
             state = self.core(e, f, z, state)
@@ -148,6 +153,7 @@ class VariationalSaccader(nn.Module):
                 log_qs.append(log_q)
 
         logits = self.classifier(torch.stack(feats, 1), self.core.output(state))
+        glimpse_logits = self.glimpse_heads(torch.stack(raw_feats, 1)) if self.glimpse_heads is not None else None
         return SaccadeOutput(
             logits=logits,
             z=torch.stack(zs, 1),
@@ -155,6 +161,7 @@ class VariationalSaccader(nn.Module):
             glimpses=torch.stack(glimpses, 1),
             log_q_cells=torch.stack(log_qs, 1) if log_qs else None,
             reconstruction=torch.stack(recons, 1) if recons else None,
+            glimpse_logits=glimpse_logits,
         )
 
 
