@@ -15,6 +15,6 @@ vsaccade evaluate runs/pair-s0/best.pt --policy samples:8 --json runs/pair-s0/te
 vsaccade show runs/pair-s0/best.pt --out docs/cluttered-pair.png
 
 # Megapixel MNIST (1500x1500, proxy 180x180), the same model, any accuracy, with its control.
-run runs/megapixel-s0 --preset megapixel --seed 0 --max-minutes 25 --set train.threads=1
-run runs/megapixel-noglimpse-s0 --preset megapixel --seed 0 --epochs 9 --max-minutes 12 --no-glimpses
+run runs/megapixel-s0 --preset megapixel-core --seed 0 --max-minutes 25 --set train.threads=1
+run runs/megapixel-noglimpse-s0 --preset megapixel-core --seed 0 --epochs 9 --max-minutes 12 --no-glimpses
 vsaccade show runs/megapixel-s0/best.pt --out docs/megapixel.png --count 3

@@ -127,3 +127,26 @@ def test_bad_model_configs_get_clear_errors(bad):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model"):
         create_model("resnet9000")
+
+
+@pytest.mark.parametrize("layout", ["wide", "strided"])
+@pytest.mark.parametrize("proxy_size,cells", [(180, 45), (16, 4), (8, 8)])
+def test_proxy_encoder_layouts_give_the_cell_grid(layout, proxy_size, cells):
+    from vsaccade.model.proxy_encoder import ProxyEncoder
+
+    encoder = ProxyEncoder(1, proxy_size, cells, width=16, hidden=24, layout=layout)
+    features, e = encoder(torch.rand(2, 1, proxy_size, proxy_size), torch.ones(2, cells, cells, dtype=torch.bool))
+    assert features.shape == (2, 16, cells, cells) and e.shape == (2, 24)
+
+
+def test_glimpse_heads_reward_reaches_the_cell_scores():
+    torch.manual_seed(0)
+    model = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32, glimpse_heads=True,
+                         proxy_encoder="strided", cell_score_width=8)
+    randomise(model.locations)
+    images, proxy, mask = batch_of(3)
+    out = model(images, proxy, mask)
+    assert out.glimpse_logits["label"].shape == (3, model.config.glimpses, 10)
+    config = ObjectiveConfig(beta=0.0, glimpse_reward_weight=1.0)
+    negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, config, beta=0.0, estimator="ats")["loss"].backward()
+    assert model.locations.cell_score.weight.grad.abs().sum() > 0

@@ -64,3 +64,28 @@ def test_beta_warm_up_and_bad_configs():
         ObjectiveConfig.from_dict({"combine": "max"})
     with pytest.raises(ConfigError, match="non-negative"):
         ObjectiveConfig.from_dict({"beta": -1.0})
+
+
+def test_per_glimpse_terms_score_each_glimpse_and_credit_its_own_cell():
+    # Two images, two glimpses: image 0 sees its label at step 0 only, image 1 at step 1 only.
+    glimpse_logits = {"digit": torch.tensor([[[4.0, 0, 0], [0, 4.0, 0]], [[0, 4.0, 0], [0, 0, 4.0]]]),
+                      "multi": torch.zeros(2, 2, 2)}
+    log_q = torch.zeros(2, 2, requires_grad=True)
+    out = output(log_q=log_q)
+    out.glimpse_logits = glimpse_logits
+    config = ObjectiveConfig(beta=0.0, glimpse_loss_weight=0.5, glimpse_reward_weight=1.0)
+    parts = negative_elbo(out, LABELS, HEADS, config, beta=0.0, estimator="ats")  # "ats": no sequence-level term
+    per_glimpse = -(F.cross_entropy(glimpse_logits["digit"].transpose(1, 2), LABELS["digit"][:, None].expand(2, 2),
+                                    reduction="none") + 2 * F.binary_cross_entropy_with_logits(torch.zeros(1), torch.ones(1)))
+    expected = expected_nll().mean() - 0.5 * per_glimpse.mean()
+    assert parts["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
+    parts["loss"].backward()
+    advantage = per_glimpse - per_glimpse.mean(0, keepdim=True)
+    assert torch.allclose(log_q.grad, -advantage / 2, atol=1e-6)
+    # image 0's right glimpse is encouraged (negative gradient on its log q), its wrong one discouraged
+    assert log_q.grad[0, 0] < 0 < log_q.grad[0, 1]
+
+
+def test_per_glimpse_weights_need_glimpse_heads():
+    with pytest.raises(ValueError, match="glimpse_heads"):
+        negative_elbo(output(), LABELS, HEADS, ObjectiveConfig(glimpse_reward_weight=1.0), beta=0.0)

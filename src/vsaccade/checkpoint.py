@@ -5,7 +5,8 @@ Schema (version 1):
     objective_config: dict      train_config: dict        task: dict (the task's describe(), digit source included)
     state_dict: {name: tensor}  epoch: int                step_in_epoch: int   global_step: int  images_seen: int
     best_validation: float      optimizer: dict | absent  rng: dict | absent   metrics: dict
-A checkpoint alone rebuilds its model: `vsaccade.load(path)`.
+A checkpoint alone rebuilds its model: `vsaccade.load(path)`. Small trained checkpoints ship with the package
+under vsaccade/pretrained/ and are loaded by name (`vsaccade.load("megapixel")`, `vsaccade evaluate megapixel`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 SCHEMA_VERSION = 1
+BUNDLED = Path(__file__).parent / "pretrained"
 
 
 class CheckpointError(ValueError):
@@ -44,9 +46,7 @@ def save_checkpoint(payload: dict, path) -> None:
 
 def read_checkpoint(path) -> dict:
     """Load and validate a checkpoint's payload, or raise CheckpointError naming the problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = resolve_checkpoint(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
@@ -59,6 +59,21 @@ def read_checkpoint(path) -> dict:
             f"{path} has checkpoint schema version {payload['schema_version']}; this vsaccade reads version {SCHEMA_VERSION}"
         )
     return payload
+
+
+def bundled_checkpoints() -> list[str]:
+    return sorted(p.stem for p in BUNDLED.glob("*.pt"))
+
+
+def resolve_checkpoint(name_or_path) -> Path:
+    """A checkpoint file's path, or the name of a bundled checkpoint -> its path."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = BUNDLED / f"{name_or_path}.pt"
+    if path.parent == Path(".") and not path.suffix and bundled.is_file():
+        return bundled
+    raise CheckpointError(f"checkpoint not found: {path} (bundled checkpoints: {', '.join(bundled_checkpoints()) or 'none'})")
 
 
 def model_from_checkpoint(payload: dict, path="checkpoint"):

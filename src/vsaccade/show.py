@@ -44,6 +44,7 @@ def show_samples(model, samples: list, path, titles: list[str] | None = None) ->
         image = sample.image
         scale = VIEW_SIZE / max(image.height, image.width)
         view = image.proxy(VIEW_SIZE)
+        view = view / view.amax().clamp_min(1e-6)  # area-downsampled small objects are faint: stretch for display
         ax[1].imshow(to_display(view), cmap="gray", vmin=0, vmax=1)
         ax[1].set_xlim(0, image.width * scale)
         ax[1].set_ylim(image.height * scale, 0)

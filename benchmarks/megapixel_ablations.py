@@ -1,0 +1,119 @@
+"""Megapixel MNIST ablations: one row per change, same budget, same seeds (docs/benchmarks/megapixel.md).
+
+Every row trains `vsaccade train --preset megapixel-core` plus its overrides for the same number of epochs,
+on one torch thread, `--lanes` runs at a time, then reads validation/test results from each run directory.
+Finished runs (results.json present) are skipped and killed ones resume, so the script can be stopped and
+re-run. Run from the repo root, in the background:
+
+    VSACCADE_DATA=/path/holding/mnist nohup python benchmarks/megapixel_ablations.py > runs/ablations.log 2>&1 &
+    python benchmarks/megapixel_ablations.py --table     # the Markdown table of what has finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SPEED = ["model.proxy_encoder=strided", "model.cell_score_width=32"]
+WINDOW64 = ["model.s_min=0.0427", "model.s_max=0.0427"]  # 64-px windows read at level 2 into W=32
+GLIMPSE_LOSS = ["model.glimpse_heads=true", "objective.glimpse_loss_weight=1"]
+GLIMPSE_REWARD = ["objective.glimpse_reward_weight=1"]
+FULL = SPEED + WINDOW64 + GLIMPSE_LOSS + GLIMPSE_REWARD
+
+# name -> (what changes, overrides on top of --preset megapixel-core)
+ROWS = {
+    "core": ("the core model (megapixel-core preset)", []),
+    "speed": ("+ strided proxy encoder, 32-wide cell scoring", SPEED),
+    "window64": ("+ 64-px windows (whole cell + any digit in it), read at level 2", SPEED + WINDOW64),
+    "glimpse-loss": ("+ per-glimpse heads, loss weight 1", SPEED + WINDOW64 + GLIMPSE_LOSS),
+    "glimpse-reward": ("+ per-glimpse score-function reward, weight 1", FULL),
+    "no-anchor": ("glimpse-reward, proxy anchor weight 0", FULL + ["model.proxy_prior_weight=0"]),
+    "anchor4": ("glimpse-reward, proxy anchor weight 4", FULL + ["model.proxy_prior_weight=4"]),
+    "beta0": ("glimpse-reward, beta = 0 (no KL)", FULL + ["objective.beta=0"]),
+    "ats": ("glimpse-reward, + Attention Sampling estimator instead of sequence score function", FULL + ["model.estimator=ats"]),
+    "reward-only": ("window64 + per-glimpse reward, no per-glimpse loss", SPEED + WINDOW64 + ["model.glimpse_heads=true"] + GLIMPSE_REWARD),
+    "gaussian": ("glimpse-reward settings, Gaussian posterior (the paper's)", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.posterior=gaussian"]),
+}
+
+
+def run_dir(root: Path, name: str, seed: int) -> Path:
+    return root / f"{name}-s{seed}"
+
+
+def command(name: str, seed: int, out: Path, epochs: int) -> list[str]:
+    overrides = [arg for item in ROWS[name][1] for arg in ("--set", item)]
+    return ["vsaccade", "train", "--preset", "megapixel-core", "--seed", str(seed), "--epochs", str(epochs),
+            "--out", str(out), "--resume", "--no-progress", "--set", "train.threads=1", "--set", "train.max_minutes=0",
+            "--set", "train.lr_schedule=constant", *overrides]
+
+
+def run_all(names, seeds, root: Path, epochs: int, lanes: int) -> None:
+    pending = [(n, s) for s in seeds for n in names if not (run_dir(root, n, s) / "results.json").exists()]
+    running: list[tuple[subprocess.Popen, str]] = []
+    while pending or running:
+        while pending and len(running) < lanes:
+            name, seed = pending.pop(0)
+            out = run_dir(root, name, seed)
+            out.mkdir(parents=True, exist_ok=True)
+            cmd = command(name, seed, out, epochs)
+            print(time.strftime("%H:%M:%S"), "start", " ".join(cmd), flush=True)
+            log = open(out / "train.log", "a")
+            running.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), out.name))
+        time.sleep(5)
+        for proc, label in list(running):
+            if proc.poll() is not None:
+                print(time.strftime("%H:%M:%S"), "done" if proc.returncode == 0 else f"FAILED ({proc.returncode})", label, flush=True)
+                running.remove((proc, label))
+
+
+def table(names, seeds, root: Path) -> str:
+    lines = ["| row | change | seed | epochs | images | train min | img/s | val majority (best) | test majority | "
+             "max | top | multi exact | hit | hit random | hit prior |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for seed in seeds:
+            path = run_dir(root, name, seed) / "results.json"
+            if not path.exists():
+                continue
+            r = json.loads(path.read_text())
+            heads, test = r["test"]["model"]["heads"], r["test"]
+            metrics = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
+            best_val = max(m["validation"]["model"]["heads"]["majority"]["accuracy"] for m in metrics)
+            speed = sum(m["train"]["images_per_second"] for m in metrics) / len(metrics)
+            loc, refs = test["model"].get("localisation", {}), test.get("references", {})
+            hit = lambda d: f"{100 * d['hit_rate']:.1f}" if d and "hit_rate" in d else "-"
+            lines.append(
+                f"| {name} | {ROWS[name][0]} | {seed} | {r['epochs_completed']:g} | {r['images_seen']} | {r['train_minutes']:.1f} | "
+                f"{speed:.0f} | {100 * best_val:.1f} | {100 * heads['majority']['accuracy']:.1f} | "
+                f"{100 * heads['max']['accuracy']:.1f} | {100 * heads['top']['accuracy']:.1f} | "
+                f"{100 * heads['multi']['exact_match']:.1f} | {hit(loc)} | {hit(refs.get('random', {}).get('localisation'))} | "
+                f"{hit(refs.get('prior', {}).get('localisation'))} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0])
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--lanes", type=int, default=2, help="runs at a time, one torch thread each")
+    parser.add_argument("--root", default="runs/megapixel-ablations")
+    parser.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    args = parser.parse_args()
+    root = Path(args.root)
+    if not args.table:
+        os.environ.setdefault("VSACCADE_OFFLINE", "1")
+        run_all(args.rows, args.seeds, root, args.epochs, args.lanes)
+    text = table(args.rows, args.seeds, root)
+    print(text)
+    (root / "table.md").parent.mkdir(parents=True, exist_ok=True)
+    (root / "table.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
