@@ -50,7 +50,7 @@ def classifier_on_glimpses(args, task, validation):
     """Train GlimpseEncoder + MLP on mean glimpse features, glimpses from oracle boxes or an untrained model."""
     head_name = task.heads[0].name
     size = 32
-    encoder = GlimpseEncoder(1, size, 64, 128)
+    encoder = GlimpseEncoder(1, size, 64, 128, args.pool)
     head = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, task.heads[0].num_classes))
     optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], 1e-3)
     locator = untrained_model(args.preset, task) if args.mode == "sampled" else None
@@ -62,7 +62,7 @@ def classifier_on_glimpses(args, task, validation):
         rows = []
         for image, boxes in zip(batch.images, batch.boxes):
             centres = (boxes[:, :2] + boxes[:, 2:]) / 2 / torch.tensor([image.width, image.height]) * 2 - 1
-            rows.append(sample_glimpses([image] * len(boxes), torch.cat([torch.full((len(boxes), 1), 0.3), centres], 1), size))
+            rows.append(sample_glimpses([image] * len(boxes), torch.cat([torch.full((len(boxes), 1), args.oracle_scale), centres], 1), size))
         return torch.stack(rows)
 
     def logits(batch, sample=True):
@@ -90,6 +90,8 @@ def main():
     parser.add_argument("--preset", default="cluttered-pair")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     parser.add_argument("--minutes", type=float, default=3.0)
+    parser.add_argument("--pool", default="flatten", choices=("flatten", "mean"), help="glimpse encoder pooling")
+    parser.add_argument("--oracle-scale", type=float, default=0.3, help="oracle window side (fraction of the image)")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.manual_seed(0)

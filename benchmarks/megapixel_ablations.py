@@ -21,23 +21,27 @@ from pathlib import Path
 
 SPEED = ["model.proxy_encoder=strided", "model.cell_score_width=32"]
 WINDOW64 = ["model.s_min=0.0427", "model.s_max=0.0427"]  # 64-px windows read at level 2 into W=32
+CENTROID = ["model.proxy_centroid=true"]
 GLIMPSE_LOSS = ["model.glimpse_heads=true", "objective.glimpse_loss_weight=1"]
 GLIMPSE_REWARD = ["objective.glimpse_reward_weight=1"]
-FULL = SPEED + WINDOW64 + GLIMPSE_LOSS + GLIMPSE_REWARD
+FULL = SPEED + WINDOW64 + CENTROID + GLIMPSE_LOSS + GLIMPSE_REWARD  # the megapixel preset's model and objective
 
-# name -> (what changes, overrides on top of --preset megapixel-core)
+# name -> (what changes, overrides on top of --preset megapixel-core). The first six rows add one change each;
+# the rest change one thing of the full model.
 ROWS = {
     "core": ("the core model (megapixel-core preset)", []),
     "speed": ("+ strided proxy encoder, 32-wide cell scoring", SPEED),
     "window64": ("+ 64-px windows (whole cell + any digit in it), read at level 2", SPEED + WINDOW64),
-    "glimpse-loss": ("+ per-glimpse heads, loss weight 1", SPEED + WINDOW64 + GLIMPSE_LOSS),
-    "glimpse-reward": ("+ per-glimpse score-function reward, weight 1", FULL),
-    "no-anchor": ("glimpse-reward, proxy anchor weight 0", FULL + ["model.proxy_prior_weight=0"]),
-    "anchor4": ("glimpse-reward, proxy anchor weight 4", FULL + ["model.proxy_prior_weight=4"]),
-    "beta0": ("glimpse-reward, beta = 0 (no KL)", FULL + ["objective.beta=0"]),
-    "ats": ("glimpse-reward, + Attention Sampling estimator instead of sequence score function", FULL + ["model.estimator=ats"]),
-    "reward-only": ("window64 + per-glimpse reward, no per-glimpse loss", SPEED + WINDOW64 + ["model.glimpse_heads=true"] + GLIMPSE_REWARD),
-    "gaussian": ("glimpse-reward settings, Gaussian posterior (the paper's)", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.posterior=gaussian"]),
+    "centroid": ("+ offsets from the proxy's intensity centroid", SPEED + WINDOW64 + CENTROID),
+    "glimpse-loss": ("+ per-glimpse heads, loss weight 1", SPEED + WINDOW64 + CENTROID + GLIMPSE_LOSS),
+    "full": ("+ per-glimpse score-function reward, weight 1 (= megapixel preset)", FULL),
+    "no-centroid": ("full, offsets from cell centres", SPEED + WINDOW64 + GLIMPSE_LOSS + GLIMPSE_REWARD),
+    "reward-only": ("full, no per-glimpse loss", SPEED + WINDOW64 + CENTROID + ["model.glimpse_heads=true"] + GLIMPSE_REWARD),
+    "no-anchor": ("full, proxy anchor weight 0", FULL + ["model.proxy_prior_weight=0"]),
+    "anchor4": ("full, proxy anchor weight 4", FULL + ["model.proxy_prior_weight=4"]),
+    "beta0": ("full, beta = 0 (no KL)", FULL + ["objective.beta=0"]),
+    "ats": ("full, Attention Sampling estimator instead of the sequence-level score function", FULL + ["model.estimator=ats"]),
+    "gaussian": ("Gaussian posterior (the paper's), 64-px windows, per-glimpse loss", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.posterior=gaussian"]),
 }
 
 
@@ -100,7 +104,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", nargs="*", type=int, default=[0])
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lanes", type=int, default=2, help="runs at a time, one torch thread each")
     parser.add_argument("--root", default="runs/megapixel-ablations")
     parser.add_argument("--table", action="store_true", help="only print the table of finished runs")

@@ -150,3 +150,46 @@ def test_glimpse_heads_reward_reaches_the_cell_scores():
     config = ObjectiveConfig(beta=0.0, glimpse_reward_weight=1.0)
     negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, config, beta=0.0, estimator="ats")["loss"].backward()
     assert model.locations.cell_score.weight.grad.abs().sum() > 0
+
+
+def test_proxy_centroid_offsets_point_at_the_mass_around_each_cell():
+    from vsaccade.model.locations import proxy_centroid_offsets
+
+    proxy = torch.zeros(1, 1, 16, 16)
+    proxy[0, 0, 5, 9] = 1.0  # 4 x 4 cells of 4 proxy pixels; this pixel's centre is (x, y) = (9.5, 5.5)
+    offsets = proxy_centroid_offsets(proxy, 4).view(4, 4, 2)
+    # in half-cells (2 proxy pixels) from each cell's centre: its own cell (row 1, col 2; centre (10, 6)) ...
+    assert torch.allclose(offsets[1, 2], torch.tensor([-0.25, -0.25]))
+    # ... the cell to its left sees it within its widened window (centre (6, 6)), a far cell sees nothing
+    assert torch.allclose(offsets[1, 1], torch.tensor([1.75, -0.25]))
+    assert torch.equal(offsets[3, 3], torch.zeros(2))
+
+
+def test_proxy_centroid_centres_glimpses_on_an_isolated_object():
+    # One bright 28 x 28 square in a 1500 x 1500 image; with the centroid the mode glimpse is centred on it
+    # to within a few pixels, from the cell's centre it can be off by up to half a cell (16 px).
+    pixels = torch.zeros(1, 1500, 1500)
+    pixels[:, 610:638, 905:933] = 1.0  # centre (x, y) = (919, 624)
+    from vsaccade.images import ArrayImage
+
+    image = ArrayImage(pixels)
+    proxy = image.proxy(180)[None]
+    mask = torch.ones(1, 180, 180, dtype=torch.bool)
+    centres = {}
+    for centroid in (False, True):
+        torch.manual_seed(0)
+        model = create_model("saccader", proxy_size=180, location_cells=45, glimpses=1, glimpse_size=32, s_min=0.0427,
+                             s_max=0.0427, proxy_prior_weight=8.0, proxy_centroid=centroid, proxy_encoder="strided")
+        z = model([image], proxy, mask, sample=False).z[0, 0]
+        centres[centroid] = torch.stack([(z[1] + 1) * 750, (z[2] + 1) * 750])
+    errors = {k: float((c - torch.tensor([919.0, 624.0])).abs().max()) for k, c in centres.items()}
+    assert errors[True] < 4 < errors[False], errors
+
+
+def test_glimpse_encoder_pooling_options():
+    from vsaccade.model.glimpse_encoder import GlimpseEncoder
+
+    for pool in ("flatten", "mean"):
+        assert GlimpseEncoder(1, 32, 16, 24, pool=pool)(torch.rand(5, 1, 32, 32)).shape == (5, 24)
+    with pytest.raises(ValueError, match="pooling"):
+        GlimpseEncoder(1, 32, 16, 24, pool="max")

@@ -54,12 +54,14 @@ class ModelConfig(PlainConfig):
     posterior: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
     estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
     proxy_prior_weight: float = 1.0  # weight of the proxy-intensity location prior (mixture only)
+    proxy_centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
     inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
     prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
     proxy_encoder: str = "wide"  # "wide" or "strided" (model/proxy_encoder.py)
     proxy_width: int = 32
     glimpse_width: int = 64
+    glimpse_pool: str = "flatten"  # "flatten" or "mean" (model/glimpse_encoder.py)
     hidden: int = 128
     rnn: str = "gru"  # "gru" or "lstm"
     core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
@@ -70,7 +72,7 @@ class ModelConfig(PlainConfig):
     def validate(self):
         super().validate()
         choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
-                   "proxy_encoder": ("wide", "strided")}
+                   "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

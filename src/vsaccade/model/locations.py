@@ -18,6 +18,9 @@ Two families (`ModelConfig.posterior`):
   expectation over cells is a one-sample Monte-Carlo estimate.
   Both q and p add `proxy_prior_weight` x log(normalised mean proxy intensity per cell): "look where there is
   anything". The learned parts start at zero, so training starts from that proxy-derived prior.
+  With `proxy_centroid`, the offset of both q and p is measured from the proxy's intensity centroid around the
+  cell (the cell widened by half a cell each side) instead of the cell's centre: "look at the middle of what is
+  there". An object smaller than a cell then sits near the middle of its glimpse from the first step.
 """
 
 from __future__ import annotations
@@ -62,6 +65,25 @@ def proxy_location_prior(proxy: torch.Tensor, cells: int, valid: torch.Tensor) -
     intensity = F.adaptive_avg_pool2d(proxy.amax(1, keepdim=True), cells).flatten(1)
     intensity = (intensity + 1e-3) * valid
     return torch.log(intensity / intensity.sum(1, keepdim=True).clamp_min(1e-12) + 1e-12)
+
+
+def proxy_centroid_offsets(proxy: torch.Tensor, cells: int) -> torch.Tensor:
+    """(B, C', P, P) proxy -> (B, cells^2, 2) offsets (du, dv) of the intensity centroid around each cell from the
+    cell's centre, in half-cells (so 1 is the cell's edge; at most 2, the widened window's edge). 0 where empty."""
+    size = proxy.shape[-1]
+    intensity = proxy.amax(1)  # (B, P, P)
+    cell = size / cells
+    pixel_centres = torch.arange(size, dtype=proxy.dtype, device=proxy.device) + 0.5
+    cell_centres = (torch.arange(cells, dtype=proxy.dtype, device=proxy.device) + 0.5) * cell
+    # window[k, j] = 1 where proxy pixel j lies within cell k widened by half a cell on each side
+    window = ((pixel_centres[None] - cell_centres[:, None]).abs() < cell).to(proxy.dtype)  # (cells, P)
+    mass = window @ intensity @ window.T  # (B, cells, cells)
+    x_moment = window @ intensity @ (window * pixel_centres).T
+    y_moment = (window * pixel_centres) @ intensity @ window.T
+    safe = mass.clamp_min(1e-6)
+    du = torch.where(mass > 1e-6, x_moment / safe - cell_centres[None, None, :], torch.zeros_like(mass))
+    dv = torch.where(mass > 1e-6, y_moment / safe - cell_centres[None, :, None], torch.zeros_like(mass))
+    return torch.stack([du, dv], -1).flatten(1, 2) / (cell / 2)
 
 
 class GaussianLocations(nn.Module):
@@ -116,9 +138,11 @@ class MixtureLocations(nn.Module):
     def posterior_cell_logits(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.cell_score(F.relu(keys + self.state_projection(h)[:, None])).squeeze(-1)
 
-    def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool) -> LocationStep:
+    def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool,
+                centroids: torch.Tensor | None = None) -> LocationStep:
         """features (B, F, c, c); keys (B, c^2, score_width) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
-        logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell."""
+        logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell;
+        centroids (B, c^2, 2) optional offsets (in half-cells) the learned offset is measured from."""
         batch, width = features.shape[:2]
         anchor = self.proxy_prior_weight * anchor
         q_cells = Categorical(logits=(self.posterior_cell_logits(keys, h) + anchor).masked_fill(~allowed, MASKED))
@@ -131,7 +155,10 @@ class MixtureLocations(nn.Module):
         offset_dist = q_offset if source == "posterior" else p_offset
         a = offset_dist.rsample() if sample else offset_dist.mean
         centre = centres.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]
-        uv = (centre + torch.tanh(a[:, 1:]) * half_cell).clamp(-1, 1)
+        shift = torch.tanh(a[:, 1:])
+        if centroids is not None:
+            shift = shift + centroids.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]
+        uv = (centre + shift * half_cell).clamp(-1, 1)
         s = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a[:, :1])
         z = torch.cat([s, uv], -1)
         if source != "posterior":

@@ -25,7 +25,7 @@ from .classifier import Classifier, GlimpseHeads
 from .core import RecurrentCore
 from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
-from .locations import GaussianLocations, MixtureLocations, proxy_location_prior
+from .locations import GaussianLocations, MixtureLocations, proxy_centroid_offsets, proxy_location_prior
 from .proxy_encoder import ProxyEncoder
 from .registry import register_model
 
@@ -57,7 +57,7 @@ class VariationalSaccader(nn.Module):
                                               c.cell_score_width)
         else:
             self.locations = GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy)
-        self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden)
+        self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
         self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
         self.classifier = Classifier(c.hidden, c.heads)
         self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else None
@@ -117,6 +117,7 @@ class VariationalSaccader(nn.Module):
             anchor = proxy_location_prior(proxy, c.location_cells, valid)
             centres, half_cell = self.cell_geometry(images, device)
             keys = self.locations.cell_keys(features)
+            centroids = proxy_centroid_offsets(proxy * proxy_mask[:, None], c.location_cells) if c.proxy_centroid else None
 
         zs, kls, log_qs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], []
         for _ in range(c.glimpses):
@@ -127,7 +128,7 @@ class VariationalSaccader(nn.Module):
             elif mixture:
                 allowed = valid & ~visited
                 allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
-                step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample)
+                step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample, centroids)
                 z, kl, log_q = step.z, step.kl, step.log_q_cell
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
