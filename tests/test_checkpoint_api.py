@@ -41,7 +41,8 @@ def test_predict_on_array_and_path(tmp_path):
     Image.fromarray(pixels).save(tmp_path / "x.png")
     from_array = vsaccade.predict(model, pixels)
     from_path = vsaccade.predict(model, tmp_path / "x.png")
-    assert torch.allclose(from_array.probabilities["digit"], from_path.probabilities["digit"], atol=1e-6)
+    # a file's proxy comes from a vips thumbnail, an array's from area averaging: nearly the same picture
+    assert torch.allclose(from_array.probabilities["digit"], from_path.probabilities["digit"], atol=0.01)
     assert from_array.probabilities["digit"].sum().item() == pytest.approx(1.0, abs=1e-5)
     boxes = from_array.boxes
     assert boxes.shape == (model.config.glimpses, 4)
@@ -61,7 +62,7 @@ def test_predict_rejects_bad_images(tmp_path):
     with pytest.raises(ImageError, match="not found"):
         vsaccade.predict(model, tmp_path / "missing.png")
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    with pytest.raises(ImageError, match="cannot read image"):
+    with pytest.raises(ImageError, match="cannot read image|not a readable image"):
         vsaccade.predict(model, tmp_path / "bad.png")
     with pytest.raises(ImageError, match="NaN"):
         vsaccade.predict(model, np.full((64, 64), np.nan, np.float32))
@@ -89,3 +90,30 @@ def test_bad_checkpoints_get_one_line_errors(tmp_path):
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError):
         vsaccade.load(tmp_path / "truncated.pt")
+
+
+def test_export_drops_training_state_and_keeps_the_model(tmp_path):
+    from vsaccade.checkpoint import export_checkpoint
+
+    model = small_model()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(*[[vsaccade.images.ArrayImage(torch.rand(1, 64, 64))], torch.rand(1, 1, 16, 16),
+            torch.ones(1, 16, 16, dtype=torch.bool)]).logits["digit"].sum().backward()
+    optimizer.step()
+    save_checkpoint({"model_name": "saccader", "model_config": model.config.to_dict(), "state_dict": model.state_dict(),
+                     "optimizer": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}, tmp_path / "full.pt")
+    export_checkpoint(tmp_path / "full.pt", tmp_path / "slim.pt")
+    slim = torch.load(tmp_path / "slim.pt", weights_only=True)
+    assert "optimizer" not in slim and "rng" not in slim and slim["schema_version"] == 1
+    assert (tmp_path / "slim.pt").stat().st_size < (tmp_path / "full.pt").stat().st_size
+    loaded = vsaccade.load(tmp_path / "slim.pt")
+    assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in model.state_dict().items())
+
+
+def test_bundled_checkpoints_load_by_name_and_unknown_names_fail_clearly():
+    from vsaccade.checkpoint import bundled_checkpoints
+
+    for name in bundled_checkpoints():
+        assert vsaccade.load(name).checkpoint["model_name"] == "saccader"
+    with pytest.raises(CheckpointError, match="checkpoint not found: no-such-model .bundled checkpoints"):
+        vsaccade.load("no-such-model")

@@ -27,23 +27,36 @@ class Prediction:
 
 
 def open_image(source, channels: int) -> LargeImage:
-    """An array, tensor, LargeImage or image file path -> a LargeImage with `channels` channels."""
+    """An array, tensor, LargeImage or image file path -> a LargeImage with `channels` channels.
+
+    Files are read lazily through pyvips (`FileImage`) when it is installed (`pip install vsaccade[files]`);
+    without it they are decoded whole with Pillow."""
     if isinstance(source, LargeImage):
         return source
     if isinstance(source, (str, Path)):
-        from PIL import Image, UnidentifiedImageError
-
         path = Path(source)
         if not path.is_file():
             raise ImageError(f"image not found: {path}")
         try:
-            with Image.open(path) as handle:
-                handle.load()
-                pixels = np.asarray(handle.convert("L" if channels == 1 else "RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ImageError(f"cannot read image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
-        return ArrayImage(pixels)
+            import pyvips  # noqa: F401
+        except (ImportError, OSError):
+            return decode_with_pillow(path, channels)
+        from .file_images import FileImage
+
+        return FileImage(path, channels=channels if channels in (1, 3) else None)
     return ArrayImage(source)
+
+
+def decode_with_pillow(path: Path, channels: int) -> ArrayImage:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as handle:
+            handle.load()
+            pixels = np.asarray(ImageOps.exif_transpose(handle).convert("L" if channels == 1 else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ImageError(f"cannot read image {path}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+    return ArrayImage(pixels)
 
 
 def match_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:

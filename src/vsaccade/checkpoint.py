@@ -93,9 +93,21 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     return model
 
 
+TRAINING_ONLY = ("optimizer", "rng")  # what `export_checkpoint` drops: needed to resume, not to predict
+
+
+def export_checkpoint(source, destination) -> Path:
+    """Copy a checkpoint without its training-only state (optimiser, RNG), e.g. to ship it; returns the path."""
+    payload = read_checkpoint(source)
+    model_from_checkpoint(payload, source)  # refuse to export weights that do not rebuild their model
+    slim = {k: v for k, v in payload.items() if k not in TRAINING_ONLY and k != "schema_version"}
+    save_checkpoint(slim, destination)
+    return Path(destination)
+
+
 def load(path, device: str = "cpu"):
     """Load a model from a checkpoint file, in eval mode; `model.checkpoint` keeps the plain-data metadata."""
     payload = read_checkpoint(path)
     model = model_from_checkpoint(payload, path).to(device).eval()
-    model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", "optimizer", "rng")}
+    model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", *TRAINING_ONLY)}
     return model

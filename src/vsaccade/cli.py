@@ -1,4 +1,4 @@
-"""The `vsaccade` command: train, evaluate, show, demo, presets."""
+"""The `vsaccade` command: train, evaluate, show, demo, export, presets."""
 
 from __future__ import annotations
 
@@ -101,6 +101,14 @@ def command_demo(args):
     return path
 
 
+def command_export(args):
+    from .checkpoint import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out)
+    print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, optimiser and RNG state dropped)")
+    return path
+
+
 def command_presets(args):
     from .presets import PRESETS
 
@@ -146,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     add_data_arguments(p)
     p.set_defaults(handler=command_demo)
+
+    p = sub.add_parser("export", help="copy a checkpoint without its optimiser/RNG state (to ship or predict)")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.set_defaults(handler=command_export)
 
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--verbose", action="store_true")

@@ -1,0 +1,112 @@
+"""Training speed on Megapixel MNIST, before and after (docs/benchmarks/megapixel.md): images per second of one
+training step (forward, backward, Adam) for each preset, measured side by side (presets interleaved round-robin,
+median over repeats), plus where a step's time goes (building samples, reading glimpses, the network).
+
+    python benchmarks/megapixel_speed.py --threads 1 2 --json runs/megapixel-speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from vsaccade.model import create_model
+import vsaccade.model.saccader as saccader
+from vsaccade.objective import negative_elbo
+from vsaccade.presets import resolve
+from vsaccade.tasks import collate
+from vsaccade.train import build_tasks, model_config_for
+
+
+def setup(preset: str, batch_size: int, batches: int):
+    model_config, objective, config = resolve(preset)
+    config = config.replace(train_size=batch_size * batches, validation_size=1, test_size=1)
+    task = build_tasks(config)["train"]
+    model_config = model_config_for(task, model_config)
+    model = create_model("saccader", **model_config.to_dict())
+    started = time.perf_counter()
+    samples = [task[i] for i in range(batch_size * batches)]
+    build_ms = 1000 * (time.perf_counter() - started) / len(samples)
+    data = [collate(samples[i * batch_size:(i + 1) * batch_size]) for i in range(batches)]
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    return {"model": model, "objective": objective, "config": model_config, "batches": data, "optimizer": optimizer,
+            "build_ms_per_image": build_ms, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def timed_steps(state) -> tuple[float, float]:
+    """Seconds per image of training steps over the prepared batches, and of glimpse reading within them."""
+    reading = [0.0]
+    original = saccader.sample_glimpses
+
+    def counting(*args, **kwargs):
+        t = time.perf_counter()
+        result = original(*args, **kwargs)
+        reading[0] += time.perf_counter() - t
+        return result
+
+    saccader.sample_glimpses = counting
+    try:
+        images, started = 0, time.perf_counter()
+        for batch in state["batches"]:
+            output = state["model"](batch.images, batch.proxy, batch.proxy_mask)
+            loss = negative_elbo(output, batch.labels, state["config"].heads, state["objective"], 0.1,
+                                 state["config"].estimator)["loss"]
+            state["optimizer"].zero_grad(set_to_none=True)
+            loss.backward()
+            state["optimizer"].step()
+            images += len(batch)
+        return (time.perf_counter() - started) / images, reading[0] / images
+    finally:
+        saccader.sample_glimpses = original
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=["megapixel-core", "megapixel"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    states = {p: setup(p, args.batch_size, args.batches) for p in args.presets}
+    report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+              "load_average_1min_at_start": os.getloadavg()[0], "batch_size": args.batch_size, "rows": []}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for state in states.values():
+            timed_steps(state)  # warm-up
+        samples = {p: [] for p in states}
+        for _ in range(args.repeats):
+            for preset, state in states.items():  # round-robin: both presets see the same machine conditions
+                samples[preset].append(timed_steps(state))
+        for preset, state in states.items():
+            step = statistics.median(s for s, _ in samples[preset])
+            reading = statistics.median(r for _, r in samples[preset])
+            row = {"preset": preset, "threads": threads, "images_per_second": 1 / step, "step_ms_per_image": 1000 * step,
+                   "glimpse_reading_ms_per_image": 1000 * reading, "sample_build_ms_per_image": state["build_ms_per_image"],
+                   "parameters": state["parameters"], "repeats": args.repeats}
+            report["rows"].append(row)
+            print(f"{preset:16s} threads {threads}: {row['images_per_second']:6.1f} img/s "
+                  f"(step {row['step_ms_per_image']:.2f} ms/img, of which glimpse reading {row['glimpse_reading_ms_per_image']:.2f}; "
+                  f"building a sample {row['sample_build_ms_per_image']:.2f} ms), {state['parameters']:,} parameters", flush=True)
+        base, new = (next(r for r in report["rows"] if r["preset"] == p and r["threads"] == threads) for p in args.presets[:2])
+        print(f"  ratio {args.presets[1]} / {args.presets[0]} at {threads} threads: "
+              f"{new['images_per_second'] / base['images_per_second']:.2f}x")
+    report["load_average_1min_at_end"] = os.getloadavg()[0]
+    print(f"load average (1 min): {report['load_average_1min_at_start']:.2f} at start, {report['load_average_1min_at_end']:.2f} at end")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(report, handle, indent=2)
+        print(f"results: {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Large images backed by files, read lazily through libvips (pyvips): the proxy by shrink-on-load or the nearest
+pyramid level, glimpses by region reads of the window plus a margin. The model code does not change: a
+`FileImage` is a `LargeImage` like any other.
+
+Upright frame: EXIF orientation is applied to the proxy and to every region alike, so all coordinates (glimpse
+boxes, CSV boxes) are in the frame a viewer shows. Region reads map the upright window to the stored frame,
+read only that, and re-orient the small patch, so a rotated tiled TIFF still reads only the tiles it needs.
+
+Pixels: converted to 8-bit sRGB (ICC profiles and CMYK converted, 16-bit scaled, palettes expanded, alpha
+composited on black), then to the requested channel count (luminance for 1 channel), then to float in [0, 1].
+
+Formats that allow region reads (tiled TIFF, including pyramidal) are never decoded whole. Formats that do not
+(baseline JPEG, PNG, WebP) are decoded once, on the first region read, and kept in memory for that image
+(`FileImage.decodes_whole` says which case applies).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .geometry import proxy_extent
+from .images import ImageError, LargeImage, _block_mean
+
+MAX_PIXELS = 10**10
+PROXY_OVERSAMPLE = 4  # the vips thumbnail is made at this multiple of the proxy size, then area-averaged  # refuse headers that declare more pixels than this (decompression bombs)
+REGION_LOADERS = ("tiffload", "jp2kload", "openslideload", "vipsload")  # read a region without decoding the rest
+
+# EXIF orientation -> (transpose, flip_x, flip_y), applied in that order to the stored pixels to get the upright
+# image (tag 6, "rotate 90 clockwise to display" = transpose then flip x).
+ORIENTATIONS = {
+    1: (False, False, False), 2: (False, True, False), 3: (False, True, True), 4: (False, False, True),
+    5: (True, False, False), 6: (True, True, False), 7: (True, True, True), 8: (True, False, True),
+}
+
+
+def require_pyvips():
+    try:
+        import pyvips
+    except (ImportError, OSError) as error:
+        raise ImageError("reading image files needs pyvips and libvips: pip install pyvips pyvips-binary "
+                         f"(or vsaccade[files]) ({str(error).splitlines()[0][:120]})") from None
+    return pyvips
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    lines = [line for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:200]
+
+
+def to_channels(image, channels: int):
+    """A vips image -> 8-bit sRGB (or 8-bit luminance for channels=1), alpha composited on black."""
+    pyvips = require_pyvips()
+    if image.get_typeof("icc-profile-data"):
+        try:
+            image = image.icc_transform("srgb", embedded=True, intent="relative")
+        except pyvips.Error:
+            pass  # a broken profile: fall back to the colourspace conversion below
+    if image.hasalpha():
+        image = image.flatten(background=[0] * (image.bands - 1))
+    image = image.colourspace("b-w" if channels == 1 else "srgb")
+    if image.format != "uchar":
+        image = image.cast("uchar")
+    if channels == 1 and image.bands > 1:
+        image = image.extract_band(0)
+    if channels == 3 and image.bands == 1:
+        image = image.bandjoin([image, image])
+    if image.bands != channels:
+        raise ImageError(f"cannot convert a {image.bands}-band image to {channels} channels")
+    return image
+
+
+def to_tensor(image) -> torch.Tensor:
+    """A uchar vips image -> (C, H, W) float32 in [0, 1]."""
+    array = np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8, shape=[image.height, image.width, image.bands])
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+
+class FileImage(LargeImage):
+    """An image file read lazily: `FileImage("scan.tif", channels=3)`."""
+
+    def __init__(self, path, channels: int | None = None, max_pixels: int = MAX_PIXELS):
+        pyvips = require_pyvips()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ImageError(f"image not found: {self.path}")
+        if self.path.stat().st_size == 0:
+            raise ImageError(f"{self.path}: empty file (0 bytes)")
+        try:
+            stored = pyvips.Image.new_from_file(str(self.path), access="random", fail=True)
+        except pyvips.Error as error:
+            raise ImageError(f"{self.path}: not a readable image ({_first_line(error)})") from None
+        orientation = stored.get("orientation") if stored.get_typeof("orientation") else 1
+        self.orientation = orientation if orientation in ORIENTATIONS else 1
+        self.transpose, self.flip_x, self.flip_y = ORIENTATIONS[self.orientation]
+        self.stored_height, self.stored_width = stored.height, stored.width
+        self.height, self.width = (stored.width, stored.height) if self.transpose else (stored.height, stored.width)
+        if self.height * self.width > max_pixels:
+            raise ImageError(f"{self.path}: {self.width}x{self.height} is more than max_pixels={max_pixels:,} pixels")
+        if channels is None:
+            channels = 1 if stored.interpretation in ("b-w", "grey16") else 3
+        if channels not in (1, 3):
+            raise ImageError(f"FileImage reads 1 (grey) or 3 (sRGB) channels, not {channels}")
+        self.channels = channels
+        self.loader = stored.get("vips-loader") if stored.get_typeof("vips-loader") else "unknown"
+        self.decodes_whole = self.loader not in REGION_LOADERS
+        self._stored = stored
+        self._decoded = None
+        self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
+
+    def _source(self):
+        """The stored-frame image regions are cut from: decoded once into memory where the format needs it."""
+        pyvips = require_pyvips()
+        if not self.decodes_whole:
+            return self._stored
+        if self._decoded is None:
+            try:
+                self._decoded = self._stored.copy_memory()
+            except pyvips.Error as error:
+                raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
+        return self._decoded
+
+    def read_region(self, top, left, height, width, downsample=1):
+        pyvips = require_pyvips()
+        d = downsample
+        rows, cols = math.ceil(height / d) * d, math.ceil(width / d) * d
+        # upright window -> stored window: undo the flips, then the transpose
+        y0, x0 = top, left
+        if self.flip_x:
+            x0 = self.width - (left + cols)
+        if self.flip_y:
+            y0 = self.height - (top + rows)
+        sy0, sx0, srows, scols = (x0, y0, cols, rows) if self.transpose else (y0, x0, rows, cols)
+        out = torch.zeros(self.channels, srows, scols)
+        ya, xa = max(sy0, 0), max(sx0, 0)
+        yb, xb = min(sy0 + srows, self.stored_height), min(sx0 + scols, self.stored_width)
+        if yb > ya and xb > xa:
+            try:
+                patch = to_channels(self._source().crop(xa, ya, xb - xa, yb - ya), self.channels)
+                out[:, ya - sy0 : yb - sy0, xa - sx0 : xb - sx0] = to_tensor(patch)
+            except pyvips.Error as error:
+                raise ImageError(f"{self.path}: cannot read pixels ({_first_line(error)})") from None
+        if self.transpose:
+            out = out.transpose(1, 2)
+        if self.flip_x:
+            out = out.flip(2)
+        if self.flip_y:
+            out = out.flip(1)
+        return _block_mean(out, d)  # rows, cols are multiples of d: exactly ceil(height / d) x ceil(width / d)
+
+    def proxy(self, size):
+        """Shrink-on-load (JPEG, WebP) or the nearest pyramid level (tiled TIFF) via vips thumbnail, upright, to
+        PROXY_OVERSAMPLE x the proxy's size, then area-averaged to it (as the in-memory images' proxies are)."""
+        pyvips = require_pyvips()
+        rows, cols = proxy_extent(self.height, self.width, size)
+        k = max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
+        try:
+            small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False)
+            pixels = to_tensor(to_channels(small, self.channels))
+        except pyvips.Error as error:
+            raise ImageError(f"{self.path}: cannot make a proxy ({_first_line(error)})") from None
+        self.proxy_source = f"vips thumbnail ({self.loader}: shrink-on-load or pyramid level) at {k}x, area-averaged"
+        out = torch.zeros(self.channels, size, size)
+        out[:, :rows, :cols] = F.interpolate(pixels[None], size=(rows, cols), mode="area")[0]
+        return out
