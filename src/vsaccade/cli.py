@@ -1,4 +1,4 @@
-"""The `vsaccade` command: train, evaluate, show, demo, export, presets."""
+"""The `vsaccade` command: train, evaluate, show, predict, demo, export, presets."""
 
 from __future__ import annotations
 
@@ -101,6 +101,16 @@ def command_demo(args):
     return path
 
 
+def command_predict(args):
+    from .checkpoint import load
+    from .predict_files import predict_paths
+
+    model = load(args.checkpoint)
+    done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays, progress=not args.no_progress)
+    print(f"{done} image(s) predicted, {failed} skipped: {args.out}" + (f"; overlays in {args.overlays}" if args.overlays else ""))
+    return 1 if failed else 0
+
+
 def command_export(args):
     from .checkpoint import export_checkpoint
 
@@ -155,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.set_defaults(handler=command_demo)
 
+    p = sub.add_parser("predict", help="classify image files/folders/globs into a CSV (glimpse boxes included)")
+    p.add_argument("checkpoint", help="a checkpoint file or the name of a bundled one")
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    p.add_argument("--overlays", metavar="DIR", help="also write a PNG per image with its glimpse windows")
+    p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=command_predict)
+
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser/RNG state (to ship or predict)")
     p.add_argument("checkpoint")
     p.add_argument("out")
@@ -174,14 +193,14 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        status = args.handler(args)
     except (ConfigError, CheckpointError, DataSourceError, ImageError) as error:
         print(f"vsaccade: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vsaccade: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

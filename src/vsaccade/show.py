@@ -77,6 +77,30 @@ def show_samples(model, samples: list, path, titles: list[str] | None = None) ->
     return path
 
 
+def draw_overlay(image, boxes: torch.Tensor, caption: str, path, view_size: int = VIEW_SIZE) -> Path:
+    """A PNG of the whole image (from a view_size view) with the numbered glimpse windows drawn on it."""
+    from PIL import Image, ImageDraw
+
+    scale = view_size / max(image.height, image.width)
+    rows, cols = max(1, round(image.height * scale)), max(1, round(image.width * scale))
+    view = image.proxy(view_size)[:, :rows, :cols]
+    view = (view / view.amax().clamp_min(1e-6)).clamp(0, 1)
+    pixels = (view.expand(3, -1, -1) if view.shape[0] == 1 else view[:3]).permute(1, 2, 0).mul(255).byte().numpy()
+    picture = Image.fromarray(pixels).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    colours = plt.cm.autumn(torch.linspace(0, 1, len(boxes)).numpy())
+    for t, box in enumerate(boxes):
+        colour = tuple(int(255 * c) for c in colours[t][:3])
+        x0, y0, x1, y1 = (box * scale).tolist()
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+        draw.text((x0 + 2, max(0, y0 - 11)), str(t + 1), fill=colour)
+    draw.text((4, 4), caption, fill=(0, 255, 255))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)
+    return path
+
+
 def plot_curves(metrics_path, path) -> Path:
     """Learning curves of a run (metrics.jsonl): training loss, accuracy per head and glimpse hit rate."""
     import json
