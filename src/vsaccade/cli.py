@@ -1,4 +1,4 @@
-"""The `vsaccade` command: train, evaluate, show, predict, demo, export, presets."""
+"""The `vsaccade` command: train, evaluate, show, predict, prepare, demo, export, presets."""
 
 from __future__ import annotations
 
@@ -111,6 +111,14 @@ def command_predict(args):
     return 1 if failed else 0
 
 
+def command_prepare(args):
+    from .prepare import prepare_folder
+
+    done, failed = prepare_folder(args.source, args.destination, args.compression, args.quality, progress=not args.no_progress)
+    print(f"{done} image(s) in {args.destination} as tiled pyramidal TIFF, {failed} skipped")
+    return 1 if failed else 0
+
+
 def command_export(args):
     from .checkpoint import export_checkpoint
 
@@ -173,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_predict)
+
+    p = sub.add_parser("prepare", help="convert a folder of images to tiled pyramidal TIFFs (same layout)")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.add_argument("--compression", default="jpeg", choices=("jpeg", "deflate", "lzw", "none"))
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the tiles (default 90)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=command_prepare)
 
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser/RNG state (to ship or predict)")
     p.add_argument("checkpoint")

@@ -113,14 +113,27 @@ class FileImage(LargeImage):
         self._decoded = None
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
 
+    def __getstate__(self):
+        """Picklable (DataLoader workers send samples across processes): the vips handles are reopened lazily."""
+        return {**self.__dict__, "_stored": None, "_decoded": None}
+
+    def _stored_image(self):
+        if self._stored is None:
+            pyvips = require_pyvips()
+            try:
+                self._stored = pyvips.Image.new_from_file(str(self.path), access="random", fail=True)
+            except pyvips.Error as error:
+                raise ImageError(f"{self.path}: not a readable image ({_first_line(error)})") from None
+        return self._stored
+
     def _source(self):
         """The stored-frame image regions are cut from: decoded once into memory where the format needs it."""
         pyvips = require_pyvips()
         if not self.decodes_whole:
-            return self._stored
+            return self._stored_image()
         if self._decoded is None:
             try:
-                self._decoded = self._stored.copy_memory()
+                self._decoded = self._stored_image().copy_memory()
             except pyvips.Error as error:
                 raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
         return self._decoded

@@ -48,6 +48,15 @@ PRESETS: dict[str, dict] = {
         "train": {"task": "megapixel", "epochs": 80, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 60.0},
     },
+    # Folder datasets (root/<split>/<class>/<image>, any size, RGB): set task.root. A starting point, not a tuned
+    # result: no intensity anchor (natural photos are bright everywhere), per-glimpse heads and reward.
+    "folder": {
+        "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.2, "location_cells": 16,
+                  "proxy_prior_weight": 0.0, "proxy_encoder": "strided", "cell_score_width": 32, "glimpse_heads": True},
+        "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
+        "train": {"task": "folder", "epochs": 20, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
+                  "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
+    },
     # The learning test's task: a 64x64 canvas with one digit, an 8x8 proxy.
     "tiny": {
         "model": {"glimpses": 3, "glimpse_size": 16, "s_min": 0.4, "s_max": 0.5, "location_cells": 4,

@@ -45,7 +45,8 @@ def build_tasks(config: TrainConfig, digit_source: str = "auto", data_dir=None) 
 
 def model_config_for(task, model_config: ModelConfig) -> ModelConfig:
     """Fill the task-dependent fields (heads, channels, proxy size) of a model config."""
-    heads = [{"name": h.name, "num_classes": h.num_classes, "kind": h.kind} for h in task.heads]
+    heads = [{"name": h.name, "num_classes": h.num_classes, "kind": h.kind, **({"classes": list(h.classes)} if h.classes else {})}
+             for h in task.heads]
     cells = min(model_config.location_cells, task.proxy_size)
     return model_config.replace(heads=heads, image_channels=task.image_channels, proxy_channels=task.proxy_channels,
                                 proxy_size=task.proxy_size, location_cells=cells)

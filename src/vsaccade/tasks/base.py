@@ -18,11 +18,13 @@ from ..images import LargeImage
 
 @dataclass(frozen=True)
 class Head:
-    """One label of a task: `kind` is "class" (one of num_classes) or "multilabel" (num_classes bits)."""
+    """One label of a task: `kind` is "class" (one of num_classes) or "multilabel" (num_classes bits); `classes`
+    optionally names the classes (folder datasets), otherwise they are 0..num_classes-1."""
 
     name: str
     num_classes: int
     kind: str = "class"
+    classes: tuple = ()
 
 
 @dataclass

@@ -1,0 +1,97 @@
+"""Folder datasets: `root/<split>/<class>/<image>`, images of any size in any format pyvips reads (JPEG, PNG,
+TIFF including tiled pyramidal, WebP), grey or colour, read lazily (`FileImage`).
+
+    vsaccade train --preset folder --set task.root=/data/signs
+
+Classes are the sorted sub-folders of `root/train`, the same for every split. Splits are `train`, `validation`
+and `test`; without a `validation` folder, every 10th training image (in sorted order) is held out as the
+validation split and never trained on. Optional object boxes (for hit rates) come from `root/<split>/boxes.csv`
+with columns `path,x0,y0,x1,y1`, the path relative to the split folder, in pixels of the upright image.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from ..images import ImageError
+from .base import Head, Sample, Task, register_task
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}
+HOLDOUT_EVERY = 10  # without root/validation, every 10th training image is the validation split
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_boxes(split_dir: Path) -> dict[str, list[list[float]]]:
+    path = split_dir / "boxes.csv"
+    if not path.exists():
+        return {}
+    boxes: dict[str, list[list[float]]] = {}
+    with open(path, newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            try:
+                boxes.setdefault(row["path"], []).append([float(row[k]) for k in ("x0", "y0", "x1", "y1")])
+            except (KeyError, TypeError, ValueError):
+                raise ImageError(f"{path}, line {line}: expected columns path,x0,y0,x1,y1 with numbers") from None
+    return boxes
+
+
+@register_task("folder")
+class FolderTask(Task):
+    name = "folder"
+
+    def __init__(self, split: str = "train", root: str | None = None, proxy_size: int = 256, channels: int = 3,
+                 size: int | None = None, seed: int = 0, max_pixels: int = 10**10, **ignored):
+        if not root:
+            raise ImageError("the folder task needs a root: --set task.root=/path/holding/train/<class>/<image>")
+        self.root, self.split, self.seed = Path(root), split, seed
+        train_dir = self.root / "train"
+        if not train_dir.is_dir():
+            raise ImageError(f"{train_dir} not found: a folder dataset is root/<split>/<class>/<image>")
+        self.classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+        if len(self.classes) < 2:
+            raise ImageError(f"{train_dir} holds {len(self.classes)} class folder(s); need at least 2")
+        self.heads = (Head("label", len(self.classes), classes=tuple(self.classes)),)
+        self.image_channels = self.proxy_channels = channels
+        self.proxy_size, self.max_pixels = proxy_size, max_pixels
+        split_dir = self.root / split
+        holdout = split in ("train", "validation") and not (self.root / "validation").is_dir()
+        if holdout:
+            split_dir = train_dir
+        elif not split_dir.is_dir():
+            raise ImageError(f"{split_dir} not found (splits: train, validation, test)")
+        items = []
+        for label, name in enumerate(self.classes):
+            class_dir = split_dir / name
+            if class_dir.is_dir():
+                items += [(path, label) for path in list_images(class_dir)]
+        if holdout:
+            keep = (lambda i: i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) if split == "validation" else (lambda i: i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1)
+            items = [item for i, item in enumerate(items) if keep(i)]
+        if not items:
+            raise ImageError(f"no images found for split {split!r} under {split_dir}")
+        self.items = items[:size] if size else items
+        self.split_dir = split_dir
+        self.boxes = read_boxes(split_dir)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        from ..file_images import FileImage
+
+        path, label = self.items[index]
+        image = FileImage(path, channels=self.image_channels, max_pixels=self.max_pixels)
+        boxes = self.boxes.get(path.relative_to(self.split_dir).as_posix(), [])
+        return Sample(image=image, proxy=image.proxy(self.proxy_size), labels={"label": label},
+                      boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+
+    def describe(self):
+        return {"name": self.name, "root": str(self.root), "split": self.split, "classes": self.classes,
+                "size": len(self), "proxy_size": self.proxy_size, "channels": self.image_channels,
+                "proxy_source": "vips thumbnail (shrink-on-load or pyramid level), area-averaged"}

@@ -1,0 +1,93 @@
+"""Folder datasets and `vsaccade prepare`: a small generated folder is converted to tiled pyramidal TIFFs,
+trained on through the CLI, and predicted; layout, orientation and boxes survive the conversion."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vsaccade.cli import main
+from vsaccade.file_images import FileImage
+from vsaccade.tasks import make_task
+
+pyvips = pytest.importorskip("pyvips")
+
+
+def make_folder(root, per_class=12, size=160):
+    """Two classes: a bright square in the top-left or the bottom-right quarter, on dim noise."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 4)):
+        rows = []
+        for label, name in enumerate(("left", "right")):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = (rng.random((size, size, 3)) * 60).astype(np.uint8)
+                y, x = rng.integers(8, size // 2 - 24, 2) + (size // 2 if label else 0)
+                pixels[y:y + 16, x:x + 16] = 255
+                Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=95)
+                rows.append({"path": f"{name}/{i}.jpg", "x0": x, "y0": y, "x1": x + 16, "y1": y + 16})
+        with open(root / split / "boxes.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "x0", "y0", "x1", "y1"])
+            writer.writeheader()
+            writer.writerows(rows)
+    return root
+
+
+def test_prepare_keeps_layout_orientation_and_boxes(tmp_path, capsys):
+    source = make_folder(tmp_path / "src", per_class=2)
+    rotated = Image.fromarray(np.zeros((40, 80, 3), np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(source / "train" / "left" / "rotated.jpg", exif=exif)
+    (source / "train" / "left" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    status = main(["prepare", str(source), str(tmp_path / "dst"), "--no-progress"])
+    assert status == 1 and "broken.png" in capsys.readouterr().err
+    assert (tmp_path / "dst" / "train" / "right" / "1.tif").exists()
+    upright = FileImage(tmp_path / "dst" / "train" / "left" / "rotated.tif")
+    assert (upright.height, upright.width) == (80, 40) and upright.orientation == 1 and not upright.decodes_whole
+    with open(tmp_path / "dst" / "train" / "boxes.csv") as handle:
+        assert next(csv.DictReader(handle))["path"] == "left/0.tif"
+    # running again keeps what exists and converts nothing twice
+    assert main(["prepare", str(source), str(tmp_path / "dst"), "--no-progress"]) == 1
+
+
+def test_folder_task_splits_classes_and_boxes(tmp_path):
+    root = make_folder(tmp_path / "data", per_class=10)
+    train, validation = make_task("folder", "train", root=str(root)), make_task("folder", "validation", root=str(root))
+    assert train.classes == ["left", "right"] and len(train) == 18 and len(validation) == 2  # every 10th held out
+    assert not {p for p, _ in train.items} & {p for p, _ in validation.items}
+    sample = make_task("folder", "test", root=str(root), proxy_size=32)[5]
+    assert sample.proxy.shape == (3, 32, 32) and sample.labels == {"label": 1} and sample.boxes.shape == (1, 4)
+    with pytest.raises(Exception, match="root/<split>/<class>/<image>"):
+        make_task("folder", "train", root=str(tmp_path / "nowhere"))
+
+
+def test_train_and_predict_from_prepared_files(tmp_path):
+    root = make_folder(tmp_path / "src", per_class=12)
+    assert main(["prepare", str(root), str(tmp_path / "tiff"), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "folder", "--out", str(run), "--no-progress", "--epochs", "2",
+            "--set", f"task.root={tmp_path / 'tiff'}", "--set", "task.proxy_size=32", "--set", "model.location_cells=8",
+            "--set", "model.glimpse_size=16", "--set", "model.glimpses=2", "--set", "model.hidden=32",
+            "--set", "train.batch_size=8", "--set", "train.threads=1"]
+    assert main(argv) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["task"]["classes"] == ["left", "right"] and results["test"]["samples"] == 8
+    assert results["model_config"]["heads"][0]["classes"] == ["left", "right"]
+    out = tmp_path / "predictions.csv"
+    assert main(["predict", str(run / "best.pt"), str(tmp_path / "tiff" / "test"), "--out", str(out), "--no-progress"]) == 0
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 8 and {r["label"] for r in rows} <= {"left", "right"} and "label_p_left" in rows[0]
+
+
+def test_file_images_survive_pickling_for_dataloader_workers(tmp_path):
+    import pickle
+
+    root = make_folder(tmp_path / "data", per_class=2)
+    image = FileImage(root / "train" / "left" / "0.jpg")
+    before = image.read_region(0, 0, 32, 32)
+    copy = pickle.loads(pickle.dumps(image))
+    assert torch.equal(copy.read_region(0, 0, 32, 32), before)
