@@ -17,6 +17,7 @@ Formats that allow region reads (tiled TIFF, including pyramidal) are never deco
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,8 @@ def to_tensor(image) -> torch.Tensor:
 class FileImage(LargeImage):
     """An image file read lazily: `FileImage("scan.tif", channels=3)`."""
 
+    parallel_reads = True  # the glimpse sampler may read several FileImages at once from a thread pool
+
     def __init__(self, path, channels: int | None = None, max_pixels: int = MAX_PIXELS):
         pyvips = require_pyvips()
         self.path = Path(path)
@@ -111,11 +114,15 @@ class FileImage(LargeImage):
         self.decodes_whole = self.loader not in REGION_LOADERS
         self._stored = stored
         self._decoded = None
+        self._lock = threading.Lock()  # one decode per image, even when a thread pool reads its glimpses
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
 
     def __getstate__(self):
         """Picklable (DataLoader workers send samples across processes): the vips handles are reopened lazily."""
-        return {**self.__dict__, "_stored": None, "_decoded": None}
+        return {**self.__dict__, "_stored": None, "_decoded": None, "_lock": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _lock=threading.Lock())
 
     def _stored_image(self):
         if self._stored is None:
@@ -129,14 +136,15 @@ class FileImage(LargeImage):
     def _source(self):
         """The stored-frame image regions are cut from: decoded once into memory where the format needs it."""
         pyvips = require_pyvips()
-        if not self.decodes_whole:
-            return self._stored_image()
-        if self._decoded is None:
-            try:
-                self._decoded = self._stored_image().copy_memory()
-            except pyvips.Error as error:
-                raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
-        return self._decoded
+        with self._lock:
+            if not self.decodes_whole:
+                return self._stored_image()
+            if self._decoded is None:
+                try:
+                    self._decoded = self._stored_image().copy_memory()
+                except pyvips.Error as error:
+                    raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
+            return self._decoded
 
     def read_region(self, top, left, height, width, downsample=1):
         pyvips = require_pyvips()

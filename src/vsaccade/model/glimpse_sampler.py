@@ -4,12 +4,15 @@ For each glimpse we read only the window's region plus a margin from the large i
 downsampling that keeps about one source pixel per glimpse pixel, see geometry.read_level), then bilinearly
 sample the W x W grid inside that local patch. The patch is a constant; the sampling grid is a function of
 z, so gradients reach the coordinates exactly as in a spatial transformer over the whole image, and any
-`LargeImage` (in memory, composed on demand, or a file) works without change to the model.
+`LargeImage` (in memory, composed on demand, or a file) works without change to the model. Images that declare
+`parallel_reads` (files: libvips decodes without holding the GIL) are read by a thread pool, a batch at a time.
 """
 
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
@@ -18,13 +21,23 @@ from ..geometry import glimpse_boxes, read_level
 from ..images import LargeImage
 
 MARGIN = 2  # patch pixels read beyond the window on each side, so bilinear taps never leave the patch
+_READERS: ThreadPoolExecutor | None = None
+
+
+def _read_all(images: list[LargeImage], regions: list[tuple]) -> list[torch.Tensor]:
+    global _READERS
+    if len(images) > 1 and any(getattr(image, "parallel_reads", False) for image in images):
+        if _READERS is None:
+            _READERS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="vsaccade-read")
+        return list(_READERS.map(lambda pair: pair[0].read_region(*pair[1]), zip(images, regions)))
+    return [image.read_region(*region) for image, region in zip(images, regions)]
 
 
 def sample_glimpses(images: list[LargeImage], z: torch.Tensor, size: int) -> torch.Tensor:
     """images: B large images; z: (B, 3) latents (s, u, v) -> glimpses (B, C, size, size)."""
     if z.ndim != 2 or z.shape[1] != 3 or z.shape[0] != len(images):
         raise ValueError(f"expected z of shape ({len(images)}, 3), got {tuple(z.shape)}")
-    patches, origins = [], []
+    regions, origins = [], []
     with torch.no_grad():
         for image, (s, u, v) in zip(images, z.detach().tolist()):
             side = s * min(image.height, image.width)
@@ -36,8 +49,9 @@ def sample_glimpses(images: list[LargeImage], z: torch.Tensor, size: int) -> tor
             top = (math.floor((y - side / 2) / level) - MARGIN) * level
             right = (math.ceil((x + side / 2) / level) + MARGIN) * level
             bottom = (math.ceil((y + side / 2) / level) + MARGIN) * level
-            patches.append(image.read_region(top, left, bottom - top, right - left, level))
+            regions.append((top, left, bottom - top, right - left, level))
             origins.append((left, top, level))
+        patches = _read_all(images, regions)
     rows = max(p.shape[1] for p in patches)
     cols = max(p.shape[2] for p in patches)
     batch = torch.zeros(len(patches), patches[0].shape[0], rows, cols, dtype=z.dtype, device=z.device)
