@@ -1,4 +1,4 @@
-"""The `vsaccade` command: train, evaluate, show, predict, prepare, demo, export, presets."""
+"""The `vsaccade` command: train, evaluate, show, predict, prepare, generate, demo, export, presets."""
 
 from __future__ import annotations
 
@@ -119,6 +119,15 @@ def command_prepare(args):
     return 1 if failed else 0
 
 
+def command_generate(args):
+    from .tasks.speed_signs import generate
+
+    sizes = {"train": args.train, "test": args.test, **({"validation": args.validation} if args.validation else {})}
+    root = generate(args.destination, sizes, seed=args.seed, progress=not args.no_progress)
+    print(f"speed-sign benchmark in {root} (folder dataset: vsaccade train --preset folder --set task.root={root})")
+    return root
+
+
 def command_export(args):
     from .checkpoint import export_checkpoint
 
@@ -189,6 +198,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the tiles (default 90)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_prepare)
+
+    p = sub.add_parser("generate", help="write a synthetic benchmark as a folder dataset (speed-signs)")
+    p.add_argument("benchmark", choices=("speed-signs",))
+    p.add_argument("destination")
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--test", type=int, default=1000)
+    p.add_argument("--validation", type=int, default=0, help="default 0: hold out every 10th training image")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=command_generate)
 
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser/RNG state (to ship or predict)")
     p.add_argument("checkpoint")

@@ -1,0 +1,145 @@
+"""The large-photo benchmark (the paper's motivating example): 4000x3000 JPEG scenes, each with at most one small
+speed-limit sign on a cluttered procedural background, written as a folder dataset (`tasks/folder.py`).
+
+Per image (a pure function of (seed, split, index)):
+  * class uniform over {30, 50, 60, 70, 80, 90, 100, 120} with probability 2/3, else `none` (no sign);
+  * background: low-frequency colour noise, then 60-120 random rectangles, ellipses and strokes, then decoys:
+    6-12 red rings with no number or a letter inside, 6-12 numbers (the classes' own) without a ring, in the
+    same sizes as signs;
+  * the sign: white disc, red ring, black number (Pillow's bundled font), side 40-120 px, rotated by up to 20
+    degrees, blurred (Gaussian, radius 0-1.5 px), lit by a brightness factor in [0.6, 1.2], anywhere in the image;
+  * labels from the folder name; the sign's box in `boxes.csv`.
+At the 256x192 proxy (a 15.6x reduction) a sign is 3-8 px and its number illegible: the class needs a glimpse.
+
+    vsaccade generate speed-signs DST [--train 3000] [--test 1000]
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm import tqdm
+
+CLASSES = ("30", "50", "60", "70", "80", "90", "100", "120", "none")
+SPLIT_IDS = {"train": 0, "test": 1, "validation": 2}
+WIDTH, HEIGHT = 4000, 3000
+SIGN_SIDES = (40, 120)
+NONE_PROBABILITY = 1 / 3
+QUALITY = 90
+
+
+def font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 bundles a scalable font
+    except TypeError:  # pragma: no cover - older Pillow
+        return ImageFont.load_default()
+
+
+def sign_patch(text: str, side: int, rng: np.random.Generator, ring: bool = True) -> Image.Image:
+    """An RGBA sign (or a decoy: a ring without number, or a number without ring), `side` pixels wide."""
+    big = 256
+    patch = Image.new("RGBA", (big, big), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(patch)
+    if ring:
+        draw.ellipse([4, 4, big - 5, big - 5], fill=(230, 230, 225, 255), outline=(200, 20, 25, 255), width=30)
+    if text:
+        face = font(110 if len(text) < 3 else 84)
+        box = draw.textbbox((0, 0), text, font=face)
+        x, y = (big - (box[2] - box[0])) / 2 - box[0], (big - (box[3] - box[1])) / 2 - box[1]
+        draw.text((x, y), text, font=face, fill=(15, 15, 15, 255))
+    patch = patch.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BICUBIC, expand=False)
+    patch = patch.resize((side, side), Image.Resampling.LANCZOS)
+    radius = float(rng.uniform(0, 1.5))
+    return patch.filter(ImageFilter.GaussianBlur(radius)) if radius > 0.2 else patch
+
+
+def lit(patch: Image.Image, factor: float) -> Image.Image:
+    rgb = (np.asarray(patch, dtype=np.float32)[..., :3] * factor).clip(0, 255).astype(np.uint8)
+    return Image.fromarray(np.dstack([rgb, np.asarray(patch)[..., 3]]), "RGBA")
+
+
+def background(rng: np.random.Generator) -> Image.Image:
+    coarse = rng.uniform(40, 200, (6, 8, 3)).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(image)
+    for _ in range(int(rng.integers(60, 121))):
+        x, y = rng.integers(0, WIDTH), rng.integers(0, HEIGHT)
+        w, h = rng.integers(20, 600, 2)
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        kind = rng.integers(3)
+        if kind == 0:
+            draw.rectangle([x, y, x + w, y + h], fill=colour)
+        elif kind == 1:
+            draw.ellipse([x, y, x + w, y + h], fill=colour)
+        else:
+            draw.line([x, y, x + w * rng.choice([-1, 1]), y + h], fill=colour, width=int(rng.integers(2, 25)))
+    return image
+
+
+def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[float] | None]:
+    """One image, its class name and the sign's box (x0, y0, x1, y1), or None without a sign."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    image = background(rng)
+    low, high = SIGN_SIDES
+    for _ in range(int(rng.integers(6, 13))):  # decoy rings: no number, or a letter
+        side = int(rng.integers(low, high + 1))
+        decoy = sign_patch(str(rng.choice(list("ABEHKXZ"))) if rng.random() < 0.5 else "", side, rng)
+        image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
+    for _ in range(int(rng.integers(6, 13))):  # decoy numbers without a ring
+        side = int(rng.integers(low, high + 1))
+        decoy = sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False)
+        image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
+    if rng.random() < NONE_PROBABILITY:
+        return image, "none", None
+    label = str(rng.choice(CLASSES[:-1]))
+    side = int(rng.integers(low, high + 1))
+    sign = lit(sign_patch(label, side, rng), float(rng.uniform(0.6, 1.2)))
+    x, y = int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))
+    image.paste(sign, (x, y), sign)
+    inset = side * (4 / 256)  # the ring's outer edge inside the patch
+    return image, label, [x + inset, y + inset, x + side - inset, y + side - inset]
+
+
+def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool = True) -> Path:
+    """Write root/<split>/<class>/<index>.jpg and root/<split>/boxes.csv. Each written image is logged in
+    root/<split>/index.csv at once, so a stopped run continues where it left off."""
+    root = Path(destination)
+    fields = ["index", "path", "label", "x0", "y0", "x1", "y1"]
+    for split, count in sizes.items():
+        split_dir = root / split
+        split_dir.mkdir(parents=True, exist_ok=True)
+        log = split_dir / "index.csv"
+        done = {}
+        if log.exists():
+            with open(log, newline="") as handle:
+                done = {int(row["index"]): row for row in csv.DictReader(handle)}
+        with open(log, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            if not done:
+                writer.writeheader()
+            for index in tqdm(range(count), desc=f"speed signs ({split})", unit="image", disable=not progress):
+                if index in done:
+                    continue
+                image, label, box = scene(seed, split, index)
+                path = split_dir / label / f"{index:05d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.stem + ".tmp.jpg")
+                image.save(tmp, quality=QUALITY)
+                tmp.replace(path)
+                row = {"index": index, "path": path.relative_to(split_dir).as_posix(), "label": label,
+                       **dict(zip(("x0", "y0", "x1", "y1"), [f"{v:.1f}" for v in box] if box else [""] * 4))}
+                writer.writerow(row)
+                handle.flush()
+                done[index] = row
+        with open(split_dir / "boxes.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "x0", "y0", "x1", "y1"])
+            writer.writeheader()
+            for index in sorted(done):
+                row = done[index]
+                if row["x0"]:
+                    writer.writerow({k: row[k] for k in ("path", "x0", "y0", "x1", "y1")})
+    return root
