@@ -28,7 +28,7 @@ from .geometry import proxy_extent
 from .images import ImageError, LargeImage, _block_mean
 
 MAX_PIXELS = 10**10
-PROXY_OVERSAMPLE = 4  # the vips thumbnail is made at this multiple of the proxy size, then area-averaged  # refuse headers that declare more pixels than this (decompression bombs)
+PROXY_OVERSAMPLE = 2  # the vips thumbnail is made at this multiple of the proxy size, then area-averaged
 REGION_LOADERS = ("tiffload", "jp2kload", "openslideload", "vipsload")  # read a region without decoding the rest
 
 # EXIF orientation -> (transpose, flip_x, flip_y), applied in that order to the stored pixels to get the upright
