@@ -8,6 +8,9 @@
     python benchmarks/diagnose_glimpses.py sampled --minutes 3
         the same classifier trained on an untrained model's sampled glimpses (reading what the model sees)
 
+--preset picks the task and model (e.g. megapixel, with --oracle-scale 0.0427 for its 64-px windows), --set
+overrides a model field, --pool picks the classifier's glimpse pooling.
+
 Cluttered pair task by default (`--preset`); prints validation accuracy every 100 steps and writes JSON lines
 to --json if given. Needs MNIST (VSACCADE_DATA).
 """
@@ -38,11 +41,11 @@ def untrained_model(preset, task, overrides=()):
 def prior_hits(args, task):
     batch = collate([task[i] for i in range(256)])
     for weight in args.weights:
-        model = untrained_model(args.preset, task, [f"model.proxy_prior_weight={weight}"])
+        model = untrained_model(args.preset, task, [*args.set, f"model.proxy_prior_weight={weight}"])
         with torch.no_grad():
             output = model(batch.images, batch.proxy, batch.proxy_mask, sample=True)
         found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z))
-        yield {"proxy_prior_weight": weight, "hit_rate": found["hits"] / found["glimpses"],
+        yield {"proxy_prior_weight": weight, "overrides": args.set, "hit_rate": found["hits"] / found["glimpses"],
                "coverage": found["covered"] / found["objects"]}
 
 
@@ -53,7 +56,7 @@ def classifier_on_glimpses(args, task, validation):
     encoder = GlimpseEncoder(1, size, 64, 128, args.pool)
     head = nn.Sequential(nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, task.heads[0].num_classes))
     optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], 1e-3)
-    locator = untrained_model(args.preset, task) if args.mode == "sampled" else None
+    locator = untrained_model(args.preset, task, args.set) if args.mode == "sampled" else None
 
     def glimpses(batch, sample=True):
         if locator is not None:
@@ -92,6 +95,8 @@ def main():
     parser.add_argument("--minutes", type=float, default=3.0)
     parser.add_argument("--pool", default="flatten", choices=("flatten", "mean"), help="glimpse encoder pooling")
     parser.add_argument("--oracle-scale", type=float, default=0.3, help="oracle window side (fraction of the image)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a field of the preset's (untrained) model")
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.manual_seed(0)

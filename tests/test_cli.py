@@ -83,3 +83,14 @@ def test_megapixel_four_heads_train_and_evaluate(tmp_path, needs_mnist):
     assert set(heads) == {"majority", "max", "top", "multi"}
     assert set(heads["multi"]) == {"exact_match", "macro_f1"} and "accuracy" in heads["top"]
     assert results["task"]["name"] == "megapixel"
+
+
+def test_bundled_megapixel_checkpoint_reads_megapixel_mnist(tmp_path, capsys, needs_mnist):
+    # The committed checkpoint (docs/benchmarks/megapixel.md) works out of the box, by name, and has learned.
+    argv = ["evaluate", "megapixel", "--limit", "96", "--no-references", "--json", str(tmp_path / "e.json")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["samples"] == 96 and result["model"]["heads"]["majority"]["accuracy"] > 0.6  # chance: 0.1
+    assert result["model"]["hit_rate"] > 0.6
+    assert main(["show", "megapixel", "--count", "1", "--out", str(tmp_path / "show.png")]) == 0
+    assert (tmp_path / "show.png").stat().st_size > 10_000
