@@ -42,6 +42,7 @@ ROWS = {
     "beta0": ("full, beta = 0 (no KL)", FULL + ["objective.beta=0"]),
     "ats": ("full, Attention Sampling estimator instead of the sequence-level score function", FULL + ["model.estimator=ats"]),
     "gaussian": ("Gaussian posterior (the paper's), 64-px windows, per-glimpse loss", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.posterior=gaussian"]),
+    "w64": ("full, W = 64 (the 64-px window read at full resolution; T*W^2 = 24,576)", FULL + ["model.glimpse_size=64"]),
     "no-glimpses": ("full, no-glimpse control (glimpse features zeroed, nothing read)", FULL + ["model.no_glimpses=true"]),
 }
 
