@@ -113,7 +113,7 @@ class FileImage(LargeImage):
         self.loader = stored.get("vips-loader") if stored.get_typeof("vips-loader") else "unknown"
         self.decodes_whole = self.loader not in REGION_LOADERS
         self._stored = stored
-        self._decoded = None
+        self._decoded = None  # the converted source of region reads (see _source)
         self._lock = threading.Lock()  # one decode per image, even when a thread pool reads its glimpses
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
 
@@ -134,14 +134,14 @@ class FileImage(LargeImage):
         return self._stored
 
     def _source(self):
-        """The stored-frame image regions are cut from: decoded once into memory where the format needs it."""
+        """The converted (sRGB or grey, 8-bit) stored-frame image that regions are cut from. A lazy vips pipeline
+        where the format reads regions; decoded once into memory where it does not."""
         pyvips = require_pyvips()
         with self._lock:
-            if not self.decodes_whole:
-                return self._stored_image()
             if self._decoded is None:
                 try:
-                    self._decoded = self._stored_image().copy_memory()
+                    converted = to_channels(self._stored_image(), self.channels)
+                    self._decoded = converted.copy_memory() if self.decodes_whole else converted
                 except pyvips.Error as error:
                     raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
             return self._decoded
@@ -162,7 +162,7 @@ class FileImage(LargeImage):
         yb, xb = min(sy0 + srows, self.stored_height), min(sx0 + scols, self.stored_width)
         if yb > ya and xb > xa:
             try:
-                patch = to_channels(self._source().crop(xa, ya, xb - xa, yb - ya), self.channels)
+                patch = self._source().crop(xa, ya, xb - xa, yb - ya)
                 out[:, ya - sy0 : yb - sy0, xa - sx0 : xb - sx0] = to_tensor(patch)
             except pyvips.Error as error:
                 raise ImageError(f"{self.path}: cannot read pixels ({_first_line(error)})") from None
