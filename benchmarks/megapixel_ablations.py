@@ -24,7 +24,7 @@ WINDOW64 = ["model.s_min=0.0427", "model.s_max=0.0427"]  # 64-px windows read at
 CENTROID = ["model.proxy_centroid=true"]
 GLIMPSE_LOSS = ["model.glimpse_heads=true", "objective.glimpse_loss_weight=1"]
 GLIMPSE_REWARD = ["objective.glimpse_reward_weight=1"]
-FULL = SPEED + WINDOW64 + CENTROID + GLIMPSE_LOSS + GLIMPSE_REWARD  # the megapixel preset's model and objective
+FULL = SPEED + WINDOW64 + CENTROID + GLIMPSE_LOSS + GLIMPSE_REWARD  # the megapixel preset, but for window inhibition
 
 # name -> (what changes, overrides on top of --preset megapixel-core). The first six rows add one change each;
 # the rest change one thing of the full model.
@@ -34,7 +34,7 @@ ROWS = {
     "window64": ("+ 64-px windows (whole cell + any digit in it), read at level 2", SPEED + WINDOW64),
     "centroid": ("+ offsets from the proxy's intensity centroid", SPEED + WINDOW64 + CENTROID),
     "glimpse-loss": ("+ per-glimpse heads, loss weight 1", SPEED + WINDOW64 + CENTROID + GLIMPSE_LOSS),
-    "full": ("+ per-glimpse score-function reward, weight 1 (= megapixel preset)", FULL),
+    "full": ("+ per-glimpse score-function reward, weight 1", FULL),
     "no-centroid": ("full, offsets from cell centres", SPEED + WINDOW64 + GLIMPSE_LOSS + GLIMPSE_REWARD),
     "reward-only": ("full, no per-glimpse loss", SPEED + WINDOW64 + CENTROID + ["model.glimpse_heads=true"] + GLIMPSE_REWARD),
     "no-anchor": ("full, proxy anchor weight 0", FULL + ["model.proxy_prior_weight=0"]),
@@ -42,6 +42,7 @@ ROWS = {
     "beta0": ("full, beta = 0 (no KL)", FULL + ["objective.beta=0"]),
     "ats": ("full, Attention Sampling estimator instead of the sequence-level score function", FULL + ["model.estimator=ats"]),
     "gaussian": ("Gaussian posterior (the paper's), 64-px windows, per-glimpse loss", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.posterior=gaussian"]),
+    "window-ior": ("full, + inhibition of return over whole windows (= megapixel preset since it was added)", FULL + ["model.inhibit_window=true"]),
     "w64": ("full, W = 64 (the 64-px window read at full resolution; T*W^2 = 24,576)", FULL + ["model.glimpse_size=64"]),
     "no-glimpses": ("full, no-glimpse control (glimpse features zeroed, nothing read)", FULL + ["model.no_glimpses=true"]),
 }
@@ -91,14 +92,12 @@ def table(names, seeds, root: Path) -> str:
             metrics = [json.loads(line) for line in (path.parent / "metrics.jsonl").read_text().splitlines()]
             best_val = max(m["validation"]["model"]["heads"]["majority"]["accuracy"] for m in metrics)
             speed = sum(m["train"]["images_per_second"] for m in metrics) / len(metrics)
-            loc, refs = test["model"].get("localisation", {}), test.get("references", {})
-            hit = lambda d: f"{100 * d['hit_rate']:.1f}" if d and "hit_rate" in d else "-"
+            hit = lambda part: f"{100 * test[part]['hit_rate']:.1f}" if part in test else "-"
             lines.append(
                 f"| {name} | {ROWS[name][0]} | {seed} | {r['epochs_completed']:g} | {r['images_seen']} | {r['train_minutes']:.1f} | "
                 f"{speed:.0f} | {100 * best_val:.1f} | {100 * heads['majority']['accuracy']:.1f} | "
                 f"{100 * heads['max']['accuracy']:.1f} | {100 * heads['top']['accuracy']:.1f} | "
-                f"{100 * heads['multi']['exact_match']:.1f} | {hit(loc)} | {hit(refs.get('random', {}).get('localisation'))} | "
-                f"{hit(refs.get('prior', {}).get('localisation'))} |")
+                f"{100 * heads['multi']['exact_match']:.1f} | {hit('model')} | {hit('random_glimpses')} | {hit('prior_glimpses')} |")
     return "\n".join(lines)
 
 

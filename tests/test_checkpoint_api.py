@@ -117,3 +117,17 @@ def test_bundled_checkpoints_load_by_name_and_unknown_names_fail_clearly():
         assert vsaccade.load(name).checkpoint["model_name"] == "saccader"
     with pytest.raises(CheckpointError, match="checkpoint not found: no-such-model .bundled checkpoints"):
         vsaccade.load("no-such-model")
+
+
+def test_test_time_settings_change_where_it_looks_not_its_weights(tmp_path):
+    from vsaccade.checkpoint import export_checkpoint, with_test_time_settings
+    from vsaccade.config import ConfigError
+
+    model = small_model()
+    write(model, tmp_path / "m.pt")
+    export_checkpoint(tmp_path / "m.pt", tmp_path / "w.pt", ["model.inhibit_window=true"])
+    loaded = vsaccade.load(tmp_path / "w.pt")
+    assert loaded.config.inhibit_window and loaded.checkpoint["test_time_settings"] == {"inhibit_window": True}
+    assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in model.state_dict().items())
+    with pytest.raises(ConfigError, match="cannot set 'model.hidden=8' on a trained model"):
+        with_test_time_settings(loaded, ["model.hidden=8"])

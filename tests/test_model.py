@@ -193,3 +193,26 @@ def test_glimpse_encoder_pooling_options():
         assert GlimpseEncoder(1, 32, 16, 24, pool=pool)(torch.rand(5, 1, 32, 32)).shape == (5, 24)
     with pytest.raises(ValueError, match="pooling"):
         GlimpseEncoder(1, 32, 16, 24, pool="max")
+
+
+def test_window_inhibition_sends_each_glimpse_to_a_new_object():
+    # Two bright squares far apart in a 1500 x 1500 image; 64-px windows, 45 x 45 cells. With cell inhibition
+    # alone the neighbouring cells' centroids pull glimpses back onto the first square; with window inhibition
+    # the two first glimpses land on two different squares.
+    from vsaccade.images import ArrayImage
+
+    pixels = torch.zeros(1, 1500, 1500)
+    pixels[:, 300:340, 300:340] = 1.0
+    pixels[:, 1000:1020, 1100:1120] = 1.0
+    image = ArrayImage(pixels)
+    proxy, mask = image.proxy(180)[None], torch.ones(1, 180, 180, dtype=torch.bool)
+    squares = torch.tensor([[320.0, 320.0], [1110.0, 1010.0]])
+    for window, expected in ((False, 1), (True, 2)):
+        torch.manual_seed(0)
+        model = create_model("saccader", proxy_size=180, location_cells=45, glimpses=2, glimpse_size=32, s_min=0.0427,
+                             s_max=0.0427, proxy_prior_weight=8.0, proxy_centroid=True, inhibit_window=window,
+                             proxy_encoder="strided")
+        z = model([image], proxy, mask, sample=False).z[0]
+        centres = (z[:, 1:] + 1) * 750
+        nearest = torch.cdist(centres, squares).argmin(1)
+        assert len(set(nearest.tolist())) == expected, (window, centres)

@@ -33,6 +33,9 @@ def save_checkpoint(payload: dict, path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"schema_version": SCHEMA_VERSION, **payload}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets the usual permissions
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
@@ -93,14 +96,41 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     return model
 
 
-TRAINING_ONLY = ("optimizer", "rng")  # what `export_checkpoint` drops: needed to resume, not to predict
+TRAINING_ONLY = ("optimizer", "rng")
+# Model fields that change where the model looks but not its weights: settable on a trained model.
+TEST_TIME_FIELDS = ("inhibition_of_return", "inhibit_window", "proxy_centroid", "proxy_prior_weight", "s_min", "s_max")
 
 
-def export_checkpoint(source, destination) -> Path:
-    """Copy a checkpoint without its training-only state (optimiser, RNG), e.g. to ship it; returns the path."""
+def with_test_time_settings(model, overrides: list[str]):
+    """Apply `model.FIELD=VALUE` overrides of TEST_TIME_FIELDS to a loaded model; returns the model."""
+    from .config import ConfigError
+    from .presets import parse_value
+
+    changes = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, _, name = key.partition(".")
+        if not sep or section != "model" or name not in TEST_TIME_FIELDS:
+            raise ConfigError(f"cannot set {item!r} on a trained model; settable: "
+                              f"{', '.join('model.' + f for f in TEST_TIME_FIELDS)}")
+        changes[name] = parse_value(value)
+    if changes:
+        model.config = model.config.replace(**changes)
+        if hasattr(model, "checkpoint"):
+            model.checkpoint["test_time_settings"] = {**model.checkpoint.get("test_time_settings", {}), **changes}
+    return model  # what `export_checkpoint` drops: needed to resume, not to predict
+
+
+def export_checkpoint(source, destination, overrides: list[str] = ()) -> Path:
+    """Copy a checkpoint without its training-only state (optimiser, RNG), e.g. to ship it, optionally with
+    test-time settings (`model.inhibit_window=true`, recorded under test_time_settings); returns the path."""
     payload = read_checkpoint(source)
-    model_from_checkpoint(payload, source)  # refuse to export weights that do not rebuild their model
+    model = with_test_time_settings(model_from_checkpoint(payload, source), list(overrides))
     slim = {k: v for k, v in payload.items() if k not in TRAINING_ONLY and k != "schema_version"}
+    if overrides:
+        changed = {k: v for k, v in model.config.to_dict().items() if payload["model_config"].get(k) != v}
+        slim["model_config"] = model.config.to_dict()
+        slim["test_time_settings"] = {**payload.get("test_time_settings", {}), **changed}
     save_checkpoint(slim, destination)
     return Path(destination)
 

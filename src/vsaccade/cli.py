@@ -18,9 +18,21 @@ def add_data_arguments(parser):
 
 def add_checkpoint_arguments(parser):
     """Arguments of the commands that read a checkpoint and rebuild its task."""
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="a checkpoint file or the name of a bundled one")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    add_test_time_arguments(parser)
     add_data_arguments(parser)
+
+
+def add_test_time_arguments(parser):
+    parser.add_argument("--set", action="append", metavar="model.FIELD=VALUE",
+                        help="a test-time setting of the trained model (e.g. model.inhibit_window=true)")
+
+
+def load_model(args):
+    from .checkpoint import load, with_test_time_settings
+
+    return with_test_time_settings(load(args.checkpoint), args.set)
 
 
 def command_train(args):
@@ -56,13 +68,13 @@ def task_from_checkpoint(model, split, args, size=None):
 
 
 def command_evaluate(args):
-    from .checkpoint import load
     from .evaluate import evaluate, summary_line
 
-    model = load(args.checkpoint)
+    model = load_model(args)
     task = task_from_checkpoint(model, args.split, args)
     result = evaluate(model, task, args.policy, args.batch_size, references=not args.no_references, limit=args.limit)
-    result.update(checkpoint=str(args.checkpoint), split=args.split, task=task.describe())
+    result.update(checkpoint=str(args.checkpoint), split=args.split, task=task.describe(),
+                  test_time_settings=model.checkpoint.get("test_time_settings", {}))
     print(f"{args.split} ({result['samples']} images): {summary_line(result)}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -71,10 +83,9 @@ def command_evaluate(args):
 
 
 def command_show(args):
-    from .checkpoint import load
     from .show import show_samples
 
-    model = load(args.checkpoint)
+    model = load_model(args)
     task = task_from_checkpoint(model, args.split, args)
     indices = range(args.index, min(args.index + args.count, len(task)))
     out = args.out or str(Path(args.checkpoint).with_suffix("")) + f"-{args.split}-glimpses.png"
@@ -102,10 +113,9 @@ def command_demo(args):
 
 
 def command_predict(args):
-    from .checkpoint import load
     from .predict_files import predict_paths
 
-    model = load(args.checkpoint)
+    model = load_model(args)
     done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays, progress=not args.no_progress)
     print(f"{done} image(s) predicted, {failed} skipped: {args.out}" + (f"; overlays in {args.overlays}" if args.overlays else ""))
     return 1 if failed else 0
@@ -131,7 +141,7 @@ def command_generate(args):
 def command_export(args):
     from .checkpoint import export_checkpoint
 
-    path = export_checkpoint(args.checkpoint, args.out)
+    path = export_checkpoint(args.checkpoint, args.out, args.set or [])
     print(f"{path} ({path.stat().st_size / 1e6:.1f} MB, optimiser and RNG state dropped)")
     return path
 
@@ -185,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files/folders/globs into a CSV (glimpse boxes included)")
     p.add_argument("checkpoint", help="a checkpoint file or the name of a bundled one")
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
+    add_test_time_arguments(p)
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--overlays", metavar="DIR", help="also write a PNG per image with its glimpse windows")
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
@@ -212,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser/RNG state (to ship or predict)")
     p.add_argument("checkpoint")
     p.add_argument("out")
+    add_test_time_arguments(p)
     p.set_defaults(handler=command_export)
 
     p = sub.add_parser("presets", help="list the presets")

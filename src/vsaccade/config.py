@@ -57,6 +57,7 @@ class ModelConfig(PlainConfig):
     proxy_centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
     inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
+    inhibit_window: bool = False  # also mask every cell whose glimpse would be centred inside a chosen window
     prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
     proxy_encoder: str = "wide"  # "wide" or "strided" (model/proxy_encoder.py)
     proxy_width: int = 32

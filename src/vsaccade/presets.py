@@ -39,13 +39,14 @@ PRESETS: dict[str, dict] = {
     },
     # Megapixel MNIST, all four labels from one model (docs/benchmarks/megapixel.md): T = 6 glimpses of 32x32
     # from 64-px windows (6 * 32^2 = 6144 sampled pixels) centred on the proxy's intensity centroid around the
-    # chosen cell, strided proxy encoder, per-glimpse heads and reward. ~80 epochs fit in 60 minutes on 2 cores.
+    # chosen cell, inhibition of return over whole windows, strided proxy encoder, per-glimpse heads and reward.
+    # 40 epochs, about 22 minutes on 2 cores (docs/benchmarks/megapixel.md).
     "megapixel": {
         "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.0427, "s_max": 0.0427, "location_cells": 45,
                   "proxy_prior_weight": 8.0, "proxy_width": 32, "hidden": 128, "proxy_encoder": "strided",
-                  "cell_score_width": 32, "glimpse_heads": True, "proxy_centroid": True},
+                  "cell_score_width": 32, "glimpse_heads": True, "proxy_centroid": True, "inhibit_window": True},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
-        "train": {"task": "megapixel", "epochs": 80, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
+        "train": {"task": "megapixel", "epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 60.0},
     },
     # Folder datasets (root/<split>/<class>/<image>, any size, RGB): set task.root. A starting point, not a tuned

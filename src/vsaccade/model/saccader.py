@@ -118,6 +118,10 @@ class VariationalSaccader(nn.Module):
             centres, half_cell = self.cell_geometry(images, device)
             keys = self.locations.cell_keys(features)
             centroids = proxy_centroid_offsets(proxy * proxy_mask[:, None], c.location_cells) if c.proxy_centroid else None
+            if c.inhibit_window:  # where each cell's glimpse would be centred before any learned offset
+                targets = centres + (centroids if centroids is not None else 0) * half_cell[:, None]
+                sizes = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height] for i in images],
+                                     device=device)  # a window side of s, in normalised units per s
 
         zs, kls, log_qs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], []
         for _ in range(c.glimpses):
@@ -132,6 +136,9 @@ class VariationalSaccader(nn.Module):
                 z, kl, log_q = step.z, step.kl, step.log_q_cell
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
+                if c.inhibit_window:  # and every cell whose glimpse would land inside this window
+                    reach = (z[:, :1] * sizes)[:, None]  # half a window side, in normalised units (u spans 2 per width)
+                    visited = visited | ((targets - z[:, None, 1:]).abs() < reach).all(-1)
             else:
                 step = self.locations(e, h, source, sample)
                 z, kl = step.z, step.kl
