@@ -120,8 +120,9 @@ class VariationalSaccader(nn.Module):
             centroids = proxy_centroid_offsets(proxy * proxy_mask[:, None], c.location_cells) if c.proxy_centroid else None
             if c.inhibit_window:  # where each cell's glimpse would be centred before any learned offset
                 targets = centres + (centroids if centroids is not None else 0) * half_cell[:, None]
-                sizes = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height] for i in images],
-                                     device=device)  # a window side of s, in normalised units per s
+                # half a window's side in (u, v) units is s * half_side_per_s (u spans 2 across the width)
+                half_side_per_s = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height]
+                                                for i in images], device=device)
 
         zs, kls, log_qs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], []
         for _ in range(c.glimpses):
@@ -137,7 +138,7 @@ class VariationalSaccader(nn.Module):
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
                 if c.inhibit_window:  # and every cell whose glimpse would land inside this window
-                    reach = (z[:, :1] * sizes)[:, None]  # half a window side, in normalised units (u spans 2 per width)
+                    reach = (z[:, :1] * half_side_per_s)[:, None]
                     visited = visited | ((targets - z[:, None, 1:]).abs() < reach).all(-1)
             else:
                 step = self.locations(e, h, source, sample)
