@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from .geometry import proxy_extent
 from .images import ImageError, LargeImage, _block_mean
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".jp2", ".svs", ".ndpi", ".v"}
 MAX_PIXELS = 10**10
 PROXY_OVERSAMPLE = 2  # the vips thumbnail is made at this multiple of the proxy size, then area-averaged
 REGION_LOADERS = ("tiffload", "jp2kload", "openslideload", "vipsload")  # read a region without decoding the rest

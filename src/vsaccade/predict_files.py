@@ -14,9 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from .file_images import IMAGE_SUFFIXES
 from .images import ImageError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".jp2", ".svs", ".ndpi", ".v"}
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .file_images import _first_line, require_pyvips, to_channels
+from .file_images import IMAGE_SUFFIXES, _first_line, require_pyvips, to_channels
 from .images import ImageError
-from .predict_files import IMAGE_SUFFIXES
 
 COMPRESSIONS = ("jpeg", "deflate", "lzw", "none")
 TILE = 256

@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 
+from ..file_images import IMAGE_SUFFIXES
 from ..images import ImageError
 from .base import Head, Sample, Task, register_task
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp"}  # (".tmp.jpg" files of a generator are skipped)
 HOLDOUT_EVERY = 10  # without root/validation, every 10th training image is the validation split
 
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not p.name.endswith(".tmp.jpg"))
+                  and not p.name.endswith(".tmp.jpg"))  # a generator's unfinished file
 
 
 def read_boxes(split_dir: Path) -> dict[str, list[list[float]]]:
