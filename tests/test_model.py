@@ -196,17 +196,18 @@ def test_glimpse_encoder_pooling_options():
 
 
 def test_window_inhibition_sends_each_glimpse_to_a_new_object():
-    # Two bright squares far apart in a 1500 x 1500 image; 64-px windows, 45 x 45 cells. With cell inhibition
-    # alone the neighbouring cells' centroids pull glimpses back onto the first square; with window inhibition
-    # the two first glimpses land on two different squares.
+    # Two bright squares far apart in a 1500 x 1500 image; 64-px windows, 45 x 45 cells (33 px). The large one
+    # fills four cells, which outrank the small one's cell. With cell inhibition alone the second glimpse takes a
+    # neighbouring cell, whose centroid pulls it back onto the large square; with window inhibition the two
+    # glimpses land on the two squares.
     from vsaccade.images import ArrayImage
 
     pixels = torch.zeros(1, 1500, 1500)
-    pixels[:, 300:340, 300:340] = 1.0
+    pixels[:, 300:364, 300:364] = 1.0
     pixels[:, 1000:1020, 1100:1120] = 1.0
     image = ArrayImage(pixels)
     proxy, mask = image.proxy(180)[None], torch.ones(1, 180, 180, dtype=torch.bool)
-    squares = torch.tensor([[320.0, 320.0], [1110.0, 1010.0]])
+    squares = torch.tensor([[332.0, 332.0], [1110.0, 1010.0]])
     for window, expected in ((False, 1), (True, 2)):
         torch.manual_seed(0)
         model = create_model("saccader", proxy_size=180, location_cells=45, glimpses=2, glimpse_size=32, s_min=0.0427,
