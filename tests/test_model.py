@@ -181,7 +181,7 @@ def test_proxy_centroid_centres_glimpses_on_an_isolated_object():
         model = create_model("saccader", proxy_size=180, location_cells=45, glimpses=1, glimpse_size=32, s_min=0.0427,
                              s_max=0.0427, proxy_prior_weight=8.0, proxy_centroid=centroid, proxy_encoder="strided")
         z = model([image], proxy, mask, sample=False).z[0, 0]
-        centres[centroid] = torch.stack([(z[1] + 1) * 750, (z[2] + 1) * 750])
+        centres[centroid] = torch.stack([(z[1] + 1) * 750, (z[2] + 1) * 750]).detach()
     errors = {k: float((c - torch.tensor([919.0, 624.0])).abs().max()) for k, c in centres.items()}
     assert errors[True] < 4 < errors[False], errors
 
