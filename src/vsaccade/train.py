@@ -101,7 +101,8 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.exists():
         payload = read_checkpoint(last_path)
-        if payload["model_config"] != model_config.to_dict():
+        # compared through from_dict, so fields added to ModelConfig since the run started take their defaults
+        if ModelConfig.from_dict(payload["model_config"]).to_dict() != model_config.to_dict():
             raise CheckpointError(f"{last_path} was written by a run with another model config; use a new --out")
         model = model_from_checkpoint(payload, last_path)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
