@@ -80,8 +80,8 @@ def run_all(names, seeds, root: Path, epochs: int, lanes: int) -> None:
 
 def table(names, seeds, root: Path) -> str:
     lines = ["| row | change | seed | epochs | images | train min | img/s | val majority (best) | test majority | "
-             "max | top | multi exact | hit | hit random | hit prior |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "max | top | multi exact | hit | coverage | hit random | hit prior |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         for seed in seeds:
             path = run_dir(root, name, seed) / "results.json"
@@ -97,7 +97,8 @@ def table(names, seeds, root: Path) -> str:
                 f"| {name} | {ROWS[name][0]} | {seed} | {r['epochs_completed']:g} | {r['images_seen']} | {r['train_minutes']:.1f} | "
                 f"{speed:.0f} | {100 * best_val:.1f} | {100 * heads['majority']['accuracy']:.1f} | "
                 f"{100 * heads['max']['accuracy']:.1f} | {100 * heads['top']['accuracy']:.1f} | "
-                f"{100 * heads['multi']['exact_match']:.1f} | {hit('model')} | {hit('random_glimpses')} | {hit('prior_glimpses')} |")
+                f"{100 * heads['multi']['exact_match']:.1f} | {hit('model')} | {100 * test['model']['coverage']:.1f} | "
+                f"{hit('random_glimpses')} | {hit('prior_glimpses')} |")
     return "\n".join(lines)
 
 
