@@ -82,10 +82,10 @@ def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", ove
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 report(f"vsaccade: skipped {path}: {message.replace(str(path) + ': ', '')}")
                 continue
-            writer.writerow(row(model, path, prediction))
+            values = row(model, path, prediction)
+            writer.writerow(values)
             done += 1
             if overlay_dir:
-                head = model.config.heads[0]
-                caption = f"{head['name']}: {row(model, path, prediction)[1]}"
+                caption = f"{model.config.heads[0]['name']}: {values[1]}"
                 draw_overlay(image, prediction.boxes, caption, Path(overlay_dir) / f"{path.stem}-{done:05d}.png")
     return done, failed
