@@ -137,3 +137,14 @@ def test_unusable_files_get_one_line_errors(tmp_path, files):
         assert "\n" not in str(caught.value) and str(tmp_path / name) in str(caught.value), name
     with pytest.raises(ImageError, match="max_pixels"):
         FileImage(paths["png"], max_pixels=1000)
+
+
+def test_downsampled_reads_from_a_pyramid_level(files):
+    array, paths = files
+    image, reference = FileImage(paths["tiff"], channels=3), ArrayImage(upright_array(paths["tiff"]))
+    assert [f for f, _ in image.pyramid][:2] == [2, 4]
+    exact = image.read_region(16, 32, 160, 200, 4)  # level 4 divides 4: block means of block means
+    assert (exact - reference.read_region(16, 32, 160, 200, 4)).abs().max() < 0.02
+    approximate = image.read_region(0, 0, 240, 360, 10)  # level 4, area-resampled by 2.5
+    assert approximate.shape == (3, 24, 36)
+    assert (approximate - reference.read_region(0, 0, 240, 360, 10)).abs().mean() < 0.03

@@ -29,6 +29,7 @@ from .images import ImageError, LargeImage, _block_mean
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif", ".jp2", ".svs", ".ndpi", ".v"}
 MAX_PIXELS = 10**10
+APPROXIMATE_FROM = 8  # downsampling from which a pyramid level that does not divide it may be used
 PROXY_OVERSAMPLE = 2  # the vips thumbnail is made at this multiple of the proxy size, then area-averaged
 REGION_LOADERS = ("tiffload", "jp2kload", "openslideload", "vipsload")  # read a region without decoding the rest
 
@@ -115,12 +116,31 @@ class FileImage(LargeImage):
         self.decodes_whole = self.loader not in REGION_LOADERS
         self._stored = stored
         self._decoded = None  # the converted source of region reads (see _source)
+        self.pyramid = self._pyramid_levels(stored)  # [(factor, page)], reduced levels a downsampled read may use
+        self._levels: dict[int, object] = {}
         self._lock = threading.Lock()  # one decode per image, even when a thread pool reads its glimpses
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
 
+    def _pyramid_levels(self, stored) -> list[tuple[int, int]]:
+        """Pages of an upright tiled pyramidal TIFF that halve the previous one: [(2^k, page k)], k >= 1."""
+        if self.loader != "tiffload" or self.orientation != 1 or not stored.get_typeof("n-pages"):
+            return []
+        pyvips = require_pyvips()
+        levels = []
+        for page in range(1, stored.get("n-pages")):
+            factor = 2**page
+            try:
+                header = pyvips.Image.new_from_file(str(self.path), page=page, access="random")
+            except pyvips.Error:
+                break
+            if abs(header.width - stored.width / factor) > 1 or abs(header.height - stored.height / factor) > 1:
+                break
+            levels.append((factor, page))
+        return levels
+
     def __getstate__(self):
         """Picklable (DataLoader workers send samples across processes): the vips handles are reopened lazily."""
-        return {**self.__dict__, "_stored": None, "_decoded": None, "_lock": None}
+        return {**self.__dict__, "_stored": None, "_decoded": None, "_lock": None, "_levels": {}}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _lock=threading.Lock())
@@ -147,9 +167,41 @@ class FileImage(LargeImage):
                     raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
             return self._decoded
 
+    def _level(self, page: int):
+        with self._lock:
+            if page not in self._levels:
+                pyvips = require_pyvips()
+                image = pyvips.Image.new_from_file(str(self.path), page=page, access="random", fail=True)
+                self._levels[page] = to_channels(image, self.channels)
+            return self._levels[page]
+
+    def _read_from_level(self, top, left, height, width, downsample, factor, page) -> torch.Tensor:
+        """A downsampled read from the pyramid level `factor` (<= downsample): about (W + margin)^2 level pixels
+        however large the window, then area-averaged to ceil(height / downsample) x ceil(width / downsample)."""
+        pyvips = require_pyvips()
+        level = self._level(page)
+        rows, cols = math.ceil(height / downsample), math.ceil(width / downsample)
+        y0, x0 = math.floor(top / factor), math.floor(left / factor)
+        y1 = math.ceil((top + rows * downsample) / factor)
+        x1 = math.ceil((left + cols * downsample) / factor)
+        out = torch.zeros(self.channels, y1 - y0, x1 - x0)
+        ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y1, level.height), min(x1, level.width)
+        if yb > ya and xb > xa:
+            try:
+                out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = to_tensor(level.crop(xa, ya, xb - xa, yb - ya))
+            except pyvips.Error as error:
+                raise ImageError(f"{self.path}: cannot read pixels ({_first_line(error)})") from None
+        return F.interpolate(out[None], size=(rows, cols), mode="area")[0]
+
     def read_region(self, top, left, height, width, downsample=1):
         pyvips = require_pyvips()
         d = downsample
+        # A reduced pyramid level, so the read costs about the glimpse's size, not the window's: exact when its
+        # factor divides d (block means of block means); from d >= APPROXIMATE_FROM, the largest level of at
+        # most d / 2, area-resampled by the non-integer rest (approximate at sharp edges).
+        usable = [(f, page) for f, page in self.pyramid if d % f == 0 or (d >= APPROXIMATE_FROM and 2 * f <= d)]
+        if usable:
+            return self._read_from_level(top, left, height, width, d, *usable[-1])
         rows, cols = math.ceil(height / d) * d, math.ceil(width / d) * d
         # upright window -> stored window: undo the flips, then the transpose
         y0, x0 = top, left
