@@ -32,7 +32,7 @@ def log_likelihood(logits: dict, labels: dict, heads: list[dict]) -> torch.Tenso
     broadcast over the optional glimpse axis T."""
     total = 0
     for head in heads:
-        name, head_logits, y = head["name"], logits[head["name"]], labels[head["name"]]
+        head_logits, y = logits[head["name"]], labels[head["name"]]
         if head["kind"] == "multilabel":
             y = y.float()[:, None].expand_as(head_logits) if head_logits.ndim == 3 else y.float()
             total = total - F.binary_cross_entropy_with_logits(head_logits, y, reduction="none").sum(-1)

@@ -17,7 +17,6 @@ At the 256x192 proxy (a 15.6x reduction) a sign is 3-8 px and its number illegib
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 
 import numpy as np
