@@ -85,7 +85,7 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     from .model import create_model
 
     try:
-        model = create_model(payload.get("model_name", "saccader"), **payload["model_config"])
+        model = create_model(**{"architecture": payload.get("model_name", "saccader"), **payload["model_config"]})
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot rebuild its model: {error}") from None
     try:

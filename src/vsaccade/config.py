@@ -40,8 +40,10 @@ class PlainConfig:
 
 @dataclass
 class ModelConfig(PlainConfig):
-    """Architecture of a Variational Saccading model (see model/saccader.py for how the pieces connect)."""
+    """Architecture of a Variational Saccading model (see model/saccader.py for how the pieces connect), or of a
+    baseline in the same harness (`architecture`, a registered model name: see model/registry.py)."""
 
+    architecture: str = "saccader"
     heads: list = field(default_factory=lambda: [{"name": "label", "num_classes": 10, "kind": "class"}])
     image_channels: int = 1
     proxy_channels: int = 1
@@ -54,6 +56,7 @@ class ModelConfig(PlainConfig):
     posterior: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
     estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
     proxy_prior_weight: float = 1.0  # weight of the proxy-intensity location prior (mixture only)
+    proxy_attention: bool = False  # mixture: a proxy-only attention classifier's attention is the anchor instead
     proxy_centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
     inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
@@ -68,6 +71,7 @@ class ModelConfig(PlainConfig):
     core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
     no_glimpses: bool = False  # control: glimpse features zeroed, everything else equal
     reconstruct_proxy: bool = False  # optional log p(x~ | z_t, h_{t-1}) term (continuous Bernoulli)
+    backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
     glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
 
     def validate(self):
@@ -79,7 +83,8 @@ class ModelConfig(PlainConfig):
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 < self.s_min <= self.s_max <= 1:
             raise ConfigError(f"need 0 < s_min <= s_max <= 1, got s_min={self.s_min}, s_max={self.s_max}")
-        for name in ("glimpses", "glimpse_size", "proxy_size", "location_cells", "hidden", "proxy_width", "glimpse_width"):
+        for name in ("glimpses", "glimpse_size", "proxy_size", "location_cells", "hidden", "proxy_width", "glimpse_width",
+                     "backbone_stages"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.cell_score_width < 0:
@@ -100,12 +105,14 @@ class ObjectiveConfig(PlainConfig):
     reconstruction_weight: float = 0.0
     glimpse_loss_weight: float = 0.0  # weight of the per-glimpse heads' mean -log p(y | g_t) (needs glimpse_heads)
     glimpse_reward_weight: float = 0.0  # weight of the per-glimpse score-function term (needs glimpse_heads)
+    proxy_loss_weight: float = 0.0  # weight of the proxy attention classifier's -log p(y | x~) (needs proxy_attention)
 
     def validate(self):
         super().validate()
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
-        for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight"):
+        for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight",
+                     "proxy_loss_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
 

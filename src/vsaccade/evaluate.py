@@ -109,7 +109,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
 
 def _evaluate(model, task, policy, batch_size, references, progress, limit):
     count = len(task) if limit is None else min(limit, len(task))
-    sources = ["posterior"] + (["random", "prior"] if references else [])
+    sources = ["posterior"] + (["random", "prior"] if references and model.chooses_locations else [])
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
     starts = range(0, count, batch_size)
@@ -122,16 +122,18 @@ def _evaluate(model, task, policy, batch_size, references, progress, limit):
             counts[source] = {k: counts[source][k] + found[k] for k in found}
     c = model.config
     image_pixels = task.image_height * task.image_width
+    read = model.pixels_read(task.image_height, task.image_width)  # None: depends on an image size the task lacks
     result = {
         "samples": count,
         "policy": policy,
-        "glimpses": c.glimpses,
+        "architecture": c.architecture,
+        "glimpses": c.glimpses if model.chooses_locations else 0,
         "glimpse_size": c.glimpse_size,
         "s_min": c.s_min,
         "s_max": c.s_max,
         "no_glimpses": c.no_glimpses,
-        "sampled_pixels": c.glimpses * c.glimpse_size**2,
-        "fraction_of_pixels_sampled": c.glimpses * c.glimpse_size**2 / image_pixels if image_pixels else None,
+        "sampled_pixels": read,
+        "fraction_of_pixels_sampled": read / image_pixels if image_pixels and read is not None else None,
     }
     for source in sources:
         n = counts[source]

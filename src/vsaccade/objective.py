@@ -17,6 +17,9 @@ Per-glimpse terms (need `ModelConfig.glimpse_heads`; both default off, and neith
     r_t = log p_t(y | g_t) detached. It credits each cell choice with what its own glimpse showed, instead of
     crediting all T choices with one sequence-level reward: far lower variance, but a biased (myopic)
     estimate of the ELBO's gradient, a shaping reward we name rather than hide.
+
+proxy_loss_weight * -log p(y | x~) (needs `ModelConfig.proxy_attention`, also outside the ELBO) trains the
+proxy attention classifier whose attention is the location anchor (model/proxy_attention.py).
 """
 
 from __future__ import annotations
@@ -73,4 +76,8 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
             loss = loss - config.glimpse_reward_weight * (advantage * output.log_q_cells).sum(1).mean()
     elif config.glimpse_loss_weight or config.glimpse_reward_weight:
         raise ValueError("glimpse_loss_weight and glimpse_reward_weight need a model built with glimpse_heads=True")
+    if config.proxy_loss_weight:
+        if output.proxy_logits is None:
+            raise ValueError("proxy_loss_weight needs a model built with proxy_attention=True")
+        loss = loss - config.proxy_loss_weight * log_likelihood(output.proxy_logits, labels, heads).mean()
     return {"loss": loss, "nll": -log_lik.detach(), "kl": kl.detach(), "reconstruction": recon.detach()}

@@ -58,6 +58,17 @@ PRESETS: dict[str, dict] = {
         "train": {"task": "folder", "epochs": 20, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
                   "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
     },
+    # The large-photo benchmark (`vsaccade generate speed-signs`, then `vsaccade prepare`): 4000x3000 scenes, one
+    # 40-120 px sign or none. 64x64 cells of 62 px; 150-240 px windows read into W=64; where to look comes from
+    # the proxy attention classifier (the intensity anchor suits only dark backgrounds).
+    "speed-signs": {
+        "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.08, "location_cells": 64,
+                  "proxy_attention": True, "proxy_prior_weight": 1.0, "inhibit_window": True, "proxy_encoder": "strided",
+                  "cell_score_width": 32, "glimpse_heads": True},
+        "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0, "proxy_loss_weight": 1.0},
+        "train": {"task": "folder", "epochs": 30, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
+                  "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
+    },
     # The learning test's task: a 64x64 canvas with one digit, an 8x8 proxy.
     "tiny": {
         "model": {"glimpses": 3, "glimpse_size": 16, "s_min": 0.4, "s_max": 0.5, "location_cells": 4,

@@ -95,7 +95,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     seed_everything(config.seed)
     tasks = build_tasks(config, digit_source, data_dir)
     model_config = model_config_for(tasks["train"], model_config)
-    model = create_model("saccader", **model_config.to_dict())
+    model = create_model(**model_config.to_dict())
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch, start_step, global_step, images_seen, best, elapsed_before = 0, 0, 0, 0, -math.inf, 0.0
     last_path, best_path = out / "last.pt", out / "best.pt"
@@ -124,7 +124,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         return elapsed_before + (time.time() - started) / 60
 
     def checkpoint_payload(epoch, step_in_epoch, metrics):
-        return {"model_name": "saccader", **run_info, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
+        return {"model_name": model_config.architecture, **run_info, "state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
                 "images_seen": images_seen,
                 "best_validation": best, "metrics": metrics, "train_minutes": minutes()}

@@ -1,4 +1,9 @@
-"""Model registry (timm style): every model is built from its name and a ModelConfig's fields."""
+"""Model registry (timm style): every model is built from its name and a ModelConfig's fields.
+
+Every registered model takes `forward(images, proxy, proxy_mask, source="posterior", sample=True)` and returns a
+SaccadeOutput (model/saccader.py); models that choose no locations return T = 0 glimpses and set
+`chooses_locations = False`, so evaluation skips the random/prior-glimpse references for them. Each model's
+`pixels_read(height, width)` says how many full-resolution pixels one image costs it."""
 
 from __future__ import annotations
 
@@ -19,8 +24,12 @@ def register_model(name: str):
     return decorate
 
 
-def create_model(name: str = "saccader", **config) -> nn.Module:
-    """Build a registered model from config fields, e.g. create_model("saccader", glimpses=6)."""
+def create_model(name: str | None = None, **config) -> nn.Module:
+    """Build a registered model from config fields, e.g. create_model("saccader", glimpses=6). The name is the
+    config's `architecture` (default "saccader"); giving both with different values is an error."""
+    name = name or config.get("architecture", "saccader")
+    if config.setdefault("architecture", name) != name:
+        raise ValueError(f"create_model({name!r}) was given architecture={config['architecture']!r}")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
     model = MODELS[name](ModelConfig.from_dict(config))

@@ -26,6 +26,7 @@ from .core import RecurrentCore
 from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
 from .locations import GaussianLocations, MixtureLocations, proxy_centroid_offsets, proxy_location_prior
+from .proxy_attention import ProxyAttention
 from .proxy_encoder import ProxyEncoder
 from .registry import register_model
 
@@ -41,9 +42,12 @@ class SaccadeOutput:
     log_q_cells: torch.Tensor | None = None  # (B, T) log q(c_t) of the chosen cells (mixture posterior)
     reconstruction: torch.Tensor | None = None  # (B, T) log p(x~ | z_t, h_{t-1})
     glimpse_logits: dict | None = None  # head -> (B, T, classes), what each glimpse alone says (glimpse_heads)
+    proxy_logits: dict | None = None  # head -> (B, classes), the proxy attention classifier (proxy_attention)
 
 
 class VariationalSaccader(nn.Module):
+    chooses_locations = True
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.location_cells > config.proxy_size:
@@ -52,6 +56,9 @@ class VariationalSaccader(nn.Module):
         c = config
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
                                           c.proxy_encoder)
+        if c.proxy_attention and c.posterior != "mixture":
+            raise ConfigError("proxy_attention needs the mixture posterior")
+        self.proxy_attention = ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads) if c.proxy_attention else None
         if c.posterior == "mixture":
             self.locations = MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight,
                                               c.cell_score_width)
@@ -66,6 +73,10 @@ class VariationalSaccader(nn.Module):
                 nn.Linear(3 + c.hidden, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.proxy_channels * c.proxy_size**2)
             )
         self._cell_geometry: dict = {}
+
+    def pixels_read(self, height: int, width: int) -> int:
+        """Full-resolution pixels sampled per image (T W x W glimpses; none for the no-glimpse control)."""
+        return 0 if self.config.no_glimpses else self.config.glimpses * self.config.glimpse_size**2
 
     def check_inputs(self, images, proxy, proxy_mask):
         c = self.config
@@ -111,10 +122,15 @@ class VariationalSaccader(nn.Module):
         features, e = self.proxy_encoder(proxy, cell_mask)
         state = self.core.initial(e)
         mixture = c.posterior == "mixture"
+        proxy_logits = None
         if mixture:
             valid = cell_mask.flatten(1)
             visited = torch.zeros_like(valid)
-            anchor = proxy_location_prior(proxy, c.location_cells, valid)
+            if self.proxy_attention is not None:
+                log_attention, proxy_logits = self.proxy_attention(proxy, valid)
+                anchor = log_attention.detach()  # see model/proxy_attention.py
+            else:
+                anchor = proxy_location_prior(proxy, c.location_cells, valid)
             centres, half_cell = self.cell_geometry(images, device)
             keys = self.locations.cell_keys(features)
             centroids = proxy_centroid_offsets(proxy * proxy_mask[:, None], c.location_cells) if c.proxy_centroid else None
@@ -171,6 +187,7 @@ class VariationalSaccader(nn.Module):
             log_q_cells=torch.stack(log_qs, 1) if log_qs else None,
             reconstruction=torch.stack(recons, 1) if recons else None,
             glimpse_logits=glimpse_logits,
+            proxy_logits=proxy_logits,
         )
 
 

@@ -3,9 +3,11 @@ speed-limit sign on a cluttered procedural background, written as a folder datas
 
 Per image (a pure function of (seed, split, index)):
   * class uniform over {30, 50, 60, 70, 80, 90, 100, 120} with probability 2/3, else `none` (no sign);
-  * background: low-frequency colour noise, then 60-120 random rectangles, ellipses and strokes, then decoys:
-    6-12 red rings with no number or a letter inside, 6-12 numbers (the classes' own) without a ring, in the
-    same sizes as signs;
+  * background: low-frequency colour noise, then 60-120 random rectangles, ellipses and strokes, then decoys in
+    the same sizes as signs, each with some but not all of a sign's parts: 6-12 red rings with no white disc
+    (empty, or around a number or a letter), 6-12 of the classes' numbers (bare, or on a white disc with no ring);
+    so only the combination of red ring and white disc marks a sign, something a 3-8 px blob on the proxy can
+    show while its number cannot;
   * the sign: white disc, red ring, black number (Pillow's bundled font), side 40-120 px, rotated by up to 20
     degrees, blurred (Gaussian, radius 0-1.5 px), lit by a brightness factor in [0.6, 1.2], anywhere in the image;
   * labels from the folder name; the sign's box in `boxes.csv`.
@@ -38,13 +40,14 @@ def font(size: int):
         return ImageFont.load_default()
 
 
-def sign_patch(text: str, side: int, rng: np.random.Generator, ring: bool = True) -> Image.Image:
-    """An RGBA sign (or a decoy: a ring without number, or a number without ring), `side` pixels wide."""
+def sign_patch(text: str, side: int, rng: np.random.Generator, ring: bool = True, disc: bool = True) -> Image.Image:
+    """An RGBA sign: red `ring`, white `disc`, black `text` (a decoy lacks the ring or the disc), `side` px wide."""
     big = 256
     patch = Image.new("RGBA", (big, big), (0, 0, 0, 0))
     draw = ImageDraw.Draw(patch)
-    if ring:
-        draw.ellipse([4, 4, big - 5, big - 5], fill=(230, 230, 225, 255), outline=(200, 20, 25, 255), width=30)
+    if ring or disc:
+        draw.ellipse([4, 4, big - 5, big - 5], fill=(230, 230, 225, 255) if disc else None,
+                     outline=(200, 20, 25, 255) if ring else None, width=30 if ring else 0)
     if text:
         face = font(110 if len(text) < 3 else 84)
         box = draw.textbbox((0, 0), text, font=face)
@@ -84,13 +87,14 @@ def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[flo
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     image = background(rng)
     low, high = SIGN_SIDES
-    for _ in range(int(rng.integers(6, 13))):  # decoy rings: no number, or a letter
+    for _ in range(int(rng.integers(6, 13))):  # decoy rings: no white disc; empty, a number or a letter inside
         side = int(rng.integers(low, high + 1))
-        decoy = sign_patch(str(rng.choice(list("ABEHKXZ"))) if rng.random() < 0.5 else "", side, rng)
+        text = str(rng.choice(list(CLASSES[:-1]) + list("ABEHKXZ"))) if rng.random() < 2 / 3 else ""
+        decoy = sign_patch(text, side, rng, disc=False)
         image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
-    for _ in range(int(rng.integers(6, 13))):  # decoy numbers without a ring
+    for _ in range(int(rng.integers(6, 13))):  # decoy numbers: no ring; bare or on a white disc
         side = int(rng.integers(low, high + 1))
-        decoy = sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False)
+        decoy = sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False, disc=bool(rng.random() < 0.5))
         image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
     if rng.random() < NONE_PROBABILITY:
         return image, "none", None
@@ -109,6 +113,8 @@ def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool =
     root = Path(destination)
     fields = ["index", "path", "label", "x0", "y0", "x1", "y1"]
     for split, count in sizes.items():
+        if count < 1:
+            continue
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
         log = split_dir / "index.csv"
@@ -118,7 +124,7 @@ def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool =
                 done = {int(row["index"]): row for row in csv.DictReader(handle)}
         with open(log, "a", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
-            if not done:
+            if handle.tell() == 0:
                 writer.writeheader()
             for index in tqdm(range(count), desc=f"speed signs ({split})", unit="image", disable=not progress):
                 if index in done:

@@ -1,0 +1,116 @@
+"""Baselines in the same harness (registry, configs, checkpoints, training command), for honest comparisons:
+
+  * "fullres": a CNN over every full-resolution pixel, the cost our model avoids: a stride-4 stem, then
+    `backbone_stages` stride-2 stages, average and max pooling over the whole map (max, so that one small object
+    can decide), an MLP per head. The image is read whole (`read_region` of all of it): for a file that is a
+    full decode, never a resize.
+  * "proxy": the same kind of CNN on the proxy alone (stride-1 stem, stride-2 stages down to about 8x8): what
+    the low-resolution view can tell without any glimpse.
+
+Both choose no locations: their SaccadeOutput has T = 0 glimpses and a zero KL, so the objective is the plain
+negative log-likelihood.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from .proxy_encoder import conv_block, halvings
+from .registry import register_model
+from .saccader import SaccadeOutput
+
+MAX_WIDTH = 128
+
+
+class StridedCNN(nn.Module):
+    """(B, C, H, W) -> (B, hidden): a stem with `stem_stride`, `stages` stride-2 stages doubling the width (from
+    `width`, at most 128), then [global mean, global max] -> MLP. Masked pixels (padding) are zeroed first."""
+
+    def __init__(self, channels: int, width: int, stages: int, hidden: int, stem_stride: int):
+        super().__init__()
+        kernel = 2 * stem_stride if stem_stride > 1 else 3
+        stem = nn.Conv2d(channels, width, kernel, stem_stride, (kernel - stem_stride + 1) // 2)
+        layers = [nn.Sequential(stem, nn.GroupNorm(min(8, width), width), nn.ReLU(inplace=True))]
+        cin = width
+        for _ in range(stages):
+            cout = min(MAX_WIDTH, cin * 2)
+            layers.append(conv_block(cin, cout, stride=2))
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Sequential(nn.Linear(2 * cin, hidden), nn.ReLU(inplace=True))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        maps = self.features(pixels)
+        return self.project(torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], 1))
+
+
+def empty_output(logits: dict, batch: int, channels: int, device) -> SaccadeOutput:
+    return SaccadeOutput(logits=logits, z=torch.zeros(batch, 0, 3, device=device), kl=torch.zeros(batch, 0, device=device),
+                         glimpses=torch.zeros(batch, 0, channels, 1, 1, device=device))
+
+
+class Heads(nn.Module):
+    def __init__(self, hidden: int, heads: list[dict]):
+        super().__init__()
+        self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads})
+
+    def forward(self, features: torch.Tensor) -> dict:
+        return {name: head(features) for name, head in self.heads.items()}
+
+
+class FullResolutionCNN(nn.Module):
+    chooses_locations = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.trunk = StridedCNN(config.image_channels, 16, config.backbone_stages, config.hidden, stem_stride=4)
+        self.heads = Heads(config.hidden, config.heads)
+
+    def pixels_read(self, height: int, width: int) -> int | None:
+        return height * width or None  # None: size unknown (folder tasks of mixed sizes)
+
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+        for image in images:
+            if image.channels != self.config.image_channels:
+                raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")
+        device = proxy.device
+        if len({(i.height, i.width) for i in images}) == 1:  # one batched pass
+            pixels = torch.stack([i.read_region(0, 0, i.height, i.width) for i in images]).to(device)
+            features = self.trunk(pixels)
+        else:  # images of different sizes: one pass each
+            features = torch.cat([self.trunk(i.read_region(0, 0, i.height, i.width)[None].to(device)) for i in images])
+        return empty_output(self.heads(features), len(images), self.config.image_channels, device)
+
+
+class ProxyCNN(nn.Module):
+    chooses_locations = False
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.trunk = StridedCNN(config.proxy_channels, 16, halvings(config.proxy_size, 8), config.hidden, stem_stride=1)
+        self.heads = Heads(config.hidden, config.heads)
+
+    def pixels_read(self, height: int, width: int) -> int:
+        return 0
+
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+        c = self.config
+        if tuple(proxy.shape[1:]) != (c.proxy_channels, c.proxy_size, c.proxy_size):
+            raise ValueError(f"proxy must have shape (B, {c.proxy_channels}, {c.proxy_size}, {c.proxy_size}), "
+                             f"got {tuple(proxy.shape)}")
+        features = self.trunk(proxy * proxy_mask[:, None])
+        return empty_output(self.heads(features), len(images), c.image_channels, proxy.device)
+
+
+@register_model("fullres")
+def build_fullres(config: ModelConfig) -> FullResolutionCNN:
+    return FullResolutionCNN(config)
+
+
+@register_model("proxy")
+def build_proxy(config: ModelConfig) -> ProxyCNN:
+    return ProxyCNN(config)
