@@ -109,7 +109,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
 
 def _evaluate(model, task, policy, batch_size, references, progress, limit):
     count = len(task) if limit is None else min(limit, len(task))
-    sources = ["posterior"] + (["random", "prior"] if references and model.chooses_locations else [])
+    sources = ["posterior"] + (list(model.reference_sources) if references else [])
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
     starts = range(0, count, batch_size)
@@ -127,7 +127,7 @@ def _evaluate(model, task, policy, batch_size, references, progress, limit):
         "samples": count,
         "policy": policy,
         "architecture": c.architecture,
-        "glimpses": c.glimpses if model.chooses_locations else 0,
+        "glimpses": model.glimpses_per_image,
         "glimpse_size": c.glimpse_size,
         "s_min": c.s_min,
         "s_max": c.s_max,

@@ -61,7 +61,8 @@ class Heads(nn.Module):
 
 
 class FullResolutionCNN(nn.Module):
-    chooses_locations = False
+    reference_sources = ()
+    glimpses_per_image = 0
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -86,7 +87,8 @@ class FullResolutionCNN(nn.Module):
 
 
 class ProxyCNN(nn.Module):
-    chooses_locations = False
+    reference_sources = ()
+    glimpses_per_image = 0
 
     def __init__(self, config: ModelConfig):
         super().__init__()

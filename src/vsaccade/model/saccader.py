@@ -46,7 +46,7 @@ class SaccadeOutput:
 
 
 class VariationalSaccader(nn.Module):
-    chooses_locations = True
+    reference_sources = ("random", "prior")  # other glimpse sources evaluation compares against
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -73,6 +73,10 @@ class VariationalSaccader(nn.Module):
                 nn.Linear(3 + c.hidden, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.proxy_channels * c.proxy_size**2)
             )
         self._cell_geometry: dict = {}
+
+    @property
+    def glimpses_per_image(self) -> int:
+        return self.config.glimpses
 
     def pixels_read(self, height: int, width: int) -> int:
         """Full-resolution pixels sampled per image (T W x W glimpses; none for the no-glimpse control)."""
