@@ -20,6 +20,10 @@ Per-glimpse terms (need `ModelConfig.glimpse_heads`; both default off, and neith
 
 proxy_loss_weight * -log p(y | x~) (needs `ModelConfig.proxy_attention`, also outside the ELBO) trains the
 proxy attention classifier whose attention is the location anchor (model/proxy_attention.py).
+
+attention_entropy_weight * -mean H(a) (outside the ELBO; needs a model that reports `attention_entropy`, i.e. "ats")
+is Attention Sampling's entropy regulariser: a positive weight keeps its attention from collapsing early
+(model/ats.py).
 """
 
 from __future__ import annotations
@@ -80,4 +84,8 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
         if output.proxy_logits is None:
             raise ValueError("proxy_loss_weight needs a model built with proxy_attention=True")
         loss = loss - config.proxy_loss_weight * log_likelihood(output.proxy_logits, labels, heads).mean()
+    if config.attention_entropy_weight:
+        if output.attention_entropy is None:
+            raise ValueError("attention_entropy_weight needs a model that reports attention_entropy (architecture 'ats')")
+        loss = loss - config.attention_entropy_weight * output.attention_entropy.mean()
     return {"loss": loss, "nll": -log_lik.detach(), "kl": kl.detach(), "reconstruction": recon.detach()}

@@ -3,3 +3,4 @@
 from .registry import MODELS, create_model, register_model  # noqa: F401
 from .saccader import VariationalSaccader  # noqa: F401
 from . import baselines  # noqa: F401,E402  (registers "fullres" and "proxy")
+from . import ats  # noqa: F401,E402  (registers "ats")

@@ -43,6 +43,7 @@ class SaccadeOutput:
     reconstruction: torch.Tensor | None = None  # (B, T) log p(x~ | z_t, h_{t-1})
     glimpse_logits: dict | None = None  # head -> (B, T, classes), what each glimpse alone says (glimpse_heads)
     proxy_logits: dict | None = None  # head -> (B, classes), the proxy attention classifier (proxy_attention)
+    attention_entropy: torch.Tensor | None = None  # (B,) entropy of an attention over cells (ats), for its regulariser
 
 
 class VariationalSaccader(nn.Module):
