@@ -1,4 +1,4 @@
-"""The `vsaccade` command: train, evaluate, show, predict, prepare, generate, demo, export, presets."""
+"""The `vsaccade` command: train, evaluate, show, predict, prepare, generate, demo, export, bench, presets."""
 
 from __future__ import annotations
 
@@ -146,6 +146,22 @@ def command_export(args):
     return path
 
 
+def command_bench(args):
+    import shlex
+
+    from .bench import bench
+
+    report = bench(sizes=args.sizes, models=args.models, kinds=args.kinds, threads=args.threads, repeats=args.repeats,
+                   warmup=args.warmup, batch=args.batch, device=args.device, out=args.out, cache=args.cache,
+                   seed=args.seed, digit_source=args.digits or "auto", data_dir=args.data_dir,
+                   memory=not args.no_memory, progress=not args.no_progress,
+                   command="vsaccade " + shlex.join(args.argv))
+    out = Path(args.out)
+    print((out / "bench.md").read_text())
+    print(f"results: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return report
+
+
 def command_presets(args):
     from .presets import PRESETS
 
@@ -226,6 +242,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_test_time_arguments(p)
     p.set_defaults(handler=command_export)
 
+    p = sub.add_parser("bench", help="latency, throughput, memory and FLOPs of every model vs image size (JSON, "
+                       "Markdown, PNG)", description="See the docstring of vsaccade/bench.py for what is measured and how.")
+    p.add_argument("--sizes", nargs="+", type=int, default=[500, 1000, 1500, 3000, 6000], help="canvas sides in pixels")
+    p.add_argument("--models", nargs="+", default=["saccader", "fullres", "proxy", "ats"],
+                   help="registered models (ats is skipped with a note where it is not registered)")
+    p.add_argument("--kinds", nargs="+", choices=("memory", "file"), default=["memory", "file"],
+                   help="in-memory canvases and/or tiled pyramidal TIFF files")
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="torch threads, each measured")
+    p.add_argument("--repeats", type=int, default=20, help="timed calls per model after the warm-up (default 20)")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16, help="throughput batch (halved to a power of two on OOM)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--out", default="runs/bench", help="writes OUT/bench.json, bench.md, bench.png")
+    p.add_argument("--cache", help="canvases and TIFF files (default OUT/cache)")
+    p.add_argument("--seed", type=int, default=0, help="scene and weight seed")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_arguments(p)
+    p.set_defaults(handler=command_bench)
+
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(handler=command_presets)
@@ -239,6 +275,7 @@ def main(argv=None) -> int:
     from .images import ImageError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         status = args.handler(args)
     except (ConfigError, CheckpointError, DataSourceError, ImageError) as error:

@@ -24,16 +24,24 @@ def prepare_image(source: Path, destination: Path, compression: str = "jpeg", qu
     pyvips = require_pyvips()
     if source.stat().st_size == 0:
         raise ImageError(f"{source}: empty file (0 bytes)")
-    tmp = destination.with_name(destination.name + ".tmp")
     try:
         image = pyvips.Image.new_from_file(str(source), access="sequential", fail=True).autorot()
         image = to_channels(image, 1 if image.interpretation in ("b-w", "grey16") else 3)
+        write_pyramidal_tiff(image, destination, compression, quality)
+    except pyvips.Error as error:
+        raise ImageError(f"{source}: cannot convert ({_first_line(error)})") from None
+
+
+def write_pyramidal_tiff(image, destination: Path, compression: str = "jpeg", quality: int = 90) -> None:
+    """Write an 8-bit sRGB or grey vips image as a tiled (TILE x TILE) pyramidal TIFF, atomically (a temporary
+    file renamed into place). `prepare_image` and `vsaccade bench` both write their files through this."""
+    destination = Path(destination)
+    tmp = destination.with_name(destination.name + ".tmp")
+    try:
         options = {"Q": quality} if compression == "jpeg" else {}
         image.tiffsave(str(tmp), tile=True, tile_width=TILE, tile_height=TILE, pyramid=True, compression=compression,
                        bigtiff=image.width * image.height * image.bands > 2**31, **options)
         os.replace(tmp, destination)
-    except pyvips.Error as error:
-        raise ImageError(f"{source}: cannot convert ({_first_line(error)})") from None
     finally:
         tmp.unlink(missing_ok=True)
 
