@@ -268,3 +268,26 @@ def test_proxy_loss_needs_proxy_attention():
         negative_elbo(out, {"label": torch.tensor([1, 2])}, model.config.heads, ObjectiveConfig(proxy_loss_weight=1.0), beta=1.0)
     with pytest.raises(ConfigError, match="mixture"):
         create_model("saccader", posterior="gaussian", proxy_attention=True)
+
+
+@pytest.mark.parametrize("policy", ["random", "prior", "grid", "mode"])
+def test_location_policy_ablations_train_and_look_where_they_say(policy):
+    torch.manual_seed(0)
+    model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=4, glimpse_size=16, hidden=32,
+                         location_policy=policy)
+    images, proxy, mask = batch_of(3)
+    out = model(images, proxy, mask)
+    parts = negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, ObjectiveConfig(beta=0.0), beta=0.0)
+    parts["loss"].backward()
+    assert model.glimpse_encoder.features[0][0].weight.grad.abs().sum() > 0  # the glimpses are read and learned from
+    again = model(images, proxy, mask).z
+    if policy == "grid":  # fixed places: a 2x2 grid of windows of side s_max, the same for every image
+        expected = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]])
+        assert torch.allclose(out.z[0, :, 1:], expected) and torch.equal(out.z, again)
+        assert torch.allclose(out.z[..., 0], torch.full((3, 4), model.config.s_max))
+    elif policy == "mode":  # deterministic, and no score-function term for the argmax cell
+        assert torch.equal(out.z, again) and out.log_q_cells is None
+    else:  # random or prior: sampled afresh, no KL
+        assert not torch.equal(out.z, again) and float(out.kl.abs().sum()) == 0.0
+    with pytest.raises(ConfigError, match="location_policy"):
+        create_model("saccader", location_policy="everywhere")

@@ -59,6 +59,7 @@ class ModelConfig(PlainConfig):
     proxy_attention: bool = False  # mixture: a proxy-only attention classifier's attention is the anchor instead
     proxy_centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
+    location_policy: str = "learned"  # or an ablation: "random", "prior", "grid", "mode" (model/saccader.py)
     inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
     inhibit_window: bool = False  # also mask every cell whose glimpse would be centred inside a chosen window
     prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
@@ -77,7 +78,8 @@ class ModelConfig(PlainConfig):
     def validate(self):
         super().validate()
         choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
-                   "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean")}
+                   "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
+                   "location_policy": ("learned", "random", "prior", "grid", "mode")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

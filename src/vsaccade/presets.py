@@ -49,6 +49,18 @@ PRESETS: dict[str, dict] = {
         "train": {"task": "megapixel", "epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 60.0},
     },
+    # Megapixel-500 (docs/benchmarks/comparison.md): 500x500 canvas, 5 digits, noise patches scaled by area to 6,
+    # proxy scale 0.2 (100x100). The megapixel preset's model at this scale: 64-px windows (s = 64/500) read into
+    # W = 32, 25x25 cells of 20 px.
+    "megapixel-500": {
+        "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.128, "s_max": 0.128, "location_cells": 25,
+                  "proxy_prior_weight": 8.0, "proxy_width": 32, "hidden": 128, "proxy_encoder": "strided",
+                  "cell_score_width": 32, "glimpse_heads": True, "proxy_centroid": True, "inhibit_window": True},
+        "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
+        "train": {"task": "megapixel", "epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
+                  "max_minutes": 30.0,
+                  "task_options": {"canvas_size": 500, "noise_patches": 6, "proxy_scale": 0.2}},
+    },
     # Folder datasets (root/<split>/<class>/<image>, any size, RGB): set task.root. A starting point, not a tuned
     # result: no intensity anchor (natural photos are bright everywhere), per-glimpse heads and reward.
     "folder": {

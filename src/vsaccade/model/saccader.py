@@ -13,6 +13,7 @@ Shapes follow (B, T, C, H, W).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 
 import torch
 from torch import nn
@@ -30,7 +31,12 @@ from .proxy_attention import ProxyAttention
 from .proxy_encoder import ProxyEncoder
 from .registry import register_model
 
-SOURCES = ("posterior", "prior", "random")
+SOURCES = ("posterior", "prior", "random", "grid")
+# ModelConfig.location_policy -> what the model's own glimpses are, in training and at test (source, sample):
+# the ablations of docs/benchmarks/comparison.md. "mode" is deterministic (the posterior mode, no sampling, and no
+# score-function term for the cell); train it with beta=0 for "deterministic locations, no KL".
+LOCATION_POLICIES = {"learned": None, "random": ("random", True), "prior": ("prior", True), "grid": ("grid", False),
+                     "mode": ("posterior", False)}
 
 
 @dataclass
@@ -114,13 +120,28 @@ class VariationalSaccader(nn.Module):
         c = self.config
         return torch.stack([c.s_min + (c.s_max - c.s_min) * r[:, 0], 2 * r[:, 1] - 1, 2 * r[:, 2] - 1], -1)
 
+    def grid_z(self, batch: int, device) -> torch.Tensor:
+        """(T, 3) fixed windows of side s_max: the centre for T = 1, else a ceil(sqrt(T)) x ceil(sqrt(T)) grid's
+        first T cells, row by row."""
+        c = self.config
+        side = math.ceil(math.sqrt(c.glimpses))
+        ticks = torch.arange(side, dtype=torch.float32, device=device)
+        ticks = (2 * ticks + 1) / side - 1  # cell centres in [-1, 1]
+        v, u = torch.meshgrid(ticks, ticks, indexing="ij")
+        uv = torch.stack([u.flatten(), v.flatten()], -1)[: c.glimpses]
+        return torch.cat([uv.new_full((c.glimpses, 1), c.s_max), uv], -1)[None].expand(batch, -1, -1)
+
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
 
-        source: where z_t comes from ("posterior", "prior" or "random" uniform); sample=False takes the mode.
+        source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
+        the mode. A model trained with a `location_policy` other than "learned" always looks that way.
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        fixed_policy = LOCATION_POLICIES[self.config.location_policy]
+        if fixed_policy is not None and source == "posterior":
+            source, sample = fixed_policy
         self.check_inputs(images, proxy, proxy_mask)
         c, batch, device = self.config, len(images), proxy.device
         cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0
@@ -151,11 +172,13 @@ class VariationalSaccader(nn.Module):
             log_q = None
             if source == "random":
                 z, kl = self.random_z(batch, device), torch.zeros(batch, device=device)
+            elif source == "grid":
+                z, kl = self.grid_z(batch, device)[:, len(zs)], torch.zeros(batch, device=device)
             elif mixture:
                 allowed = valid & ~visited
                 allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
                 step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample, centroids)
-                z, kl, log_q = step.z, step.kl, step.log_q_cell
+                z, kl, log_q = step.z, step.kl, step.log_q_cell if sample else None  # argmax: no score function
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
                 if c.inhibit_window:  # and every cell whose glimpse would land inside this window

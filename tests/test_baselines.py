@@ -1,0 +1,66 @@
+"""The baselines in the harness: forward/backward, what they read, training and evaluation through the CLI."""
+
+import json
+
+import pytest
+import torch
+
+from vsaccade import create_model
+from vsaccade.cli import main
+from vsaccade.config import ObjectiveConfig
+from vsaccade.geometry import proxy_valid_mask
+from vsaccade.images import ArrayImage
+from vsaccade.objective import negative_elbo
+
+
+def batch(count=3, height=96, width=128):
+    images = [ArrayImage(torch.rand(1, height, width)) for _ in range(count)]
+    proxy = torch.stack([image.proxy(16) for image in images])
+    mask = torch.stack([proxy_valid_mask(height, width, 16) for _ in images])
+    return images, proxy, mask
+
+
+@pytest.mark.parametrize("architecture", ["fullres", "proxy"])
+def test_baseline_forward_backward(architecture):
+    model = create_model(architecture, proxy_size=16, hidden=32, backbone_stages=3)
+    images, proxy, mask = batch()
+    out = model(images, proxy, mask)
+    assert out.logits["label"].shape == (3, 10) and out.z.shape == (3, 0, 3) and out.kl.shape == (3, 0)
+    negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, ObjectiveConfig(), beta=1.0)["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    assert model.reference_sources == () and model.glimpses_per_image == 0
+
+
+def test_fullres_reads_every_pixel_and_proxy_reads_none():
+    fullres = create_model("fullres", proxy_size=16, hidden=32, backbone_stages=3)
+    images, proxy, mask = batch(count=1)
+    reads = []
+    original = images[0].read_region
+    images[0].read_region = lambda *args, **kw: reads.append(args) or original(*args, **kw)
+    fullres(images, proxy, mask)
+    assert reads == [(0, 0, 96, 128)] and fullres.pixels_read(96, 128) == 96 * 128
+    reads.clear()
+    create_model("proxy", proxy_size=16, hidden=32)(images, proxy, mask)
+    assert reads == []
+    # images of different sizes in one batch: one pass each
+    mixed = [ArrayImage(torch.rand(1, 96, 128)), ArrayImage(torch.rand(1, 64, 64))]
+    proxy = torch.stack([i.proxy(16) for i in mixed])
+    mask = torch.stack([proxy_valid_mask(i.height, i.width, 16) for i in mixed])
+    assert fullres(mixed, proxy, mask).logits["label"].shape == (2, 10)
+
+
+def test_create_model_refuses_two_names():
+    with pytest.raises(ValueError, match="architecture"):
+        create_model("fullres", architecture="proxy")
+
+
+def test_baselines_train_and_evaluate_through_the_cli(tmp_path, needs_mnist):
+    tiny = ["--preset", "tiny", "--no-progress", "--set", "train.train_size=64", "--set", "train.validation_size=32",
+            "--set", "train.test_size=32", "--epochs", "1", "--set", "model.backbone_stages=3"]
+    for architecture in ("fullres", "proxy"):
+        out = tmp_path / architecture
+        assert main(["train", "--out", str(out), "--set", f"model.architecture={architecture}"] + tiny) == 0
+        assert main(["evaluate", str(out / "best.pt"), "--limit", "16", "--json", str(tmp_path / "e.json")]) == 0
+        result = json.loads((tmp_path / "e.json").read_text())
+        assert result["architecture"] == architecture and "random_glimpses" not in result
+        assert result["sampled_pixels"] == (64 * 64 if architecture == "fullres" else 0)
