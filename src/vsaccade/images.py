@@ -72,12 +72,22 @@ class ArrayImage(LargeImage):
         self.channels, self.height, self.width = self.pixels.shape
 
     def read_region(self, top, left, height, width, downsample=1):
+        if top >= 0 and left >= 0 and top + height <= self.height and left + width <= self.width:
+            region = self.pixels[:, top : top + height, left : left + width]  # a view: pooled or copied, never a zero canvas
+            return _block_mean(region, downsample) if downsample > 1 else region.clone()
         out = torch.zeros(self.channels, height, width)
         y0, x0 = max(top, 0), max(left, 0)
         y1, x1 = min(top + height, self.height), min(left + width, self.width)
         if y1 > y0 and x1 > x0:
             out[:, y0 - top : y1 - top, x0 - left : x1 - left] = self.pixels[:, y0:y1, x0:x1]
         return _block_mean(out, downsample)
+
+    def proxy(self, size):
+        # Area-average the pixels straight into the proxy: O(pixels) reads, no full-size copy.
+        rows, cols = proxy_extent(self.height, self.width, size)
+        out = torch.zeros(self.channels, size, size)
+        out[:, :rows, :cols] = F.adaptive_avg_pool2d(self.pixels[None], (rows, cols))[0]
+        return out
 
 
 class UpsampledImage(LargeImage):
