@@ -4,10 +4,11 @@ speed-limit sign on a cluttered procedural background, written as a folder datas
 Per image (a pure function of (seed, split, index)):
   * class uniform over {30, 50, 60, 70, 80, 90, 100, 120} with probability 2/3, else `none` (no sign);
   * background: low-frequency colour noise, then 60-120 random rectangles, ellipses and strokes, then decoys in
-    the same sizes as signs, each with part of a sign: 6-12 red rings with no white disc (empty, or around a
-    number or a letter) and 6-12 of the classes' numbers, bare. Only a sign is a red ring on a white disc, which
-    a 3-8 px blob on the proxy can show while its number cannot. (White-disc decoys with a number and no ring
-    made the sign indistinguishable at the proxy, whose pixels are wider than the ring; docs/benchmarks/files.md);
+    the same sizes as signs, each with some but not all of a sign's parts: 6-12 red rings with no white disc
+    (empty, or around a number or a letter), 6-12 of the classes' numbers (bare, or on a white disc with no ring);
+    so only the combination of red ring and white disc marks a sign. At the proxy the ring is under a pixel
+    wide, so a sign and a white-disc decoy differ only by a pinkish tint (docs/benchmarks/files.md measures how
+    well the proxy shows where the sign is);
   * the sign: white disc, red ring, black number (Pillow's bundled font), side 40-120 px, rotated by up to 20
     degrees, blurred (Gaussian, radius 0-1.5 px), lit by a brightness factor in [0.6, 1.2], anywhere in the image;
   * labels from the folder name; the sign's box in `boxes.csv`.
@@ -92,9 +93,9 @@ def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[flo
         text = str(rng.choice(list(CLASSES[:-1]) + list("ABEHKXZ"))) if rng.random() < 2 / 3 else ""
         decoy = sign_patch(text, side, rng, disc=False)
         image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
-    for _ in range(int(rng.integers(6, 13))):  # decoy numbers: no ring, no disc
+    for _ in range(int(rng.integers(6, 13))):  # decoy numbers: no ring; bare or on a white disc
         side = int(rng.integers(low, high + 1))
-        decoy = sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False, disc=False)
+        decoy = sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False, disc=bool(rng.random() < 0.5))
         image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
     if rng.random() < NONE_PROBABILITY:
         return image, "none", None
