@@ -57,7 +57,7 @@ from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
 from .proxy_encoder import conv_block, halvings
 from .registry import register_model
-from .saccader import SaccadeOutput
+from .saccader import SaccadeOutput, check_inputs
 
 SOURCES = ("posterior", "random")
 SMOOTHING = 1e-5  # the reference's SampleSoftmax(smooth=1e-5): attention >= 1e-5 / cells on every valid cell
@@ -135,23 +135,12 @@ class AttentionSampling(nn.Module):
             centres.append(self._centres[key])
         return torch.stack(centres).to(device)
 
-    def check_inputs(self, images, proxy, proxy_mask) -> None:
-        c = self.config
-        expected = (len(images), c.proxy_channels, c.proxy_size, c.proxy_size)
-        if tuple(proxy.shape) != expected:
-            raise ValueError(f"proxy must have shape (B, C', P, P) = {expected}, got {tuple(proxy.shape)}")
-        if tuple(proxy_mask.shape) != (len(images), c.proxy_size, c.proxy_size):
-            raise ValueError(f"proxy_mask must have shape {(len(images), c.proxy_size, c.proxy_size)}, got {tuple(proxy_mask.shape)}")
-        for image in images:
-            if image.channels != c.image_channels:
-                raise ValueError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
-
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool. source "posterior" draws from the
         attention (sample=False: its top N cells), "random" uniformly."""
         if source not in SOURCES:
             raise ValueError(f"ats accepts source in {SOURCES}, got {source!r}")
-        self.check_inputs(images, proxy, proxy_mask)
+        check_inputs(self.config, images, proxy, proxy_mask)
         c, batch, n = self.config, len(images), self.config.glimpses
         valid = (F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0).flatten(1)
         fewest = int(valid.sum(1).min())

@@ -52,6 +52,18 @@ class SaccadeOutput:
     attention_entropy: torch.Tensor | None = None  # (B,) entropy of an attention over cells (ats), for its regulariser
 
 
+def check_inputs(c: ModelConfig, images, proxy, proxy_mask) -> None:
+    """The (B, C', P, P) proxy, (B, P, P) mask and B images of c.image_channels every location model takes."""
+    expected = (len(images), c.proxy_channels, c.proxy_size, c.proxy_size)
+    if tuple(proxy.shape) != expected:
+        raise ValueError(f"proxy must have shape (B, C', P, P) = {expected}, got {tuple(proxy.shape)}")
+    if tuple(proxy_mask.shape) != (len(images), c.proxy_size, c.proxy_size):
+        raise ValueError(f"proxy_mask must have shape {(len(images), c.proxy_size, c.proxy_size)}, got {tuple(proxy_mask.shape)}")
+    for image in images:
+        if image.channels != c.image_channels:
+            raise ValueError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
+
+
 class VariationalSaccader(nn.Module):
     reference_sources = ("random", "prior")  # other glimpse sources evaluation compares against
 
@@ -88,17 +100,6 @@ class VariationalSaccader(nn.Module):
     def pixels_read(self, height: int, width: int) -> int:
         """Full-resolution pixels sampled per image (T W x W glimpses; none for the no-glimpse control)."""
         return 0 if self.config.no_glimpses else self.config.glimpses * self.config.glimpse_size**2
-
-    def check_inputs(self, images, proxy, proxy_mask):
-        c = self.config
-        expected = (len(images), c.proxy_channels, c.proxy_size, c.proxy_size)
-        if tuple(proxy.shape) != expected:
-            raise ValueError(f"proxy must have shape (B, C', P, P) = {expected}, got {tuple(proxy.shape)}")
-        if tuple(proxy_mask.shape) != (len(images), c.proxy_size, c.proxy_size):
-            raise ValueError(f"proxy_mask must have shape {(len(images), c.proxy_size, c.proxy_size)}, got {tuple(proxy_mask.shape)}")
-        for image in images:
-            if image.channels != c.image_channels:
-                raise ValueError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
 
     def cell_geometry(self, images, device):
         """Per image: cell centres (c^2, 2) in (u, v) and half a cell (2,), cached by image shape."""
@@ -142,7 +143,7 @@ class VariationalSaccader(nn.Module):
         fixed_policy = LOCATION_POLICIES[self.config.location_policy]
         if fixed_policy is not None and source == "posterior":
             source, sample = fixed_policy
-        self.check_inputs(images, proxy, proxy_mask)
+        check_inputs(self.config, images, proxy, proxy_mask)
         c, batch, device = self.config, len(images), proxy.device
         cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0
         features, e = self.proxy_encoder(proxy, cell_mask)
