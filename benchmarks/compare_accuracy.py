@@ -25,18 +25,20 @@ import time
 from pathlib import Path
 
 TASKS = {"pair": "cluttered-pair", "megapixel-500": "megapixel-500"}
+# Baselines have no per-glimpse heads: the presets' per-glimpse loss and reward are switched off for them.
+NO_GLIMPSE_TERMS = ["objective.glimpse_loss_weight=0", "objective.glimpse_reward_weight=0"]
 # Each model's own documented settings where it has them. ATS: its Megapixel MNIST setting (attention over
 # the low-resolution view, patches read unresampled, entropy regulariser 1e-4, Adam 1e-3), with patches of 32 px
 # here so that it samples more pixels than ours (10 x 32^2 = 10,240 vs 6 x 32^2 = 6,144 on Megapixel-500).
-ATS = {"pair": ["model.architecture=ats", "model.glimpses=4", "model.glimpse_size=32", "model.location_cells=16",
+ATS = {"pair": NO_GLIMPSE_TERMS + ["model.architecture=ats", "model.glimpses=4", "model.glimpse_size=32", "model.location_cells=16",
                 "objective.attention_entropy_weight=0.0001"],
-       "megapixel-500": ["model.architecture=ats", "model.glimpses=10", "model.glimpse_size=32", "model.s_min=0.064",
+       "megapixel-500": NO_GLIMPSE_TERMS + ["model.architecture=ats", "model.glimpses=10", "model.glimpse_size=32", "model.s_min=0.064",
                          "model.s_max=0.064", "model.location_cells=50", "model.proxy_width=8",
                          "objective.attention_entropy_weight=0.0001"]}
 ROWS = {
     "ours": ("Variational Saccading (the task's preset)", {}),
-    "fullres": ("CNN over every full-resolution pixel", {"*": ["model.architecture=fullres"]}),
-    "proxy": ("the same kind of CNN on the proxy alone", {"*": ["model.architecture=proxy"]}),
+    "fullres": ("CNN over every full-resolution pixel", {"*": NO_GLIMPSE_TERMS + ["model.architecture=fullres"]}),
+    "proxy": ("the same kind of CNN on the proxy alone", {"*": NO_GLIMPSE_TERMS + ["model.architecture=proxy"]}),
     "ats": ("Attention Sampling (faithful re-implementation)", ATS),
     "grid": ("ours, glimpses at fixed grid places", {"*": ["model.location_policy=grid"]}),
     "random": ("ours, uniformly random glimpses", {"*": ["model.location_policy=random"]}),

@@ -142,12 +142,12 @@ def main(argv=None):
             record["sign_vs_none_accuracy"] = float((said_sign == has_sign).float().mean())
         history.append(record)
         print(json.dumps(record), flush=True)
-    report = {"command": "python benchmarks/speed_signs_localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "mode": args.mode, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
-              "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
-              "history": history}
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2))
+        report = {"command": "python benchmarks/speed_signs_localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "mode": args.mode, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
+                  "history": history}
+        if args.json:  # after every epoch, so a stopped run keeps what it measured
+            Path(args.json).write_text(json.dumps(report, indent=2))
     return report
 
 
