@@ -72,7 +72,8 @@ PRESETS: dict[str, dict] = {
     },
     # The large-photo benchmark (`vsaccade generate speed-signs`, then `vsaccade prepare`): 4000x3000 scenes, one
     # 40-120 px sign or none. 64x64 cells of 62 px; 150-240 px windows read into W=64; where to look comes from
-    # the proxy attention classifier (the intensity anchor suits only dark backgrounds).
+    # the proxy attention classifier (the intensity anchor suits only dark backgrounds). Not a result yet: it has
+    # not learned where the sign is (docs/benchmarks/files.md).
     "speed-signs": {
         "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.08, "location_cells": 64,
                   "proxy_attention": True, "proxy_prior_weight": 1.0, "inhibit_window": True, "proxy_encoder": "strided",
