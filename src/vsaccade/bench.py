@@ -5,8 +5,8 @@ Usage:
 
     vsaccade bench                                            # the full default (sizes 500 1000 1500 3000 6000, all
                                                               # models, memory and file rows, 1 and 2 threads,
-                                                              # 20 repeats): long (not timed yet; well under
-                                                              # an hour estimated on a 2-core CPU)
+                                                              # 20 repeats): 22 minutes on a 2-core CPU
+                                                              # (docs/benchmarks/comparison.md)
     vsaccade bench --sizes 500 1500 --repeats 5 --threads 1 --out runs/bench-smoke   # about 1.5 minutes
     vsaccade bench --sizes 1500 --models saccader fullres --kinds file                # one headline figure
     vsaccade bench --device cuda --threads 4 --out runs/bench-gpu                     # the same on a GPU
