@@ -9,6 +9,7 @@ from vsaccade.geometry import proxy_valid_mask
 from vsaccade.images import UpsampledImage
 from vsaccade.model.glimpse_sampler import sample_glimpses
 from vsaccade.model.locations import GaussianLocations, MixtureLocations
+from vsaccade.model.noise import Noise
 from vsaccade.objective import negative_elbo
 from vsaccade.config import ConfigError, ObjectiveConfig
 
@@ -33,7 +34,7 @@ def test_gaussian_kl_matches_monte_carlo_from_its_own_samples():
     locations = GaussianLocations(hidden=8, s_min=0.1, s_max=0.3, prior_sees_proxy=True)
     randomise(locations)
     e, h = torch.randn(1, 8).expand(20000, 8), torch.randn(1, 8).expand(20000, 8)
-    step = locations(e, h, "posterior", sample=True)
+    step = locations(e, h, "posterior", sample=True, noise=Noise.shared(len(e)))
     # Recover the unconstrained sample from z and check it is distributed as q says, and that the KL the
     # module reports equals E_q[log q - log p] over those very samples.
     s, u, v = step.z.double().unbind(-1)
@@ -58,7 +59,7 @@ def test_mixture_kl_matches_monte_carlo_from_its_own_samples():
     centres = torch.zeros(n, cells * cells, 2)
     half = torch.full((n, 2), 0.2)
     keys = locations.cell_keys(features)
-    step = locations(features, keys, h, anchor, allowed, centres, half, "posterior", sample=True)
+    step = locations(features, keys, h, anchor, allowed, centres, half, "posterior", sample=True, noise=Noise.shared(n))
     assert not (step.cell == 0).any(), "a masked cell was chosen"
     # Exact KL of the cell part, plus the offset part averaged over the module's own cell samples.
     from torch.distributions import Categorical

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from . import faults
+
 SCHEMA_VERSION = 1
 BUNDLED = Path(__file__).parent / "pretrained"
 
@@ -40,11 +42,20 @@ def save_checkpoint(payload: dict, path) -> None:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)
             handle.flush()
+            faults.inside_checkpoint_write()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Delete the temporary files of checkpoint writes that never finished (a killed run); returns them."""
+    stale = [p for p in Path(folder).glob("*.pt.*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def read_checkpoint(path) -> dict:

@@ -4,6 +4,7 @@ store them, so a checkpoint alone rebuilds its model and a run's JSON says exact
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 
@@ -34,8 +35,11 @@ class PlainConfig:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(f.type))
-            if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+            if expected is not None and (not isinstance(value, expected) or (expected in (int, (int, float))
+                                                                             and isinstance(value, bool))):
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
 
 
 @dataclass
@@ -142,9 +146,25 @@ class TrainConfig(PlainConfig):
     train_size: int = 0  # 0: the task's default split sizes
     validation_size: int = 0
     test_size: int = 0
+    device: str = "auto"  # "auto" (CUDA when available), "cpu" or "cuda" (under torchrun: cuda:LOCAL_RANK)
+    precision: str = "fp32"  # or "bf16": forward pass and loss under torch.autocast(bfloat16)
+    checkpoint_every_steps: int = 0  # also write last.pt every N optimiser steps (0: every 5 minutes and per epoch)
+    max_nonfinite_steps: int = 20  # stop after this many consecutive steps skipped for a non-finite loss/gradient
+    skip_bad_files: bool = False  # file datasets: leave out unreadable images (logged, counted) instead of stopping
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs, maybe slower)
 
     def validate(self):
         super().validate()
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"TrainConfig.device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"TrainConfig.precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        for name in ("checkpoint_every_steps", "num_workers", "threads", "train_size", "validation_size", "test_size",
+                     "max_minutes", "weight_decay", "clip_norm", "clip_value"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be non-negative, got {getattr(self, name)}")
+        if self.max_nonfinite_steps < 1:
+            raise ConfigError(f"TrainConfig.max_nonfinite_steps must be at least 1, got {self.max_nonfinite_steps}")
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise ConfigError("epochs, batch_size and eval_batch_size must be positive")
         if self.lr <= 0:

@@ -14,7 +14,9 @@ import torch
 from tqdm import tqdm
 
 from .config import parse_policy
+from .distributed import Cluster
 from .model.glimpse_sampler import glimpse_boxes_pixels
+from .model.noise import Noise, sample_key
 from .tasks.base import collate
 
 COVERAGE_MAX_RATIO = 4.0
@@ -50,7 +52,7 @@ class HeadScores:
     def add(self, probs: dict, labels: dict):
         self.count += len(next(iter(labels.values())))
         for head in self.heads:
-            name, p, y = head["name"], probs[head["name"]], labels[head["name"]]
+            name, p, y = head["name"], probs[head["name"]].cpu(), labels[head["name"]].cpu()
             if head["kind"] == "multilabel":
                 pred, truth = p > 0.5, y > 0.5
                 self.correct[name] += int((pred == truth).all(1).sum())
@@ -60,6 +62,16 @@ class HeadScores:
                 conf[2] += (~pred & truth).sum(0)
             else:
                 self.correct[name] += int((p.argmax(1) == y).sum())
+
+    def merge_ranks(self, cluster: Cluster) -> None:
+        """Sum the counts of every rank into each rank's copy (exact: they are integer counts)."""
+        if not cluster.active:
+            return
+        names = [h["name"] for h in self.heads]
+        packed = torch.tensor([float(self.count)] + [float(self.correct[n]) for n in names], dtype=torch.float64)
+        packed = cluster.sum(packed)
+        self.count, self.correct = int(packed[0]), {n: int(v) for n, v in zip(names, packed[1:])}
+        self.confusion = {n: cluster.sum(c) for n, c in self.confusion.items()}
 
     def result(self) -> dict:
         out = {}
@@ -80,15 +92,31 @@ def head_probabilities(logits: dict, heads: list[dict]) -> dict:
     }
 
 
+EVALUATION_STREAM = 1 << 40  # noise streams of evaluation passes, apart from the training epochs' (model/noise.py)
+
+
+def evaluation_noise(indices, seed: int, draw: int, device=None) -> Noise | None:
+    """Noise for posterior draw `draw` of the samples `indices`: keyed by (seed, draw, index), so a sample's glimpses
+    do not depend on its batch or rank. None (torch's global generator) without indices."""
+    if indices is None:
+        return None
+    return Noise.keyed([sample_key(seed, EVALUATION_STREAM + draw, i) for i in indices], device)
+
+
 @torch.no_grad()
-def predict_batch(model, batch, policy: str = "mode", source: str = "posterior"):
-    """Class probabilities (averaged over K posterior samples for "samples:K") and the first pass's output."""
+def predict_batch(model, batch, policy: str = "mode", source: str = "posterior", indices=None, seed: int = 0):
+    """Class probabilities (averaged over K posterior samples for "samples:K") and the first pass's output.
+    indices: the samples' dataset indices, which key their random draws (see evaluation_noise)."""
     samples = parse_policy(policy)
     heads = model.config.heads
-    first = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=samples > 0 or source != "posterior")
+    device = batch.proxy.device
+    first = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=samples > 0 or source != "posterior",
+                  noise=evaluation_noise(indices, seed, 0, device))
     probs = head_probabilities(first.logits, heads)
-    for _ in range(max(samples - 1, 0)):
-        more = head_probabilities(model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=True).logits, heads)
+    for draw in range(1, max(samples, 1)):
+        more = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=True,
+                     noise=evaluation_noise(indices, seed, draw, device))
+        more = head_probabilities(more.logits, heads)
         probs = {k: probs[k] + more[k] for k in probs}
     if samples > 1:
         probs = {k: v / samples for k, v in probs.items()}
@@ -97,34 +125,39 @@ def predict_batch(model, batch, policy: str = "mode", source: str = "posterior")
 
 @torch.no_grad()
 def evaluate(model, task, policy: str = "mode", batch_size: int = 128, references: bool = True, progress: bool = True,
-             limit: int | None = None, seed: int = 0) -> dict:
+             limit: int | None = None, seed: int = 0, cluster: Cluster | None = None) -> dict:
     """Accuracy per head and localisation on `task`, with random/prior-glimpse references if asked.
 
-    Sampling uses its own random stream (seeded by `seed`), leaving the caller's untouched."""
+    Random draws are keyed by (seed, draw, sample index) and leave the caller's generator untouched. With a
+    cluster of N processes, each evaluates a contiguous 1/N of the samples (each sample exactly once) and every
+    rank returns the totals, equal to a one-process evaluation's."""
     model.eval()
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return _evaluate(model, task, policy, batch_size, references, progress, limit)
-
-
-def _evaluate(model, task, policy, batch_size, references, progress, limit):
+    cluster = cluster or Cluster()
     count = len(task) if limit is None else min(limit, len(task))
+    mine = cluster.split(count)
+    device = next(iter(model.parameters())).device
     sources = ["posterior"] + (list(model.reference_sources) if references else [])
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
-    starts = range(0, count, batch_size)
+    starts = range(mine.start, mine.stop, batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
-        batch = collate([task[i] for i in range(start, min(start + batch_size, count))])
+        indices = range(start, min(start + batch_size, mine.stop))
+        batch = collate([task[i] for i in indices]).to(device)
         for source in sources:
-            probs, output = predict_batch(model, batch, policy if source == "posterior" else "mode", source)
+            probs, output = predict_batch(model, batch, policy if source == "posterior" else "mode", source, indices, seed)
             scores[source].add(probs, batch.labels)
-            found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z))
+            found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.cpu()))
             counts[source] = {k: counts[source][k] + found[k] for k in found}
+    for source in sources:
+        scores[source].merge_ranks(cluster)
+        keys = sorted(counts[source])
+        totals = cluster.sum(torch.tensor([counts[source][k] for k in keys], dtype=torch.float64))
+        counts[source] = {k: int(v) for k, v in zip(keys, totals)}
     c = model.config
     image_pixels = task.image_height * task.image_width
     read = model.pixels_read(task.image_height, task.image_width)  # None: depends on an image size the task lacks
     result = {
-        "samples": count,
+        "samples": scores["posterior"].count,
         "policy": policy,
         "architecture": c.architecture,
         "glimpses": model.glimpses_per_image,

@@ -59,8 +59,15 @@ def beta_at(config: ObjectiveConfig, epoch_progress: float) -> float:
     return config.beta * min(1.0, epoch_progress / config.beta_warmup_epochs)
 
 
-def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConfig, beta: float, estimator: str = "score") -> dict:
-    """Loss to minimise (scalar) and its per-sample parts, from a SaccadeOutput."""
+def local_mean(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    return values.detach().mean(dim, keepdim=True)
+
+
+def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConfig, beta: float, estimator: str = "score",
+                  batch_mean=local_mean) -> dict:
+    """Loss to minimise (scalar) and its per-sample parts, from a SaccadeOutput. `batch_mean(values, dim)` gives
+    the score-function baselines (a keepdim mean over the batch): over all ranks' samples in distributed
+    training (distributed.Cluster.mean), so the loss does not depend on how the batch is split."""
     log_lik = log_likelihood(output.logits, labels, heads)
     kl = output.kl.sum(1)
     recon = output.reconstruction.mean(1) if output.reconstruction is not None else torch.zeros_like(kl)
@@ -69,14 +76,14 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
     loss = per_sample.mean()
     if estimator == "score" and output.log_q_cells is not None:
         reward = (-per_sample).detach()
-        advantage = reward - reward.mean()
+        advantage = reward - batch_mean(reward, 0)
         loss = loss - (advantage * output.log_q_cells.sum(1)).mean()
     if output.glimpse_logits is not None and (config.glimpse_loss_weight or config.glimpse_reward_weight):
         glimpse_log_lik = log_likelihood(output.glimpse_logits, labels, heads)  # (B, T)
         loss = loss - config.glimpse_loss_weight * glimpse_log_lik.mean()
         if config.glimpse_reward_weight and output.log_q_cells is not None:
             reward = glimpse_log_lik.detach()
-            advantage = reward - reward.mean(0, keepdim=True)
+            advantage = reward - batch_mean(reward, 0)
             loss = loss - config.glimpse_reward_weight * (advantage * output.log_q_cells).sum(1).mean()
     elif config.glimpse_loss_weight or config.glimpse_reward_weight:
         raise ValueError("glimpse_loss_weight and glimpse_reward_weight need a model built with glimpse_heads=True")

@@ -55,6 +55,7 @@ from ..geometry import cell_centres_normalised
 from .baselines import Heads
 from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
+from .noise import Noise, resolve_noise
 from .proxy_encoder import conv_block, halvings
 from .registry import register_model
 from .saccader import SaccadeOutput, check_inputs
@@ -78,9 +79,9 @@ def expectation_weights(attention: torch.Tensor, cells: torch.Tensor) -> torch.T
     return (remaining * drawn / drawn.detach() + later * drawn) / n
 
 
-def gumbel_top(log_weights: torch.Tensor, count: int) -> torch.Tensor:
+def gumbel_top(log_weights: torch.Tensor, count: int, noise: Noise) -> torch.Tensor:
     """(B, K) log-probabilities (-inf: excluded) -> (B, count) cells drawn without replacement, in draw order."""
-    gumbel = -torch.empty_like(log_weights).exponential_().log()
+    gumbel = noise.gumbel(log_weights.shape[-1]).to(log_weights)
     return (log_weights + gumbel).topk(count, dim=1).indices
 
 
@@ -135,13 +136,15 @@ class AttentionSampling(nn.Module):
             centres.append(self._centres[key])
         return torch.stack(centres).to(device)
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
+                noise: Noise | None = None) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool. source "posterior" draws from the
-        attention (sample=False: its top N cells), "random" uniformly."""
+        attention (sample=False: its top N cells), "random" uniformly; noise: model/noise.py (default global)."""
         if source not in SOURCES:
             raise ValueError(f"ats accepts source in {SOURCES}, got {source!r}")
         check_inputs(self.config, images, proxy, proxy_mask)
         c, batch, n = self.config, len(images), self.config.glimpses
+        noise = resolve_noise(noise, batch, proxy.device)
         valid = (F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0).flatten(1)
         fewest = int(valid.sum(1).min())
         if fewest < n:
@@ -152,12 +155,12 @@ class AttentionSampling(nn.Module):
         attention = (1 - SMOOTHING) * logits.softmax(1) + SMOOTHING * valid.float() / valid.sum(1, keepdim=True)
         entropy = -torch.where(valid, attention * attention.clamp_min(1e-30).log(), 0.0).sum(1)  # padding: a = 0
         if source == "random":
-            cells = gumbel_top(torch.zeros_like(attention).masked_fill(~valid, float("-inf")), n)
+            cells = gumbel_top(torch.zeros_like(attention).masked_fill(~valid, float("-inf")), n, noise)
             weights = attention.new_full((batch, n), 1 / n)
         else:
             with torch.no_grad():
                 log_attention = attention.log()
-                cells = gumbel_top(log_attention, n) if sample else log_attention.topk(n, dim=1).indices
+                cells = gumbel_top(log_attention, n, noise) if sample else log_attention.topk(n, dim=1).indices
             weights = expectation_weights(attention, cells)
 
         centres = self.cell_centres(images, proxy.device).gather(1, cells[..., None].expand(-1, -1, 2))

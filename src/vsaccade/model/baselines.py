@@ -73,7 +73,7 @@ class FullResolutionCNN(nn.Module):
     def pixels_read(self, height: int, width: int) -> int | None:
         return height * width or None  # None: size unknown (folder tasks of mixed sizes)
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
         for image in images:
             if image.channels != self.config.image_channels:
                 raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")
@@ -99,7 +99,7 @@ class ProxyCNN(nn.Module):
     def pixels_read(self, height: int, width: int) -> int:
         return 0
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
         c = self.config
         if tuple(proxy.shape[1:]) != (c.proxy_channels, c.proxy_size, c.proxy_size):
             raise ValueError(f"proxy must have shape (B, {c.proxy_channels}, {c.proxy_size}, {c.proxy_size}), "

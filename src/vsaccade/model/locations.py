@@ -34,6 +34,11 @@ import torch.nn.functional as F
 
 MASKED = -1e9  # logit of an excluded cell (finite, so no NaN reaches gradients)
 MIN_SCALE = 1e-3
+# Bounds on the Normal's parameters (pre-squashing units). The squashing maps saturate well inside them
+# (tanh(8) = 1 - 2e-7), so they change nothing a trained model does, but an extreme or overflowing network
+# output gives a finite z, KL and gradient instead of NaN.
+LOC_BOUND = 8.0
+MAX_SCALE = 8.0
 
 
 @dataclass
@@ -55,9 +60,33 @@ INITIAL_SCALE_SHIFT = -1.0502  # softplus(-1.0502) = 0.3: at initialisation, gli
 
 
 def as_normal(params: torch.Tensor) -> Independent:
-    """(B, 6) -> diagonal Normal over 3 dims; the second half is a pre-softplus standard deviation."""
+    """(B, 6) -> diagonal Normal over 3 dims; the second half is a pre-softplus standard deviation. Means lie in
+    [-LOC_BOUND, LOC_BOUND] and standard deviations in [MIN_SCALE, MAX_SCALE]; a NaN output reads as 0 (a model
+    whose weights went NaN then fails in its loss, which training skips, not inside torch.distributions)."""
+    params = torch.nan_to_num(params.float(), nan=0.0)
     mean, raw_scale = params.chunk(2, dim=-1)
-    return Independent(Normal(mean, F.softplus(raw_scale + INITIAL_SCALE_SHIFT) + MIN_SCALE), 1)
+    scale = (F.softplus(raw_scale + INITIAL_SCALE_SHIFT) + MIN_SCALE).clamp(max=MAX_SCALE)
+    return Independent(Normal(mean.clamp(-LOC_BOUND, LOC_BOUND), scale), 1)
+
+
+def cell_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Finite cell logits in [MASKED, -MASKED] (NaN reads as 0), excluded cells at MASKED."""
+    return torch.nan_to_num(logits.float(), nan=0.0).clamp(MASKED, -MASKED).masked_fill(~allowed, MASKED)
+
+
+def draw(dist: Independent, noise, sample: bool) -> torch.Tensor:
+    """A reparameterised draw loc + scale * eps with eps from `noise` (model/noise.py), or the mean."""
+    if not sample:
+        return dist.mean
+    base = dist.base_dist
+    return base.loc + base.scale * noise.normal(base.loc.shape[-1]).to(base.loc.dtype)
+
+
+def draw_cell(dist: Categorical, noise, sample: bool) -> torch.Tensor:
+    """A cell from a Categorical by Gumbel-max with noise from `noise` (an exact sample), or its mode."""
+    if not sample:
+        return dist.probs.argmax(-1)
+    return (dist.logits + noise.gumbel(dist.logits.shape[-1]).to(dist.logits.dtype)).argmax(-1)
 
 
 def proxy_location_prior(proxy: torch.Tensor, cells: int, valid: torch.Tensor) -> torch.Tensor:
@@ -103,10 +132,10 @@ class GaussianLocations(nn.Module):
         p = as_normal(self.prior(torch.cat([h, e], -1) if self.prior_sees_proxy else h))
         return q, p
 
-    def forward(self, e, h, source: str, sample: bool) -> LocationStep:
+    def forward(self, e, h, source: str, sample: bool, noise) -> LocationStep:
         q, p = self.distributions(e, h)
         dist = q if source == "posterior" else p
-        a = dist.rsample() if sample else dist.mean
+        a = draw(dist, noise, sample)
         kl = kl_divergence(q, p) if source == "posterior" else torch.zeros(len(e), device=e.device)
         return LocationStep(self.to_z(a), kl)
 
@@ -138,22 +167,23 @@ class MixtureLocations(nn.Module):
     def posterior_cell_logits(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.cell_score(F.relu(keys + self.state_projection(h)[:, None])).squeeze(-1)
 
-    def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool,
+    def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool, noise,
                 centroids: torch.Tensor | None = None) -> LocationStep:
         """features (B, F, c, c); keys (B, c^2, score_width) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
         logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell;
-        centroids (B, c^2, 2) optional offsets (in half-cells) the learned offset is measured from."""
+        noise: a model/noise.py Noise; centroids (B, c^2, 2) optional offsets (in half-cells) the learned offset
+        is measured from."""
         batch, width = features.shape[:2]
         anchor = self.proxy_prior_weight * anchor
-        q_cells = Categorical(logits=(self.posterior_cell_logits(keys, h) + anchor).masked_fill(~allowed, MASKED))
-        p_cells = Categorical(logits=(self.prior_logits(h) + anchor).masked_fill(~allowed, MASKED))
+        q_cells = Categorical(logits=cell_logits(self.posterior_cell_logits(keys, h) + anchor, allowed))
+        p_cells = Categorical(logits=cell_logits(self.prior_logits(h) + anchor, allowed))
         cells_dist = q_cells if source == "posterior" else p_cells
-        cell = cells_dist.sample() if sample else cells_dist.probs.argmax(-1)
+        cell = draw_cell(cells_dist, noise, sample)
         cell_features = features.flatten(2).gather(2, cell[:, None, None].expand(-1, width, 1))[:, :, 0]
         q_offset = as_normal(self.posterior_offset(torch.cat([cell_features, h], -1)))
         p_offset = as_normal(self.prior_offset(h))
         offset_dist = q_offset if source == "posterior" else p_offset
-        a = offset_dist.rsample() if sample else offset_dist.mean
+        a = draw(offset_dist, noise, sample)
         centre = centres.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]
         shift = torch.tanh(a[:, 1:])
         if centroids is not None:

@@ -1,9 +1,9 @@
 """Model registry (timm style): every model is built from its name and a ModelConfig's fields.
 
-Every registered model takes `forward(images, proxy, proxy_mask, source="posterior", sample=True)` and returns a
-SaccadeOutput (model/saccader.py); `reference_sources` lists the other values of `source` it accepts ("random":
-uniform glimpses, "prior": glimpses from its prior), which evaluation reports beside the model's own glimpses;
-models that choose no locations return T = 0 glimpses and have none. `glimpses_per_image` is T, and
+Every registered model takes `forward(images, proxy, proxy_mask, source="posterior", sample=True, noise=None)` and
+returns a SaccadeOutput (model/saccader.py); `noise` (model/noise.py) supplies every random draw. `reference_sources`
+lists the other values of `source` it accepts ("random": uniform glimpses, "prior": glimpses from its prior), which
+evaluation reports beside the model's own glimpses; models that choose no locations return T = 0 glimpses and have none. `glimpses_per_image` is T, and
 `pixels_read(height, width)` says how many full-resolution pixels one image costs the model (None where that
 needs a size the caller lacks)."""
 

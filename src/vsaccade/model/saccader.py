@@ -26,6 +26,7 @@ from .classifier import Classifier, GlimpseHeads
 from .core import RecurrentCore
 from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
+from .noise import Noise, resolve_noise
 from .locations import GaussianLocations, MixtureLocations, proxy_centroid_offsets, proxy_location_prior
 from .proxy_attention import ProxyAttention
 from .proxy_encoder import ProxyEncoder
@@ -116,8 +117,8 @@ class VariationalSaccader(nn.Module):
             halves.append(half)
         return torch.stack(centres).to(device), torch.stack(halves).float().to(device)
 
-    def random_z(self, batch: int, device) -> torch.Tensor:
-        r = torch.rand(batch, 3, device=device)
+    def random_z(self, noise: Noise) -> torch.Tensor:
+        r = noise.uniform(3)
         c = self.config
         return torch.stack([c.s_min + (c.s_max - c.s_min) * r[:, 0], 2 * r[:, 1] - 1, 2 * r[:, 2] - 1], -1)
 
@@ -132,11 +133,13 @@ class VariationalSaccader(nn.Module):
         uv = torch.stack([u.flatten(), v.flatten()], -1)[: c.glimpses]
         return torch.cat([uv.new_full((c.glimpses, 1), c.s_max), uv], -1)[None].expand(batch, -1, -1)
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
+                noise: Noise | None = None) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
 
         source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
         the mode. A model trained with a `location_policy` other than "learned" always looks that way.
+        noise: where random draws come from (model/noise.py); default torch's global generator.
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -145,6 +148,7 @@ class VariationalSaccader(nn.Module):
             source, sample = fixed_policy
         check_inputs(self.config, images, proxy, proxy_mask)
         c, batch, device = self.config, len(images), proxy.device
+        noise = resolve_noise(noise, batch, device)
         cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0
         features, e = self.proxy_encoder(proxy, cell_mask)
         state = self.core.initial(e)
@@ -172,13 +176,13 @@ class VariationalSaccader(nn.Module):
             h = self.core.output(state)
             log_q = None
             if source == "random":
-                z, kl = self.random_z(batch, device), torch.zeros(batch, device=device)
+                z, kl = self.random_z(noise), torch.zeros(batch, device=device)
             elif source == "grid":
                 z, kl = self.grid_z(batch, device)[:, len(zs)], torch.zeros(batch, device=device)
             elif mixture:
                 allowed = valid & ~visited
                 allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
-                step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample, centroids)
+                step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample, noise, centroids)
                 z, kl, log_q = step.z, step.kl, step.log_q_cell if sample else None  # argmax: no score function
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
@@ -186,7 +190,7 @@ class VariationalSaccader(nn.Module):
                     reach = (z[:, :1] * half_side_per_s)[:, None]
                     visited = visited | ((targets - z[:, None, 1:]).abs() < reach).all(-1)
             else:
-                step = self.locations(e, h, source, sample)
+                step = self.locations(e, h, source, sample, noise)
                 z, kl = step.z, step.kl
             if c.reconstruct_proxy:
                 logits = self.decoder(torch.cat([z, h], -1)).view_as(proxy)

@@ -53,6 +53,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.images)
 
+    def to(self, device) -> "Batch":
+        """The proxy, mask and labels on `device` (images stay where they are: the sampler reads them lazily)."""
+        return Batch(self.images, self.proxy.to(device), self.proxy_mask.to(device),
+                     {k: v.to(device) for k, v in self.labels.items()}, self.boxes)
+
 
 def collate(samples: list[Sample]) -> Batch:
     proxy = torch.stack([s.proxy for s in samples])

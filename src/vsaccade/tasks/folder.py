@@ -82,6 +82,28 @@ class FolderTask(Task):
     def __len__(self):
         return len(self.items)
 
+    def scan(self, progress: bool = False) -> list[tuple[Path, str]]:
+        """Open every image and make its proxy (what each sample needs first): [(path, one-line reason)] of the
+        files that fail, e.g. truncated, corrupt, empty, not an image, too many pixels."""
+        from tqdm import tqdm
+
+        from ..file_images import FileImage
+
+        problems = []
+        for path, _ in tqdm(self.items, desc=f"scan {self.split}", disable=not progress, leave=False):
+            try:
+                FileImage(path, channels=self.image_channels, max_pixels=self.max_pixels).proxy(self.proxy_size)
+            except ImageError as error:
+                problems.append((path, str(error)))
+        return problems
+
+    def exclude(self, paths) -> None:
+        """Leave these files out of the split."""
+        drop = {Path(p) for p in paths}
+        self.items = [item for item in self.items if item[0] not in drop]
+        if not self.items:
+            raise ImageError(f"no readable images left for split {self.split!r} under {self.split_dir}")
+
     def __getitem__(self, index):
         from ..file_images import FileImage
 
