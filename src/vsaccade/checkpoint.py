@@ -90,6 +90,10 @@ def resolve_checkpoint(name_or_path) -> Path:
     raise CheckpointError(f"checkpoint not found: {path} (bundled checkpoints: {', '.join(bundled_checkpoints()) or 'none'})")
 
 
+# Parameters removed from the models because they cannot change any output; checkpoints written before carry them.
+REMOVED_PARAMETERS = ("locations.cell_score.bias",)  # added to every cell logit alike: invisible to the softmax
+
+
 def model_from_checkpoint(payload: dict, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights."""
     from .config import ConfigError
@@ -99,8 +103,9 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
         model = create_model(**{"architecture": payload.get("model_name", "saccader"), **payload["model_config"]})
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot rebuild its model: {error}") from None
+    state = {k: v for k, v in payload["state_dict"].items() if k not in REMOVED_PARAMETERS}
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except (RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0]
         raise CheckpointError(f"{path}: weights do not match its model config ({first[:200]})") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,12 +44,14 @@ def command_train(args):
     overrides = list(args.set or [])
     if args.no_glimpses:
         overrides.append("model.no_glimpses=true")
+    if args.skip_bad:
+        overrides.append("train.skip_bad_files=true")
     for flag, key in (("epochs", "train.epochs"), ("max_minutes", "train.max_minutes"), ("seed", "train.seed")):
         if getattr(args, flag) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     model, objective, config = resolve(args.preset, overrides)
     out = Path(args.out or f"runs/{args.preset}{'-noglimpse' if args.no_glimpses else ''}-seed{config.seed}")
-    if (out / "last.pt").exists() and not args.resume:
+    if (out / "last.pt").exists() and not args.resume and int(os.environ.get("RANK", "0")) == 0:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     results = train(model, objective, config, out, resume=args.resume, digit_source=args.digits or "auto",
                     data_dir=args.data_dir, progress=not args.no_progress)
@@ -68,17 +71,25 @@ def task_from_checkpoint(model, split, args, size=None):
 
 
 def command_evaluate(args):
+    from .distributed import Cluster
     from .evaluate import evaluate, summary_line
 
-    model = load_model(args)
-    task = task_from_checkpoint(model, args.split, args)
-    result = evaluate(model, task, args.policy, args.batch_size, references=not args.no_references, limit=args.limit)
-    result.update(checkpoint=str(args.checkpoint), split=args.split, task=task.describe(),
+    cluster = Cluster.from_environment(args.device)  # under torchrun, each process evaluates its share
+    try:
+        model = load_model(args).to(cluster.device)
+        task = task_from_checkpoint(model, args.split, args)
+        seed = model.checkpoint["train_config"]["seed"] if args.seed is None else args.seed
+        result = evaluate(model, task, args.policy, args.batch_size, references=not args.no_references, limit=args.limit,
+                          seed=seed, cluster=cluster, progress=cluster.is_main)
+    finally:
+        cluster.close()
+    result.update(checkpoint=str(args.checkpoint), split=args.split, task=task.describe(), seed=seed,
                   test_time_settings=model.checkpoint.get("test_time_settings", {}))
-    print(f"{args.split} ({result['samples']} images): {summary_line(result)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
-        print(f"results: {args.json}")
+    if cluster.is_main:
+        print(f"{args.split} ({result['samples']} images): {summary_line(result)}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+            print(f"results: {args.json}")
     return result
 
 
@@ -172,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsaccade", description="Variational Saccading for huge images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model from a preset")
+    p = sub.add_parser("train", help="train a model from a preset",
+                       epilog="Several processes or machines: torchrun ... -m vsaccade.cli train ... (docs/distributed.md)")
     p.add_argument("--preset", default="cluttered-pair", help="see `vsaccade presets`")
     p.add_argument("--out", help="run directory (default runs/PRESET-seedN)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (repeatable)")
@@ -181,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-glimpses", action="store_true", help="control run: glimpse features zeroed")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--skip-bad", action="store_true", help="file datasets: leave out unreadable images (logged and "
+                   "counted) instead of stopping")
     p.add_argument("--no-progress", action="store_true")
     add_data_arguments(p)
     p.set_defaults(handler=command_train)
@@ -192,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-references", action="store_true", help="skip the random- and prior-glimpse references")
     p.add_argument("--json", help="write the results here")
+    p.add_argument("--seed", type=int, help="seed of the posterior draws (default: the run's train.seed)")
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.set_defaults(handler=command_evaluate)
 
     p = sub.add_parser("show", help="PNG of the proxy, the glimpse windows and the glimpses")
@@ -268,19 +284,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
 def main(argv=None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data.digits import DataSourceError
     from .images import ImageError
+    from .train import TrainingStopped
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         status = args.handler(args)
     except (ConfigError, CheckpointError, DataSourceError, ImageError) as error:
-        print(f"vsaccade: error: {error}", file=sys.stderr)
+        print(f"vsaccade: error: {one_line(error)}", file=sys.stderr)
         return 2
+    except TrainingStopped as stopped:
+        print(f"vsaccade: {one_line(stopped)}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("vsaccade: interrupted", file=sys.stderr)
         return 130

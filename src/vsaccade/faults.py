@@ -5,7 +5,7 @@
     step        SIGKILL this process right after optimiser step n (counted from 1 over the whole run)
     epoch       SIGKILL right after epoch n ended and its checkpoints were written
     checkpoint  SIGKILL inside this process's n-th checkpoint write: the temporary file is written, not yet renamed
-    nan         the loss of optimiser step n is NaN (only on `rank`, if one is given)
+    nan         the loss of the n-th step attempted (taken or skipped) is NaN (only on `rank`, if one is given)
 
 tests/test_resume.py and tests/test_distributed.py use them; with the variable unset each hook is one lookup.
 """

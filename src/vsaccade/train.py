@@ -165,6 +165,8 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
         elapsed_before = payload.get("train_minutes", 0.0)
         sums = {**sums, **payload.get("epoch_sums", {})}
         skipped_total = payload.get("skipped_steps", 0)
+        if cluster.is_main:
+            drop_metrics_after(out / "metrics.jsonl", start_epoch)
         log(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}")
     model.to(cluster.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -230,7 +232,7 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
                 output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise)
                 parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean)
             loss = parts["loss"].float()
-            if faults.nan_loss(global_step + 1, cluster.rank):
+            if faults.nan_loss(global_step + skipped_total + 1, cluster.rank):
                 loss = loss * float("nan")
             nonfinite, stopping = cluster.any(not bool(torch.isfinite(loss)), stop["signal"] is not None)
             if stopping:  # this step is not taken: the checkpoint resumes right here
@@ -331,6 +333,16 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
             plot_curves(out / "metrics.jsonl", out / "curves.png")
     log(f"test ({test['samples']} images, best validation checkpoint): {summary_line(test)}")
     return results
+
+
+def drop_metrics_after(path: Path, epochs_done: int) -> None:
+    """Keep the metrics lines of the epochs a resumed run will not redo (a run killed after logging an epoch but
+    before its checkpoint redoes that epoch's tail and logs it again)."""
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["epoch"] <= epochs_done]
+        if len(kept) != len(lines):
+            path.write_text("".join(line + "\n" for line in kept))
 
 
 def epoch_metrics(sums: dict, cluster: Cluster) -> dict:

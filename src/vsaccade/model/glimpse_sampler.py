@@ -52,8 +52,12 @@ def sample_glimpses(images: list[LargeImage], z: torch.Tensor, size: int) -> tor
             regions.append((top, left, bottom - top, right - left, level))
             origins.append((left, top, level))
         patches = _read_all(images, regions)
-    rows = max(p.shape[1] for p in patches)
-    cols = max(p.shape[2] for p in patches)
+    # One canvas size for every batch: read_level keeps a window under 2 * size read pixels a side, plus the margin
+    # and a block of rounding each side. A size that depended on the batch would change the rounding of each
+    # sample's grid coordinates with its batch-mates, and so, near a pixel centre, its bilinear gradient.
+    canvas = 2 * size + 2 * MARGIN + 2
+    rows = max(canvas, max(p.shape[1] for p in patches))
+    cols = max(canvas, max(p.shape[2] for p in patches))
     batch = torch.zeros(len(patches), patches[0].shape[0], rows, cols, dtype=z.dtype, device=z.device)
     for i, patch in enumerate(patches):
         batch[i, :, : patch.shape[1], : patch.shape[2]] = patch.to(batch)

@@ -151,9 +151,10 @@ class MixtureLocations(nn.Module):
         # image (`cell_keys`), and a per-step part from h, added as a bias: the same function, T times cheaper.
         self.cell_projection = nn.Conv2d(feature_width, score_width, 1)
         self.state_projection = nn.Linear(hidden, score_width, bias=False)
-        self.cell_score = nn.Linear(score_width, 1)
+        # No bias: it would shift every cell's logit alike, which no softmax sees. Its gradient is zero up to rounding,
+        # and Adam turns that rounding into full-size steps of random sign.
+        self.cell_score = nn.Linear(score_width, 1, bias=False)
         nn.init.zeros_(self.cell_score.weight)
-        nn.init.zeros_(self.cell_score.bias)
         self.prior_logits = nn.Linear(hidden, cells * cells)
         nn.init.zeros_(self.prior_logits.weight)
         nn.init.zeros_(self.prior_logits.bias)
