@@ -8,7 +8,9 @@
 from . import tasks  # noqa: F401  (registers the tasks)
 from .api import Prediction, predict  # noqa: F401
 from .checkpoint import load  # noqa: F401
-from .images import ArrayImage, LargeImage  # noqa: F401
+from .checkpoint import CheckpointError  # noqa: F401
+from .config import ConfigError  # noqa: F401
+from .images import ArrayImage, ImageError, LargeImage  # noqa: F401
 from .model import create_model  # noqa: F401
 from .tasks import cluttered as _cluttered  # noqa: F401  (registers the tasks)
 from .tasks import megapixel as _megapixel  # noqa: F401

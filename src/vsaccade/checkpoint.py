@@ -5,6 +5,8 @@ Schema (version 1):
     objective_config: dict      train_config: dict        task: dict (the task's describe(), digit source included)
     state_dict: {name: tensor}  epoch: int                step_in_epoch: int   global_step: int  images_seen: int
     best_validation: float      optimizer: dict | absent  rng: dict | absent   metrics: dict
+    training runs add: epoch_sums (the epoch's running metric sums), skipped_steps, scheduler {name, lr},
+    data_order {seed, epoch, step_in_epoch, batch_size, processes} (the order itself is a function of seed, epoch)
 A checkpoint alone rebuilds its model: `vsaccade.load(path)`. Small trained checkpoints ship with the package
 under vsaccade/pretrained/ and are loaded by name (`vsaccade.load("megapixel")`, `vsaccade evaluate megapixel`).
 """

@@ -34,7 +34,7 @@ class PlainConfig:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            expected = {"int": int, "float": (int, float), "bool": bool, "str": str}.get(str(f.type))
+            expected = {"int": int, "float": (int, float), "bool": bool, "str": str, "list": list, "dict": dict}.get(str(f.type))
             if expected is not None and (not isinstance(value, expected) or (expected in (int, (int, float))
                                                                              and isinstance(value, bool))):
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be {f.type}, got {value!r}")

@@ -79,7 +79,7 @@ def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", ove
                 prediction = predict(model, image, policy)
             except (ImageError, OSError) as error:
                 failed += 1
-                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                message = " ".join(str(error).split()) or type(error).__name__
                 report(f"vsaccade: skipped {path}: {message.replace(str(path) + ': ', '')}")
                 continue
             values = row(model, path, prediction)

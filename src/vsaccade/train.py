@@ -6,6 +6,10 @@ split evaluated once at the end. A run directory holds:
     last.pt / best.pt checkpoints (atomic); last.pt also carries optimiser and RNG state for --resume
     results.json      final test evaluation of best.pt (with localisation and references)
     curves.png        learning curves (loss, validation accuracy, glimpse hit rates)
+
+Under torchrun every process runs `train` and rank 0 writes the directory (distributed.py). last.pt carries
+everything a bitwise-exact resume needs (docs/distributed.md); SIGTERM writes it and stops (exit 143); a step whose
+loss or gradient is not finite on any rank is skipped by all, and too many in a row stop the run.
 """
 
 from __future__ import annotations
@@ -121,12 +125,14 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         stop["signal"] = signum
 
     previous = signal.signal(signal.SIGTERM, request_stop) if threading.current_thread() is threading.main_thread() else None
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
         return _train(model_config, objective, config, Path(out_dir), resume, digit_source, data_dir,
                       progress and cluster.is_main, log if cluster.is_main else (lambda *a, **k: None), cluster, stop)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        torch.use_deterministic_algorithms(deterministic_before)
         cluster.close()
 
 
