@@ -15,5 +15,6 @@ from .model import create_model  # noqa: F401
 from .tasks import cluttered as _cluttered  # noqa: F401  (registers the tasks)
 from .tasks import megapixel as _megapixel  # noqa: F401
 from .tasks import folder as _folder  # noqa: F401
+from .tasks import counting as _counting  # noqa: F401
 
 __version__ = "0.1.0"

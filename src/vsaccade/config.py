@@ -152,6 +152,7 @@ class TrainConfig(PlainConfig):
     max_nonfinite_steps: int = 20  # stop after this many consecutive steps skipped for a non-finite loss/gradient
     skip_bad_files: bool = False  # file datasets: leave out unreadable images (logged, counted) instead of stopping
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs, maybe slower)
+    balance_classes: bool = False  # draw training samples with probability inverse to their class's frequency
 
     def validate(self):
         super().validate()

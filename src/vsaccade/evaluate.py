@@ -48,6 +48,7 @@ class HeadScores:
         self.correct = {h["name"]: 0 for h in heads}
         self.count = 0
         self.confusion = {h["name"]: torch.zeros(3, h["num_classes"]) for h in heads if h["kind"] == "multilabel"}
+        self.absolute_error = {h["name"]: 0 for h in heads if h["kind"] == "count"}  # count heads: sum |k^ - k|
 
     def add(self, probs: dict, labels: dict):
         self.count += len(next(iter(labels.values())))
@@ -62,15 +63,20 @@ class HeadScores:
                 conf[2] += (~pred & truth).sum(0)
             else:
                 self.correct[name] += int((p.argmax(1) == y).sum())
+                if name in self.absolute_error:
+                    self.absolute_error[name] += int((p.argmax(1) - y).abs().sum())
 
     def merge_ranks(self, cluster: Cluster) -> None:
         """Sum the counts of every rank into each rank's copy (exact: they are integer counts)."""
         if not cluster.active:
             return
         names = [h["name"] for h in self.heads]
-        packed = torch.tensor([float(self.count)] + [float(self.correct[n]) for n in names], dtype=torch.float64)
+        errors = list(self.absolute_error)
+        packed = torch.tensor([float(self.count)] + [float(self.correct[n]) for n in names]
+                              + [float(self.absolute_error[n]) for n in errors], dtype=torch.float64)
         packed = cluster.sum(packed)
-        self.count, self.correct = int(packed[0]), {n: int(v) for n, v in zip(names, packed[1:])}
+        self.count, self.correct = int(packed[0]), {n: int(v) for n, v in zip(names, packed[1:1 + len(names)])}
+        self.absolute_error = {n: int(v) for n, v in zip(errors, packed[1 + len(names):])}
         self.confusion = {n: cluster.sum(c) for n, c in self.confusion.items()}
 
     def result(self) -> dict:
@@ -79,6 +85,8 @@ class HeadScores:
             name = head["name"]
             key = "exact_match" if head["kind"] == "multilabel" else "accuracy"
             out[name] = {key: self.correct[name] / max(self.count, 1)}
+            if name in self.absolute_error:
+                out[name]["mean_absolute_error"] = self.absolute_error[name] / max(self.count, 1)
             if name in self.confusion:
                 tp, fp, fn = self.confusion[name]
                 out[name]["macro_f1"] = float((2 * tp / (2 * tp + fp + fn).clamp_min(1)).mean())
@@ -183,7 +191,8 @@ def summary_line(result: dict) -> str:
     """One line for logs: accuracy per head, hit rate and coverage beside the references."""
     parts = []
     for name, score in result["model"]["heads"].items():
-        parts.append(f"{name} {100 * next(iter(score.values())):.1f}%")
+        parts.append(f"{name} {100 * next(iter(score.values())):.1f}%"
+                     + (f" (MAE {score['mean_absolute_error']:.2f})" if "mean_absolute_error" in score else ""))
     line = ", ".join(parts) + f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
     for ref in ("random_glimpses", "prior_glimpses"):
         if ref in result:

@@ -82,6 +82,29 @@ PRESETS: dict[str, dict] = {
         "train": {"task": "folder", "epochs": 30, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
                   "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
     },
+    # Counting units in 768x768 scenes from a 64x64 mini-map (docs/benchmarks/counting.md): K = 6, T = 8 glimpses
+    # of 64x64 from 92-px windows (0.12 of the scene), 16x16 cells of 48 px, inhibition of return over windows,
+    # class-balanced sampling (inverse frequency, as the paper did).
+    "counting-768": {
+        "model": {"glimpses": 8, "glimpse_size": 64, "s_min": 0.12, "s_max": 0.12, "location_cells": 16,
+                  "proxy_prior_weight": 8.0, "proxy_centroid": True, "inhibit_window": True,
+                  "proxy_encoder": "strided", "cell_score_width": 32, "hidden": 128},
+        "objective": {"beta": 0.1},
+        "train": {"task": "counting", "epochs": 20, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
+                  "max_minutes": 25.0, "balance_classes": True, "eval_batch_size": 64,
+                  "task_options": {"scene_size": 768, "max_targets": 6}},
+    },
+    # The same at the experiment's own scale: 2048x2048 scenes, K = 12, T = 8, W = 64 from 92-px windows
+    # (0.045 of the scene, under the 0.15 cap), 32x32 cells of 64 px.
+    "counting": {
+        "model": {"glimpses": 8, "glimpse_size": 64, "s_min": 0.045, "s_max": 0.045, "location_cells": 32,
+                  "proxy_prior_weight": 8.0, "proxy_centroid": True, "inhibit_window": True,
+                  "proxy_encoder": "strided", "cell_score_width": 32, "hidden": 128},
+        "objective": {"beta": 0.1},
+        "train": {"task": "counting", "epochs": 20, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
+                  "max_minutes": 60.0, "balance_classes": True, "eval_batch_size": 64,
+                  "task_options": {"scene_size": 2048, "max_targets": 12}},
+    },
     # The learning test's task: a 64x64 canvas with one digit, an 8x8 proxy.
     "tiny": {
         "model": {"glimpses": 3, "glimpse_size": 16, "s_min": 0.4, "s_max": 0.5, "location_cells": 4,

@@ -97,9 +97,22 @@ def restore_rng(state: dict) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), 0, 0, 0.0))
 
 
-def epoch_order(seed: int, epoch: int, size: int) -> list[int]:
-    """The training order of one epoch: a pure function of (seed, epoch), so a resumed run skips exactly."""
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+def epoch_order(seed: int, epoch: int, size: int, weights: torch.Tensor | None = None) -> list[int]:
+    """The training order of one epoch: a pure function of (seed, epoch), so a resumed run skips exactly. With
+    per-sample weights, `size` draws with replacement in proportion to them (class-balanced sampling)."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if weights is not None:
+        return torch.multinomial(weights, size, replacement=True, generator=generator).tolist()
+    return torch.randperm(size, generator=generator).tolist()
+
+
+def balancing_weights(task) -> torch.Tensor:
+    """Per-sample weights inversely proportional to the frequency of the sample's class (first head)."""
+    if not hasattr(task, "class_labels"):
+        raise ConfigError(f"train.balance_classes needs a task that lists its labels; {task.name!r} does not")
+    labels = torch.tensor(task.class_labels())
+    counts = torch.bincount(labels).double()
+    return 1.0 / counts[labels]
 
 
 class TrainingStopped(RuntimeError):
@@ -211,6 +224,7 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
         }, path)
 
     train_task = tasks["train"]
+    weights = balancing_weights(train_task) if config.balance_classes else None
     batches_per_epoch = math.ceil(len(train_task) / config.batch_size)
     heads = model_config.heads
     autocast = torch.autocast(cluster.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
@@ -218,7 +232,7 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
     record, beta = {"epoch": start_epoch}, objective.beta
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        order = epoch_order(config.seed, epoch, len(train_task))
+        order = epoch_order(config.seed, epoch, len(train_task), weights)
         global_batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(batches_per_epoch)]
         shards = [cluster.shard(b) for b in global_batches[start_step:]]
         loader = torch.utils.data.DataLoader(train_task, batch_sampler=shards, collate_fn=collate,
@@ -273,7 +287,7 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
                 sums["loss"] += float((parts["nll"] + beta * parts["kl"]).mean())
                 sums["nll"] += float(parts["nll"].mean())
                 sums["kl"] += float(parts["kl"].mean())
-                if heads[0]["kind"] == "class":
+                if heads[0]["kind"] != "multilabel":
                     first = heads[0]["name"]
                     sums["accuracy"] += float((output.logits[first].argmax(1) == batch.labels[first]).float().mean())
                 found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.detach().float().cpu()))

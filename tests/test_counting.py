@@ -1,0 +1,96 @@
+"""Counting in large scenes with a mini-map proxy: the generator's contract, the count head's metrics,
+class-balanced sampling, and training through the CLI with a proxy whose size and channels differ from the scene's."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vsaccade.cli import main
+from vsaccade.evaluate import HeadScores
+from vsaccade.tasks import make_task
+from vsaccade.tasks.counting import PALETTE, render_unit, unit_side
+from vsaccade.train import epoch_order
+
+
+@pytest.fixture(scope="module")
+def task():
+    return make_task("counting", "train", scene_size=768, max_targets=6, size=200)
+
+
+def test_scenes_are_deterministic_and_labels_count_the_targets(task):
+    counts = []
+    for index in range(40):
+        scene, sample = task.scene(index), task[index]
+        again = task.scene(index)
+        assert np.array_equal(scene.centres, again.centres) and np.array_equal(scene.is_target, again.is_target)
+        assert sample.labels["count"] == int(scene.is_target.sum()) <= 6
+        assert len(sample.boxes) == sample.labels["count"]
+        assert sample.proxy.shape == (1, 64, 64) and sample.image.channels == 3 and sample.image.height == 768
+        for x, y in scene.centres * (64 / 768):  # a mini-map dot at every unit, target or not
+            assert float(sample.proxy[0, int(y), int(x)]) > 0.5
+        counts.append(sample.labels["count"])
+    assert len(set(counts)) >= 4  # Poisson(3) counts, not a constant
+    other = make_task("counting", "train", scene_size=768, max_targets=6, size=200, seed=1)
+    assert not np.array_equal(other.scene(0).centres, task.scene(0).centres)
+
+
+def test_targets_and_distractors_differ_only_in_fine_detail():
+    """Same ink, same outline; the difference is whole at full and half scale and fades at quarter scale (it does not
+    vanish: how much a CNN can still read there is measured in docs/benchmarks/counting.md)."""
+    d = 32.0
+    side = unit_side(d)
+    target, alpha_t = render_unit(d, 0.3, PALETTE[0], True, side / 2, side / 2)
+    decoy, alpha_d = render_unit(d, 0.3, PALETTE[0], False, side / 2, side / 2)
+    assert np.array_equal(alpha_t, alpha_d)
+    assert abs(target.mean() - decoy.mean()) < 0.01 * target.mean()
+
+    def difference(scale):
+        a, b = (F.avg_pool2d(torch.from_numpy(x)[None], scale, ceil_mode=True) for x in (target, decoy))
+        return float((a - b).abs().max())
+
+    assert difference(1) > 0.5 and difference(2) > 0.9 * difference(1) and difference(4) < 0.75 * difference(2)
+
+
+def test_region_reads_compose_the_same_scene_and_downsampled_scenes_average_it(task):
+    image = task[3].image
+    whole = image.read_region(0, 0, 768, 768)
+    assert torch.equal(image.read_region(100, 200, 150, 120), whole[:, 100:250, 200:320])
+    assert torch.equal(image.read_region(-10, -10, 20, 20)[:, :10], torch.zeros(3, 10, 20))  # outside: zero
+    small = make_task("counting", "train", scene_size=768, max_targets=6, size=200, downsample=4)
+    assert small.image_height == 192 and torch.allclose(small[3].boxes * 4, task[3].boxes)
+    assert torch.allclose(small[3].image.read_region(0, 0, 192, 192), F.avg_pool2d(whole[None], 4)[0], atol=1e-6)
+
+
+def test_class_balanced_order_draws_rare_counts_as_often_as_common_ones(task):
+    labels = torch.tensor(task.class_labels())
+    weights = 1.0 / torch.bincount(labels).double()[labels]
+    drawn = Counter(labels[epoch_order(0, 0, 20000, weights)].tolist())  # 20,000 draws from 200 samples
+    frequencies = np.array([drawn[k] for k in sorted(drawn)]) / 20000
+    assert frequencies.min() > 0.6 / len(drawn) and frequencies.max() < 1.4 / len(drawn)
+    assert epoch_order(0, 0, 50, weights[:50]) == epoch_order(0, 0, 50, weights[:50])
+
+
+def test_count_heads_report_mean_absolute_error():
+    scores = HeadScores([{"name": "count", "num_classes": 4, "kind": "count"}])
+    probs = torch.eye(4)[[0, 1, 3, 3]]
+    scores.add({"count": probs}, {"count": torch.tensor([0, 2, 1, 3])})
+    assert scores.result()["count"] == {"accuracy": 0.5, "mean_absolute_error": 0.75}
+
+
+def test_trains_with_a_minimap_proxy_and_shows_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "counting-768", "--out", str(out), "--no-progress", "--epochs", "1",
+            "--set", "train.train_size=64", "--set", "train.validation_size=16", "--set", "train.test_size=16",
+            "--set", "train.threads=1", "--set", "model.glimpses=3", "--set", "model.glimpse_size=32"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["model_config"]["proxy_channels"] == 1 and results["model_config"]["image_channels"] == 3
+    assert results["model_config"]["proxy_size"] == 64 and results["task"]["proxy_source"].startswith("mini-map")
+    assert "mean_absolute_error" in results["test"]["model"]["heads"]["count"]
+    assert results["test"]["random_glimpses"]["hit_rate"] < results["test"]["prior_glimpses"]["hit_rate"]
+    assert main(["show", str(out / "best.pt"), "--count", "2", "--out", str(tmp_path / "show.png")]) == 0
+    assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
