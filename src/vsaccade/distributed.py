@@ -66,6 +66,14 @@ class Cluster:
         if self.active:
             dist.barrier()
 
+    def from_main(self, read):
+        """read() on rank 0, its result sent to every rank (nodes need not share a file system)."""
+        if not self.active:
+            return read()
+        box = [read() if self.is_main else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """Elementwise sum over ranks (a new tensor on this rank's device; the input is unchanged)."""
         if not self.active:

@@ -102,7 +102,7 @@ PRESETS: dict[str, dict] = {
                   "proxy_encoder": "strided", "cell_score_width": 32, "hidden": 128},
         "objective": {"beta": 0.1},
         "train": {"task": "counting", "epochs": 20, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
-                  "max_minutes": 60.0, "balance_classes": True, "eval_batch_size": 64,
+                  "max_minutes": 25.0, "balance_classes": True, "eval_batch_size": 64,
                   "task_options": {"scene_size": 2048, "max_targets": 12}},
     },
     # The learning test's task: a 64x64 canvas with one digit, an 8x8 proxy.

@@ -168,12 +168,12 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
     sums, skipped_total = dict.fromkeys(EPOCH_SUMS, 0.0), 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     payload = None
-    if resume and last_path.exists():
+    if resume and cluster.from_main(last_path.exists):
         if cluster.is_main:
             stale = remove_stale_temporaries(out)
             if stale:
                 log(f"removed {len(stale)} unfinished checkpoint write(s) of the killed run")
-        payload = read_checkpoint(last_path)
+        payload = cluster.from_main(lambda: read_checkpoint(last_path))
         # compared through from_dict, so fields added to ModelConfig since the run started take their defaults
         if ModelConfig.from_dict(payload["model_config"]).to_dict() != model_config.to_dict():
             raise CheckpointError(f"{last_path} was written by a run with another model config; use a new --out")
@@ -339,7 +339,7 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
             break
 
     cluster.barrier()  # best.pt is complete before any rank reads it
-    best_model = model_from_checkpoint(read_checkpoint(best_path), best_path).to(cluster.device)
+    best_model = model_from_checkpoint(cluster.from_main(lambda: read_checkpoint(best_path)), best_path).to(cluster.device)
     test = evaluate(best_model, tasks["test"], config.eval_policy, config.eval_batch_size, references=True,
                     progress=progress, seed=config.seed, cluster=cluster)
     results = {**run_info, "train_minutes": minutes(), "images_seen": images_seen, "skipped_steps": skipped_total,
