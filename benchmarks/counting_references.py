@@ -1,0 +1,32 @@
+"""Model-free references for the counting task (docs/benchmarks/counting.md), from the scene descriptions alone:
+the most frequent count, the median's mean absolute error, and the best accuracy / MAE achievable knowing only the
+number of units (what a perfect reader of the mini-map knows: targets and distractors look alike there).
+
+    python benchmarks/counting_references.py --preset counting-768
+"""
+
+import argparse
+from collections import Counter, defaultdict
+
+from vsaccade.presets import resolve
+from vsaccade.tasks import make_task
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--preset", default="counting-768")
+parser.add_argument("--split", default="test")
+args = parser.parse_args()
+task = make_task("counting", args.split, **resolve(args.preset)[2].task_options)
+scenes = [task.scene(i) for i in range(len(task))]
+counts = [s.count for s in scenes]
+frequency = Counter(counts)
+median = sorted(counts)[len(counts) // 2]
+by_units = defaultdict(Counter)
+for scene in scenes:
+    by_units[len(scene.centres)][scene.count] += 1
+best = sum(c.most_common(1)[0][1] for c in by_units.values()) / len(counts)
+best_mae = sum(min(sum(abs(k - guess) * n for k, n in c.items()) for guess in range(task.max_targets + 1))
+               for c in by_units.values()) / len(counts)
+print(f"{args.preset} {args.split} ({len(counts)} scenes): counts {sorted(frequency.items())}")
+print(f"most frequent count: {100 * frequency.most_common(1)[0][1] / len(counts):.1f}%; "
+      f"MAE of the median ({median}): {sum(abs(k - median) for k in counts) / len(counts):.2f}")
+print(f"best from the number of units alone: {100 * best:.1f}%, MAE {best_mae:.2f}")
