@@ -39,8 +39,8 @@ def test_every_corpus_image_is_converted_or_gets_a_one_line_error(tmp_path):
             assert re.search(expected, got) and name in got, f"{how}: {got}"
 
 
-def test_non_finite_tensors_and_wrong_shapes_get_clear_errors():
-    model = vsaccade.load(tiny_checkpoint_in_memory())
+def test_non_finite_tensors_and_wrong_shapes_get_clear_errors(saved_tiny):
+    model = vsaccade.load(saved_tiny)
     for bad, message in ((torch.full((3, 64, 64), math.nan), "NaN or infinite"),
                          (torch.full((3, 64, 64), math.inf), "NaN or infinite"),
                          (torch.zeros(2, 3, 64, 64, 1), "shape|dimensions"),
@@ -53,13 +53,6 @@ def test_non_finite_tensors_and_wrong_shapes_get_clear_errors():
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory):
     return tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model.pt")
-
-
-def tiny_checkpoint_in_memory():
-    import tempfile
-    from pathlib import Path
-
-    return tiny_checkpoint(Path(tempfile.mkdtemp()) / "model.pt")
 
 
 @pytest.mark.parametrize("argv, message", [
