@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.distributions import Poisson
 
 from vsaccade.cli import main
+from vsaccade.config import ConfigError
+from vsaccade.images import ArrayImage
+from vsaccade.model import create_model
+from vsaccade.model.classifier import CountReadout
 from vsaccade.evaluate import HeadScores
 from vsaccade.tasks import make_task
 from vsaccade.tasks.counting import PALETTE, render_unit, unit_side
@@ -94,3 +99,36 @@ def test_trains_with_a_minimap_proxy_and_shows_it(tmp_path, capsys):
     assert results["test"]["random_glimpses"]["hit_rate"] < results["test"]["prior_glimpses"]["hit_rate"]
     assert main(["show", str(out / "best.pt"), "--count", "2", "--out", str(tmp_path / "show.png")]) == 0
     assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_count_readout_is_a_truncated_poisson_of_the_summed_glimpse_counts():
+    readout = CountReadout(hidden=8, num_classes=7)
+    features, mask = torch.randn(5, 4, 8), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0]]).bool()
+    probs = readout(features, mask).softmax(-1)
+    rate = (readout.glimpse_counts(features) * mask).sum(1) + 1e-4
+    pmf = Poisson(rate[:, None]).log_prob(torch.arange(7.0)).exp()
+    assert torch.allclose(probs, pmf / pmf.sum(1, keepdim=True), atol=1e-6)
+    # a masked glimpse contributes nothing; an unmasked one moves the count
+    changed = features.clone()
+    changed[1, 2:] += 10
+    assert torch.allclose(readout(changed, mask)[1], readout(features, mask)[1])
+    changed[1, 0] += 10
+    assert not torch.allclose(readout(changed, mask)[1], readout(features, mask)[1])
+
+
+@pytest.mark.parametrize("architecture", ["saccader", "fullres", "proxy"])
+def test_count_readout_trains_in_every_model_and_needs_a_count_head(architecture):
+    count_head = [{"name": "count", "num_classes": 7, "kind": "count"}]
+    config = dict(architecture=architecture, heads=count_head, image_channels=3, proxy_size=16, location_cells=4,
+                  glimpses=3, glimpse_size=16, readout="count", hidden=32)
+    model = create_model(**config)
+    images = [ArrayImage(torch.rand(3, 96, 96)) for _ in range(2)]
+    out = model(images, torch.rand(2, 1, 16, 16), torch.ones(2, 16, 16, dtype=torch.bool))
+    assert out.logits["count"].shape == (2, 7)
+    F.cross_entropy(out.logits["count"], torch.tensor([0, 3])).backward()
+    counts = model.classifier.counts if architecture == "saccader" else model.heads.counts
+    assert counts["count"].per_glimpse.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="needs a count head"):
+        create_model(**{**config, "heads": [{"name": "label", "num_classes": 10, "kind": "class"}]})
+    with pytest.raises(ConfigError, match="count readout"):
+        create_model(**{**config, "architecture": "ats"})

@@ -78,12 +78,13 @@ class ModelConfig(PlainConfig):
     reconstruct_proxy: bool = False  # optional log p(x~ | z_t, h_{t-1}) term (continuous Bernoulli)
     backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
     glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
+    readout: str = "mean"  # count heads: "mean" (an MLP over pooled features) or "count" (summed counts, model/classifier.py)
 
     def validate(self):
         super().validate()
         choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
                    "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
-                   "location_policy": ("learned", "random", "prior", "grid", "mode")}
+                   "location_policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -112,10 +112,12 @@ class AttentionSampling(nn.Module):
                               f"location_cells^2 = {c.location_cells**2}")
         if c.no_glimpses:
             raise ConfigError("ats has no no-glimpse control: its only features come from the patches")
+        if c.readout != "mean":
+            raise ConfigError("ats has no count readout: its features are an attention-weighted mean of patches")
         self.config = config
         self.attention = AttentionNetwork(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width)
         self.features = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
-        self.heads = Heads(c.hidden, c.heads)
+        self.heads = Heads(c.hidden, c.heads, c.readout)
         self._centres: dict = {}
 
     @property
@@ -170,7 +172,7 @@ class AttentionSampling(nn.Module):
         # estimate then has the least variance.
         features = F.normalize(self.features(glimpses), dim=-1).view(batch, n, -1)
         expectation = (weights[..., None] * features).sum(1)
-        return SaccadeOutput(logits=self.heads(expectation), z=z, kl=z.new_zeros(batch, n),
+        return SaccadeOutput(logits=self.heads(expectation, None), z=z, kl=z.new_zeros(batch, n),
                              glimpses=glimpses.view(batch, n, *glimpses.shape[1:]), attention_entropy=entropy)
 
 

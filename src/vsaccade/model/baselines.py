@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .classifier import CountReadout, count_heads
 from .proxy_encoder import conv_block, halvings
 from .registry import register_model
 from .saccader import SaccadeOutput
@@ -39,11 +40,13 @@ class StridedCNN(nn.Module):
             layers.append(conv_block(cin, cout, stride=2))
             cin = cout
         self.features = nn.Sequential(*layers)
+        self.channels = cin
         self.project = nn.Sequential(nn.Linear(2 * cin, hidden), nn.ReLU(inplace=True))
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (pooled features (B, hidden), the final map (B, channels, h, w))."""
         maps = self.features(pixels)
-        return self.project(torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], 1))
+        return self.project(torch.cat([maps.mean((2, 3)), maps.amax((2, 3))], 1)), maps
 
 
 def empty_output(logits: dict, batch: int, channels: int, device) -> SaccadeOutput:
@@ -52,12 +55,19 @@ def empty_output(logits: dict, batch: int, channels: int, device) -> SaccadeOutp
 
 
 class Heads(nn.Module):
-    def __init__(self, hidden: int, heads: list[dict]):
-        super().__init__()
-        self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads})
+    """A linear head per label on the pooled features; with readout="count", count heads instead sum a count
+    per position of the final map (the baselines' analogue of our per-glimpse counts, model/classifier.py)."""
 
-    def forward(self, features: torch.Tensor) -> dict:
-        return {name: head(features) for name, head in self.heads.items()}
+    def __init__(self, hidden: int, heads: list[dict], readout: str = "mean", map_channels: int = 0):
+        super().__init__()
+        counted = count_heads(heads, readout)
+        self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads if h["name"] not in counted})
+        self.counts = nn.ModuleDict({h["name"]: CountReadout(map_channels, h["num_classes"]) for h in heads if h["name"] in counted})
+
+    def forward(self, features: torch.Tensor, maps: torch.Tensor | None) -> dict:
+        logits = {name: head(features) for name, head in self.heads.items()}
+        logits.update({name: head(maps.flatten(2).transpose(1, 2)) for name, head in self.counts.items()})
+        return logits
 
 
 class FullResolutionCNN(nn.Module):
@@ -68,7 +78,7 @@ class FullResolutionCNN(nn.Module):
         super().__init__()
         self.config = config
         self.trunk = StridedCNN(config.image_channels, 16, config.backbone_stages, config.hidden, stem_stride=4)
-        self.heads = Heads(config.hidden, config.heads)
+        self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
 
     def pixels_read(self, height: int, width: int) -> int | None:
         return height * width or None  # None: size unknown (folder tasks of mixed sizes)
@@ -80,10 +90,11 @@ class FullResolutionCNN(nn.Module):
         device = proxy.device
         if len({(i.height, i.width) for i in images}) == 1:  # one batched pass
             pixels = torch.stack([i.read_region(0, 0, i.height, i.width) for i in images]).to(device)
-            features = self.trunk(pixels)
+            logits = self.heads(*self.trunk(pixels))
         else:  # images of different sizes: one pass each
-            features = torch.cat([self.trunk(i.read_region(0, 0, i.height, i.width)[None].to(device)) for i in images])
-        return empty_output(self.heads(features), len(images), self.config.image_channels, device)
+            each = [self.heads(*self.trunk(i.read_region(0, 0, i.height, i.width)[None].to(device))) for i in images]
+            logits = {name: torch.cat([e[name] for e in each]) for name in each[0]}
+        return empty_output(logits, len(images), self.config.image_channels, device)
 
 
 class ProxyCNN(nn.Module):
@@ -94,7 +105,7 @@ class ProxyCNN(nn.Module):
         super().__init__()
         self.config = config
         self.trunk = StridedCNN(config.proxy_channels, 16, halvings(config.proxy_size, 8), config.hidden, stem_stride=1)
-        self.heads = Heads(config.hidden, config.heads)
+        self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
 
     def pixels_read(self, height: int, width: int) -> int:
         return 0
@@ -104,8 +115,7 @@ class ProxyCNN(nn.Module):
         if tuple(proxy.shape[1:]) != (c.proxy_channels, c.proxy_size, c.proxy_size):
             raise ValueError(f"proxy must have shape (B, {c.proxy_channels}, {c.proxy_size}, {c.proxy_size}), "
                              f"got {tuple(proxy.shape)}")
-        features = self.trunk(proxy * proxy_mask[:, None])
-        return empty_output(self.heads(features), len(images), c.image_channels, proxy.device)
+        return empty_output(self.heads(*self.trunk(proxy * proxy_mask[:, None])), len(images), c.image_channels, proxy.device)
 
 
 @register_model("fullres")

@@ -1,22 +1,43 @@
 """Classifiers: p(y | f_1..f_T, h_T), an MLP over the mean glimpse feature and the final state, one head per
-label; and optional per-glimpse heads p(y | g_t), linear in f_t, which score what each glimpse alone says."""
+label, or for count heads with readout="count" a sum of per-glimpse counts (CountReadout); and optional
+per-glimpse heads p(y | g_t), linear in f_t, which score what each glimpse alone says."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+import torch.nn.functional as F
+
+from ..config import ConfigError
+
+
+def count_heads(heads: list[dict], readout: str) -> set[str]:
+    """Names of the heads read out as summed counts (readout="count" applies to count heads only)."""
+    if readout == "mean":
+        return set()
+    names = {h["name"] for h in heads if h["kind"] == "count"}
+    if not names:
+        raise ConfigError("readout=count needs a count head (a counting task); this model's heads are "
+                          + ", ".join(f"{h['name']} ({h['kind']})" for h in heads))
+    return names
 
 
 class Classifier(nn.Module):
-    def __init__(self, hidden: int, heads: list[dict]):
+    def __init__(self, hidden: int, heads: list[dict], readout: str = "mean"):
         super().__init__()
-        self.trunk = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(inplace=True))
-        self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads})
+        counted = count_heads(heads, readout)
+        mlp_heads = len(heads) > len(counted)
+        self.trunk = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(inplace=True)) if mlp_heads else None
+        self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads if h["name"] not in counted})
+        self.counts = nn.ModuleDict({h["name"]: CountReadout(hidden, h["num_classes"]) for h in heads if h["name"] in counted})
 
     def forward(self, features: torch.Tensor, final_state: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, T, hidden), final_state (B, hidden) -> {head: logits (B, classes)}."""
-        trunk = self.trunk(torch.cat([features.mean(1), final_state], dim=-1))
-        return {name: head(trunk) for name, head in self.heads.items()}
+        logits = {name: head(features) for name, head in self.counts.items()}
+        if self.trunk is not None:
+            trunk = self.trunk(torch.cat([features.mean(1), final_state], dim=-1))
+            logits.update({name: head(trunk) for name, head in self.heads.items()})
+        return logits
 
 
 class GlimpseHeads(nn.Module):
@@ -27,3 +48,30 @@ class GlimpseHeads(nn.Module):
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         """features (B, T, hidden) -> {head: logits (B, T, classes)}."""
         return {name: head(features) for name, head in self.heads.items()}
+
+
+class CountReadout(nn.Module):
+    """p(k | f_1..f_T) for a count head: each glimpse says how many objects it holds, c_t = softplus(a . f_t + b),
+    and k follows a Poisson distribution of rate sum_t c_t truncated to 0..K (the logits below, renormalised by
+    the softmax), with a learned sharpness tau > 0 (tau = 1: exactly Poisson). A sum, unlike the mean the
+    Classifier pools, scales with the number of glimpses that see objects; the model learns the per-glimpse
+    counts from k alone."""
+
+    def __init__(self, hidden: int, num_classes: int):
+        super().__init__()
+        self.per_glimpse = nn.Linear(hidden, 1)
+        self.log_sharpness = nn.Parameter(torch.zeros(()))
+        self.register_buffer("k", torch.arange(num_classes, dtype=torch.float32), persistent=False)
+
+    def glimpse_counts(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, T, hidden) -> (B, T) non-negative counts."""
+        return F.softplus(self.per_glimpse(features)[..., 0])
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, T, hidden), optional mask (B, T) of glimpses that exist -> logits (B, K + 1)."""
+        counts = self.glimpse_counts(features)
+        if mask is not None:
+            counts = counts * mask
+        rate = counts.sum(1, keepdim=True) + 1e-4
+        log_poisson = self.k * rate.log() - rate - torch.lgamma(self.k + 1)
+        return self.log_sharpness.exp() * log_poisson

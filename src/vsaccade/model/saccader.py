@@ -6,7 +6,7 @@ Per image, with e = ProxyEncoder(x~) computed once:
                    g_t = crop(x; z_t)                (W x W, from the large image)
                    f_t = GlimpseEncoder(g_t)
                    h_t = RNN([e, f_t, embed(z_t)], h_{t-1})
-    p(y | f_1..f_T, h_T) = Classifier(mean_t f_t, h_T)
+    p(y | f_1..f_T, h_T) = Classifier(mean_t f_t, h_T)   (count heads with readout=count: sum_t count(f_t))
 Shapes follow (B, T, C, H, W).
 """
 
@@ -86,7 +86,7 @@ class VariationalSaccader(nn.Module):
             self.locations = GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy)
         self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
         self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
-        self.classifier = Classifier(c.hidden, c.heads)
+        self.classifier = Classifier(c.hidden, c.heads, c.readout)
         self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else None
         if c.reconstruct_proxy:
             self.decoder = nn.Sequential(

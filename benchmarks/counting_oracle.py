@@ -1,0 +1,190 @@
+"""Where counting fails: the reader or the readout? (docs/benchmarks/counting.md, "Diagnosis").
+
+Takes the location policy out of the question. For each scene the glimpses are fixed in advance and cached:
+  * "oracle": one 92-px window centred on every unit (targets and distractors, at most 2K), as a perfect
+    mini-map reader would place them;
+  * "prior": the 8 windows the `counting-768` model draws from its prior alone (the mini-map anchor with window
+    inhibition, untrained weights: what our model starts from).
+Then, on the cached glimpses, the preset's glimpse encoder is trained with one of these readouts:
+  * "unit" (oracle glimpses only, uses the scene description): is the unit at the window's centre a target?
+    (can the encoder see the mark at all);
+  * "mean": the model's classifier, an MLP over the mean glimpse feature -> K + 1 count logits;
+  * "sum": `model.readout=count`, a count per glimpse, summed: k ~ truncated Poisson(sum_t softplus(a . f_t)).
+Both count readouts learn from the scene's count alone. Train on the training split, report on validation (the
+test split stays unseen).
+
+    python benchmarks/counting_oracle.py --glimpses oracle --readout unit --json runs/oracle-unit.json
+"""
+
+import argparse
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vsaccade.model import create_model
+from vsaccade.model.classifier import CountReadout
+from vsaccade.model.glimpse_encoder import GlimpseEncoder
+from vsaccade.model.glimpse_sampler import sample_glimpses
+from vsaccade.model.noise import Noise
+from vsaccade.presets import resolve
+from vsaccade.tasks import make_task
+from vsaccade.tasks.base import collate
+from vsaccade.train import model_config_for
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--preset", default="counting-768")
+parser.add_argument("--glimpses", choices=("oracle", "prior"), default="oracle")
+parser.add_argument("--readout", choices=("unit", "mean", "sum"), default="sum")
+parser.add_argument("--train-size", type=int, default=4000)
+parser.add_argument("--validation-size", type=int, default=500)
+parser.add_argument("--epochs", type=int, default=15)
+parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--threads", type=int, default=1)
+parser.add_argument("--cache", default="runs/counting-oracle-cache")
+parser.add_argument("--json")
+args = parser.parse_args()
+torch.set_num_threads(args.threads)
+torch.manual_seed(0)
+model_config, _, train_config = resolve(args.preset)
+if args.readout == "unit" and args.glimpses != "oracle":
+    parser.error("--readout unit needs --glimpses oracle (the unit at each window's centre)")
+
+
+def window_contents(task, index, z):
+    """Per window (T, 3) z: how many targets have their centre inside the window."""
+    scene, size = task.scene(index), task.scene_size
+    centres = torch.as_tensor(scene.centres, dtype=torch.float32) / size * 2 - 1  # (N, 2) as (u, v)
+    half = z[:, :1]  # the window's half side in (u, v) units: s * size / size
+    inside = ((centres[None] - z[:, None, 1:]).abs() < half[:, None]).all(-1)  # (T, N)
+    return (inside & torch.as_tensor(scene.is_target)[None]).sum(1)
+
+
+def build(split, size):
+    """Cached (glimpses uint8 (S, T, 3, W, W), mask (S, T), unit_is_target (S, T), window_targets (S, T), count (S,))."""
+    path = os.path.join(args.cache, f"{args.preset}-{args.glimpses}-{split}-{size}.pt")
+    if os.path.exists(path):
+        return torch.load(path)
+    task = make_task("counting", split, size=size, **train_config.task_options)
+    K, s = task.max_targets, model_config.s_max
+    T = 2 * K if args.glimpses == "oracle" else model_config.glimpses
+    W = model_config.glimpse_size
+    glimpses = torch.zeros(size, T, 3, W, W, dtype=torch.uint8)
+    mask, unit_target = torch.zeros(size, T, dtype=torch.bool), torch.zeros(size, T, dtype=torch.long)
+    window_targets, counts = torch.zeros(size, T, dtype=torch.long), torch.zeros(size, dtype=torch.long)
+    prior_model = create_model(**model_config_for(task, model_config).to_dict()).eval() if args.glimpses == "prior" else None
+    for i in tqdm(range(size), desc=f"{args.glimpses} glimpses, {split}"):
+        sample = task[i]
+        scene = task.scene(i)
+        counts[i] = scene.count
+        if prior_model is None:
+            n = min(len(scene.centres), T)
+            uv = torch.as_tensor(scene.centres[:n], dtype=torch.float32) / task.scene_size * 2 - 1
+            z = torch.cat([uv.new_full((n, 1), s), uv], 1)
+            g = sample_glimpses([sample.image] * n, z, W) if n else torch.zeros(0, 3, W, W)
+            unit_target[i, :n] = torch.as_tensor(scene.is_target[:n])
+        else:
+            batch = collate([sample])
+            with torch.no_grad():
+                out = prior_model(batch.images, batch.proxy, batch.proxy_mask, source="prior",
+                                  noise=Noise.keyed(torch.tensor([i])))
+            z, g, n = out.z[0], out.glimpses[0], T
+        glimpses[i, :n] = (g.clamp(0, 1) * 255).round().to(torch.uint8)
+        mask[i, :n] = True
+        if n:
+            window_targets[i, :n] = window_contents(task, i, z)
+    data = (glimpses, mask, unit_target, window_targets, counts)
+    os.makedirs(args.cache, exist_ok=True)
+    torch.save(data, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return data
+
+
+class Reader(torch.nn.Module):
+    def __init__(self, K):
+        super().__init__()
+        c = model_config
+        self.encoder = GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
+        if args.readout == "unit":
+            self.head = torch.nn.Linear(c.hidden, 2)
+        elif args.readout == "mean":
+            self.head = torch.nn.Sequential(torch.nn.Linear(c.hidden, c.hidden), torch.nn.ReLU(), torch.nn.Linear(c.hidden, K + 1))
+        else:
+            self.head = CountReadout(c.hidden, K + 1)
+
+    def forward(self, glimpses, mask):
+        S, T = mask.shape
+        f = glimpses.new_zeros(S, T, model_config.hidden, dtype=torch.float32)
+        f[mask] = self.encoder(glimpses[mask].float() / 255)  # padding windows are never encoded
+        if args.readout == "unit":
+            return self.head(f)  # (S, T, 2)
+        if args.readout == "mean":
+            return self.head((f * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
+        return self.head(f, mask)
+
+
+def scores(model, data, batch=64):
+    glimpses, mask, unit_target, window_targets, counts = data
+    correct = total = abs_error = 0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(counts), batch):
+            sl = slice(start, start + batch)
+            out = model(glimpses[sl], mask[sl])
+            if args.readout == "unit":
+                m = mask[sl]
+                correct += (out.argmax(-1)[m] == unit_target[sl][m]).sum().item()
+                total += m.sum().item()
+            else:
+                pred = out.argmax(-1)
+                correct += (pred == counts[sl]).sum().item()
+                abs_error += (pred - counts[sl]).abs().sum().item()
+                total += len(pred)
+    model.train()
+    return {"accuracy": correct / total, **({} if args.readout == "unit" else {"mae": abs_error / total})}
+
+
+train = build("train", args.train_size)
+validation = build("validation", args.validation_size)
+K = train_config.task_options.get("max_targets", 12)
+model = Reader(K)
+optimiser = torch.optim.Adam(model.parameters(), args.lr)
+glimpses, mask, unit_target, _, counts = train
+history, started = [], time.time()
+for epoch in range(args.epochs):
+    order = torch.randperm(len(counts))
+    running = 0.0
+    for start in tqdm(range(0, len(order), 32), desc=f"epoch {epoch + 1}", leave=False):
+        idx = order[start:start + 32]
+        out = model(glimpses[idx], mask[idx])
+        if args.readout == "unit":
+            m = mask[idx]
+            loss = torch.nn.functional.cross_entropy(out[m], unit_target[idx][m])
+        else:
+            loss = torch.nn.functional.cross_entropy(out, counts[idx])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        running += loss.item() * len(idx)
+    result = {"epoch": epoch + 1, "train_loss": running / len(order), "validation": scores(model, validation),
+              "minutes": (time.time() - started) / 60}
+    history.append(result)
+    print(json.dumps(result), flush=True)
+
+window = train[3][train[1]].float()
+summary = {"preset": args.preset, "glimpses": args.glimpses, "readout": args.readout, "epochs": args.epochs,
+           "train_size": args.train_size, "validation_size": args.validation_size, "threads": args.threads,
+           "targets_per_window_mean": window.mean().item(),
+           # a perfect per-window counter, summed over these windows, gets the scene's count right this often:
+           "summed_window_counts_exact": (train[3].sum(1) == train[4]).float().mean().item(),
+           "final": history[-1], "best_validation_accuracy": max(h["validation"]["accuracy"] for h in history),
+           "history": history,
+           "command": "python benchmarks/counting_oracle.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
+print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
+if args.json:
+    with open(args.json, "w") as f:
+        json.dump(summary, f, indent=1)
