@@ -2,9 +2,13 @@
 # Counting in large scenes (docs/benchmarks/counting.md): ours, `fullres`, `proxy` and `fullres` on the 4x-downsampled
 # scene, all on 768x768 scenes (K = 6) under one budget (the preset's 25 minutes and 20 epochs, 1 torch thread each),
 # two runs at a time on a 2-core machine; then ours on 2048x2048 scenes (K = 12). Resumable: a finished run
-# (results.json) is skipped, a killed one resumes. Usage: bash benchmarks/counting.sh [ROOT] (default runs/counting)
+# (results.json) is skipped, a killed one resumes. Usage: bash benchmarks/counting.sh [ROOT [OVERRIDES...]]
+# (default runs/counting); OVERRIDES go to every run, e.g. `bash benchmarks/counting.sh runs/counting-count
+# --set model.readout=count`.
 set -uo pipefail
 root=${1:-runs/counting}
+shift || true
+common=("$@")
 mkdir -p "$root"
 
 run() {  # name, then vsaccade train arguments
@@ -13,7 +17,7 @@ run() {  # name, then vsaccade train arguments
   [ -f "$out/results.json" ] && { echo "$name: done"; return; }
   local resume=(); [ -f "$out/last.pt" ] && resume=(--resume)
   echo "$(date +%T) start $name"
-  vsaccade train --out "$out" --no-progress --set train.threads=1 "${resume[@]}" "$@" > "$root/$name.log" 2>&1
+  vsaccade train --out "$out" --no-progress --set train.threads=1 "${resume[@]}" "$@" "${common[@]}" > "$root/$name.log" 2>&1
   echo "$(date +%T) end $name (exit $?)"
 }
 

@@ -9,7 +9,7 @@ Then, on the cached glimpses, the preset's glimpse encoder is trained with one o
   * "unit" (oracle glimpses only, uses the scene description): is the unit at the window's centre a target?
     (can the encoder see the mark at all);
   * "mean": the model's classifier, an MLP over the mean glimpse feature -> K + 1 count logits;
-  * "sum": `model.readout=count`, a count per glimpse, summed: k ~ truncated Poisson(sum_t softplus(a . f_t)).
+  * "sum": `model.readout=count`, a count per glimpse, summed: k ~ a discretised Gaussian centred on sum_t softplus(a . f_t).
 Both count readouts learn from the scene's count alone. Train on the training split, report on validation (the
 test split stays unseen).
 

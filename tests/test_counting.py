@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.distributions import Poisson
+from torch.distributions import Normal
 
 from vsaccade.cli import main
 from vsaccade.config import ConfigError
@@ -101,13 +101,14 @@ def test_trains_with_a_minimap_proxy_and_shows_it(tmp_path, capsys):
     assert (tmp_path / "show.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_count_readout_is_a_truncated_poisson_of_the_summed_glimpse_counts():
+def test_count_readout_is_a_discretised_gaussian_on_the_summed_glimpse_counts():
     readout = CountReadout(hidden=8, num_classes=7)
     features, mask = torch.randn(5, 4, 8), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0], [1, 1, 1, 0]]).bool()
     probs = readout(features, mask).softmax(-1)
-    rate = (readout.glimpse_counts(features) * mask).sum(1) + 1e-4
-    pmf = Poisson(rate[:, None]).log_prob(torch.arange(7.0)).exp()
-    assert torch.allclose(probs, pmf / pmf.sum(1, keepdim=True), atol=1e-6)
+    total = (readout.glimpse_counts(features) * mask).sum(1)
+    density = Normal(total[:, None], 1.0).log_prob(torch.arange(7.0)).exp()
+    assert torch.allclose(probs, density / density.sum(1, keepdim=True), atol=1e-6)
+    assert torch.equal(probs.argmax(1), total.round().clamp(max=6).long())  # the summed count, rounded
     # a masked glimpse contributes nothing; an unmasked one moves the count
     changed = features.clone()
     changed[1, 2:] += 10
@@ -125,6 +126,8 @@ def test_count_readout_trains_in_every_model_and_needs_a_count_head(architecture
     images = [ArrayImage(torch.rand(3, 96, 96)) for _ in range(2)]
     out = model(images, torch.rand(2, 1, 16, 16), torch.ones(2, 16, 16, dtype=torch.bool))
     assert out.logits["count"].shape == (2, 7)
+    if architecture == "saccader":  # what each glimpse counted, for `vsaccade show`
+        assert out.glimpse_counts["count"].shape == (2, 3) and (out.glimpse_counts["count"] >= 0).all()
     F.cross_entropy(out.logits["count"], torch.tensor([0, 3])).backward()
     counts = model.classifier.counts if architecture == "saccader" else model.heads.counts
     assert counts["count"].per_glimpse.weight.grad.abs().sum() > 0

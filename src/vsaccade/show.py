@@ -65,7 +65,9 @@ def show_samples(model, samples: list, path, titles: list[str] | None = None) ->
         ax[1].set_title(f"{title}  ({image.width}x{image.height})", fontsize=8)
         for t in range(steps):
             ax[2 + t].imshow(to_display(output.glimpses[row, t]), cmap="gray", vmin=0, vmax=1)
-            ax[2 + t].set_title(f"glimpse {t + 1}", fontsize=8, color=colours[t])
+            counted = (f": counts {output.glimpse_counts[head['name']][row, t]:.1f}"
+                       if output.glimpse_counts and head["name"] in output.glimpse_counts else "")
+            ax[2 + t].set_title(f"glimpse {t + 1}{counted}", fontsize=8, color=colours[t])
         for a in ax:
             a.set_xticks([])
             a.set_yticks([])

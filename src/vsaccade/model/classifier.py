@@ -52,15 +52,16 @@ class GlimpseHeads(nn.Module):
 
 class CountReadout(nn.Module):
     """p(k | f_1..f_T) for a count head: each glimpse says how many objects it holds, c_t = softplus(a . f_t + b),
-    and k follows a Poisson distribution of rate sum_t c_t truncated to 0..K (the logits below, renormalised by
-    the softmax), with a learned sharpness tau > 0 (tau = 1: exactly Poisson). A sum, unlike the mean the
-    Classifier pools, scales with the number of glimpses that see objects; the model learns the per-glimpse
-    counts from k alone."""
+    and k follows a Gaussian centred on their sum, discretised to 0..K: logits_k = -(k - sum_t c_t)^2 / (2 sigma^2),
+    renormalised by the softmax, sigma learned. The most likely k is the summed count rounded, so a model sure of
+    its count is not pushed onto a tie between two classes (a Poisson of rate k is: p(k-1) = p(k)). A sum,
+    unlike the mean the Classifier pools, grows with the number of glimpses that see objects; the per-glimpse
+    counts are learned from k alone."""
 
     def __init__(self, hidden: int, num_classes: int):
         super().__init__()
         self.per_glimpse = nn.Linear(hidden, 1)
-        self.log_sharpness = nn.Parameter(torch.zeros(()))
+        self.log_precision = nn.Parameter(torch.zeros(()))  # log 1/sigma^2
         self.register_buffer("k", torch.arange(num_classes, dtype=torch.float32), persistent=False)
 
     def glimpse_counts(self, features: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,5 @@ class CountReadout(nn.Module):
         counts = self.glimpse_counts(features)
         if mask is not None:
             counts = counts * mask
-        rate = counts.sum(1, keepdim=True) + 1e-4
-        log_poisson = self.k * rate.log() - rate - torch.lgamma(self.k + 1)
-        return self.log_sharpness.exp() * log_poisson
+        total = counts.sum(1, keepdim=True)
+        return -0.5 * self.log_precision.clamp(max=8).exp() * (self.k - total) ** 2

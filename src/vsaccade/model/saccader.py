@@ -51,6 +51,7 @@ class SaccadeOutput:
     glimpse_logits: dict | None = None  # head -> (B, T, classes), what each glimpse alone says (glimpse_heads)
     proxy_logits: dict | None = None  # head -> (B, classes), the proxy attention classifier (proxy_attention)
     attention_entropy: torch.Tensor | None = None  # (B,) entropy of an attention over cells (ats), for its regulariser
+    glimpse_counts: dict | None = None  # count head -> (B, T), what each glimpse counted (readout="count")
 
 
 def check_inputs(c: ModelConfig, images, proxy, proxy_mask) -> None:
@@ -210,7 +211,9 @@ class VariationalSaccader(nn.Module):
             if log_q is not None:
                 log_qs.append(log_q)
 
-        logits = self.classifier(torch.stack(feats, 1), self.core.output(state))
+        features = torch.stack(feats, 1)
+        logits = self.classifier(features, self.core.output(state))
+        glimpse_counts = {name: head.glimpse_counts(features) for name, head in self.classifier.counts.items()} or None
         glimpse_logits = self.glimpse_heads(torch.stack(raw_feats, 1)) if self.glimpse_heads is not None else None
         return SaccadeOutput(
             logits=logits,
@@ -221,6 +224,7 @@ class VariationalSaccader(nn.Module):
             reconstruction=torch.stack(recons, 1) if recons else None,
             glimpse_logits=glimpse_logits,
             proxy_logits=proxy_logits,
+            glimpse_counts=glimpse_counts,
         )
 
 
