@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Counting in large scenes (docs/benchmarks/counting.md): ours, `fullres`, `proxy` and `fullres` on the 4x-downsampled
-# scene, all on 768x768 scenes (K = 6) under one budget (the preset's 25 minutes and 20 epochs, 1 torch thread each),
-# two runs at a time on a 2-core machine; then ours on 2048x2048 scenes (K = 12). Resumable: a finished run
-# (results.json) is skipped, a killed one resumes. Usage: bash benchmarks/counting.sh [ROOT [OVERRIDES...]]
-# (default runs/counting); OVERRIDES go to every run, e.g. `bash benchmarks/counting.sh runs/counting-count
-# --set model.readout=count`.
+# scene, all on 768x768 scenes (K = 6) under one budget (the preset's 25 minutes and 20 epochs, 1 torch thread each,
+# every model with the preset's count readout), two runs at a time on a 2-core machine; then ours on 2048x2048
+# scenes (K = 12). Resumable: a finished run (results.json) is skipped, a killed one resumes.
+# Usage: bash benchmarks/counting.sh [ROOT [OVERRIDES...]] (default runs/counting); OVERRIDES go to every run,
+# e.g. `bash benchmarks/counting.sh runs/counting-mean --set model.readout=mean`.
 set -uo pipefail
 root=${1:-runs/counting}
 shift || true
@@ -24,6 +24,8 @@ run() {  # name, then vsaccade train arguments
 (
   run ours-768 --preset counting-768
   run ours-2048 --preset counting
+  # a diagnostic row: the count readout with the first runs' 92-px windows (several units each) and 48-px cells
+  run ours-768-wide --preset counting-768 --set model.s_min=0.12 --set model.s_max=0.12 --set model.location_cells=16
 ) &
 (
   run fullres-768 --preset counting-768 --set model.architecture=fullres

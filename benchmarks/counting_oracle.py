@@ -38,6 +38,10 @@ from vsaccade.train import model_config_for
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--preset", default="counting-768")
+parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="preset overrides (window size, cells, T) for the prior windows")
+parser.add_argument("--stats-only", action="store_true",
+                    help="only build the glimpses and report what a perfect per-window counter would score")
 parser.add_argument("--glimpses", choices=("oracle", "prior"), default="oracle")
 parser.add_argument("--readout", choices=("unit", "mean", "sum"), default="sum")
 parser.add_argument("--train-size", type=int, default=4000)
@@ -50,9 +54,22 @@ parser.add_argument("--json")
 args = parser.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
-model_config, _, train_config = resolve(args.preset)
+model_config, _, train_config = resolve(args.preset, args.set)
 if args.readout == "unit" and args.glimpses != "oracle":
     parser.error("--readout unit needs --glimpses oracle (the unit at each window's centre)")
+
+
+def command_line() -> str:
+    parts = []
+    for key, value in vars(args).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif isinstance(value, list):
+            parts += [f"{flag} {item}" for item in value]
+        elif value is not None and value is not False:
+            parts.append(f"{flag} {value}")
+    return "python benchmarks/counting_oracle.py " + " ".join(parts)
 
 
 def window_contents(task, index, z):
@@ -66,7 +83,8 @@ def window_contents(task, index, z):
 
 def build(split, size):
     """Cached (glimpses uint8 (S, T, 3, W, W), mask (S, T), unit_is_target (S, T), window_targets (S, T), count (S,))."""
-    path = os.path.join(args.cache, f"{args.preset}-{args.glimpses}-{split}-{size}.pt")
+    tag = "".join(f"-{item}" for item in args.set)
+    path = os.path.join(args.cache, f"{args.preset}{tag}-{args.glimpses}-{split}-{size}.pt")
     if os.path.exists(path):
         return torch.load(path)
     task = make_task("counting", split, size=size, **train_config.task_options)
@@ -150,6 +168,15 @@ def scores(model, data, batch=64):
 
 train = build("train", args.train_size)
 validation = build("validation", args.validation_size)
+if args.stats_only:
+    _, mask, _, window_targets, counts = validation
+    summed = window_targets.sum(1)
+    print(json.dumps({"preset": args.preset, "overrides": args.set, "glimpses": args.glimpses, "split": "validation",
+                      "summed_window_counts_exact": (summed == counts).float().mean().item(),
+                      "summed_under": (summed < counts).float().mean().item(),
+                      "summed_over": (summed > counts).float().mean().item(),
+                      "glimpses_holding_a_target_centre": (window_targets[mask] > 0).float().mean().item()}))
+    raise SystemExit
 K = train_config.task_options.get("max_targets", 12)
 model = Reader(K)
 optimiser = torch.optim.Adam(model.parameters(), args.lr)
@@ -183,7 +210,7 @@ summary = {"preset": args.preset, "glimpses": args.glimpses, "readout": args.rea
            "summed_window_counts_exact": (train[3].sum(1) == train[4]).float().mean().item(),
            "final": history[-1], "best_validation_accuracy": max(h["validation"]["accuracy"] for h in history),
            "history": history,
-           "command": "python benchmarks/counting_oracle.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None)}
+           "command": command_line()}
 print(json.dumps({k: v for k, v in summary.items() if k != "history"}, indent=1))
 if args.json:
     with open(args.json, "w") as f:

@@ -83,12 +83,13 @@ PRESETS: dict[str, dict] = {
                   "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
     },
     # Counting units in 768x768 scenes from a 64x64 mini-map (docs/benchmarks/counting.md): K = 6, T = 8 glimpses
-    # of 64x64 from 92-px windows (0.12 of the scene), 16x16 cells of 48 px, inhibition of return over windows,
-    # class-balanced sampling (inverse frequency, as the paper did).
+    # of 64x64 from 50-px windows (0.065 of the scene, about one unit each), 32x32 cells of 24 px, inhibition of
+    # return over windows, the count read out as the sum of per-glimpse counts (readout=count), class-balanced
+    # sampling (inverse frequency, as the paper did).
     "counting-768": {
-        "model": {"glimpses": 8, "glimpse_size": 64, "s_min": 0.12, "s_max": 0.12, "location_cells": 16,
+        "model": {"glimpses": 8, "glimpse_size": 64, "s_min": 0.065, "s_max": 0.065, "location_cells": 32,
                   "proxy_prior_weight": 8.0, "proxy_centroid": True, "inhibit_window": True,
-                  "proxy_encoder": "strided", "cell_score_width": 32, "hidden": 128},
+                  "proxy_encoder": "strided", "cell_score_width": 32, "hidden": 128, "readout": "count"},
         "objective": {"beta": 0.1},
         "train": {"task": "counting", "epochs": 20, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 25.0, "balance_classes": True, "eval_batch_size": 64,
@@ -107,10 +108,10 @@ PRESETS: dict[str, dict] = {
 }
 
 
-# Counting at the experiment's own scale: 2048x2048 scenes, K = 12, the same T = 8, W = 64 from 92-px windows
-# (0.045 of the scene, under the 0.15 cap), 32x32 cells of 64 px, the same 25-minute budget.
+# Counting at the experiment's own scale: 2048x2048 scenes, K = 12, the same T = 8, W = 64 from 72-px windows
+# (0.035 of the scene), 32x32 cells of 64 px (the mini-map's 2x2 pixels), the same 25-minute budget.
 PRESETS["counting"] = copy.deepcopy(PRESETS["counting-768"])
-PRESETS["counting"]["model"].update(s_min=0.045, s_max=0.045, location_cells=32)
+PRESETS["counting"]["model"].update(s_min=0.035, s_max=0.035, location_cells=32)
 PRESETS["counting"]["train"]["task_options"] = {"scene_size": 2048, "max_targets": 12}
 
 PRESETS["cluttered-sum"] = copy.deepcopy(PRESETS["cluttered-pair"])
