@@ -2,8 +2,9 @@
 
   * "fullres": a CNN over every full-resolution pixel, the cost our model avoids: a stride-4 stem, then
     `backbone_stages` stride-2 stages, average and max pooling over the whole map (max, so that one small object
-    can decide), an MLP per head. The image is read whole (`read_region` of all of it): for a file that is a
-    full decode, never a resize.
+    can decide), an MLP per head (count heads with readout="count": a count per position of the last map,
+    summed, as our model sums its per-glimpse counts). The image is read whole (`read_region` of all of it):
+    for a file that is a full decode, never a resize.
   * "proxy": the same kind of CNN on the proxy alone (stride-1 stem, stride-2 stages down to about 8x8): what
     the low-resolution view can tell without any glimpse.
 
