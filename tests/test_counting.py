@@ -135,3 +135,33 @@ def test_count_readout_trains_in_every_model_and_needs_a_count_head(architecture
         create_model(**{**config, "heads": [{"name": "label", "num_classes": 10, "kind": "class"}]})
     with pytest.raises(ConfigError, match="count readout"):
         create_model(**{**config, "architecture": "ats"})
+
+
+def test_count_readout_learns_per_glimpse_counts_from_the_total_alone():
+    """Four 8x8 glimpses, each holding an object (a bright square) or not; the label is only how many. The readout
+    must learn that each object adds one, from the totals."""
+    torch.manual_seed(0)
+
+    def batch(n):
+        present = torch.rand(n, 4) < 0.5
+        glimpses = torch.rand(n, 4, 1, 8, 8) * 0.3
+        glimpses[..., 2:6, 2:6] += present[..., None, None, None] * 0.7
+        return glimpses, present.sum(1)
+
+    encoder = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.ReLU())
+    readout = CountReadout(16, 5)
+    optimiser = torch.optim.Adam([*encoder.parameters(), *readout.parameters()], 1e-2)
+    for _ in range(300):
+        glimpses, counts = batch(64)
+        loss = F.cross_entropy(readout(encoder(glimpses.flatten(0, 1)).view(64, 4, 16)), counts)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    glimpses, counts = batch(1000)
+    with torch.no_grad():
+        features = encoder(glimpses.flatten(0, 1)).view(1000, 4, 16)
+        accuracy = (readout(features).argmax(1) == counts).float().mean()
+        per_glimpse = readout.glimpse_counts(features)
+    assert accuracy > 0.95  # chance (always 2) is 37.5%
+    present = glimpses[..., 2:6, 2:6].mean((-1, -2, -3)) > 0.5
+    assert (per_glimpse[present] - 1).abs().mean() < 0.2 and per_glimpse[~present].mean() < 0.2
