@@ -1,15 +1,18 @@
 """Where counting fails: the reader or the readout? (docs/benchmarks/counting.md, "Diagnosis").
 
 Takes the location policy out of the question. For each scene the glimpses are fixed in advance and cached:
-  * "oracle": one 92-px window centred on every unit (targets and distractors, at most 2K), as a perfect
-    mini-map reader would place them;
-  * "prior": the 8 windows the `counting-768` model draws from its prior alone (the mini-map anchor with window
+  * "oracle": one window of the preset's side (`model.s_max`) centred on every unit (targets and distractors, at
+    most 2K), as a perfect mini-map reader would place them;
+  * "prior": the T windows the preset's model draws from its prior alone (the mini-map anchor with window
     inhibition, untrained weights: what our model starts from).
+`--set` changes the preset (window side, cells, T), e.g. the first runs' 92-px windows over 16x16 cells:
+`--set model.s_min=0.12 --set model.s_max=0.12 --set model.location_cells=16` (docs/benchmarks/counting.md).
 Then, on the cached glimpses, the preset's glimpse encoder is trained with one of these readouts:
   * "unit" (oracle glimpses only, uses the scene description): is the unit at the window's centre a target?
     (can the encoder see the mark at all);
-  * "mean": the model's classifier, an MLP over the mean glimpse feature -> K + 1 count logits;
-  * "sum": `model.readout=count`, a count per glimpse, summed: k ~ a discretised Gaussian centred on sum_t softplus(a . f_t).
+  * "mean": an MLP over the mean glimpse feature -> K + 1 count logits (the model's mean readout, without h_T);
+  * "sum": `model.readout=count`'s CountReadout, a count per glimpse, summed: k ~ a discretised Gaussian centred
+    on sum_t softplus(a . f_t).
 Both count readouts learn from the scene's count alone. Train on the training split, report on validation (the
 test split stays unseen).
 
@@ -18,11 +21,9 @@ test split stays unseen).
 
 import argparse
 import json
-import math
 import os
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
