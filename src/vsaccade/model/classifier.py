@@ -31,13 +31,15 @@ class Classifier(nn.Module):
         self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads if h["name"] not in counted})
         self.counts = nn.ModuleDict({h["name"]: CountReadout(hidden, h["num_classes"]) for h in heads if h["name"] in counted})
 
-    def forward(self, features: torch.Tensor, final_state: torch.Tensor) -> dict[str, torch.Tensor]:
-        """features (B, T, hidden), final_state (B, hidden) -> {head: logits (B, classes)}."""
-        logits = {name: head(features) for name, head in self.counts.items()}
+    def forward(self, features: torch.Tensor, final_state: torch.Tensor) -> tuple[dict, dict]:
+        """features (B, T, hidden), final_state (B, hidden) -> ({head: logits (B, classes)}, {count head: what each
+        glimpse counted (B, T)})."""
+        counts = {name: head.glimpse_counts(features) for name, head in self.counts.items()}
+        logits = {name: self.counts[name].logits(c) for name, c in counts.items()}
         if self.trunk is not None:
             trunk = self.trunk(torch.cat([features.mean(1), final_state], dim=-1))
             logits.update({name: head(trunk) for name, head in self.heads.items()})
-        return logits
+        return logits, counts
 
 
 class GlimpseHeads(nn.Module):
@@ -68,10 +70,13 @@ class CountReadout(nn.Module):
         """(B, T, hidden) -> (B, T) non-negative counts."""
         return F.softplus(self.per_glimpse(features)[..., 0])
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features (B, T, hidden), optional mask (B, T) of glimpses that exist -> logits (B, K + 1)."""
-        counts = self.glimpse_counts(features)
+    def logits(self, counts: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-glimpse counts (B, T), optional mask (B, T) of glimpses that exist -> logits (B, K + 1)."""
         if mask is not None:
             counts = counts * mask
         total = counts.sum(1, keepdim=True)
         return -0.5 * self.log_precision.clamp(max=8).exp() * (self.k - total) ** 2
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, T, hidden), optional mask (B, T) of glimpses that exist -> logits (B, K + 1)."""
+        return self.logits(self.glimpse_counts(features), mask)

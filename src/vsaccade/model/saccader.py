@@ -211,9 +211,7 @@ class VariationalSaccader(nn.Module):
             if log_q is not None:
                 log_qs.append(log_q)
 
-        features = torch.stack(feats, 1)
-        logits = self.classifier(features, self.core.output(state))
-        glimpse_counts = {name: head.glimpse_counts(features) for name, head in self.classifier.counts.items()} or None
+        logits, glimpse_counts = self.classifier(torch.stack(feats, 1), self.core.output(state))
         glimpse_logits = self.glimpse_heads(torch.stack(raw_feats, 1)) if self.glimpse_heads is not None else None
         return SaccadeOutput(
             logits=logits,
@@ -224,7 +222,7 @@ class VariationalSaccader(nn.Module):
             reconstruction=torch.stack(recons, 1) if recons else None,
             glimpse_logits=glimpse_logits,
             proxy_logits=proxy_logits,
-            glimpse_counts=glimpse_counts,
+            glimpse_counts=glimpse_counts or None,
         )
 
 
