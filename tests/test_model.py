@@ -292,3 +292,45 @@ def test_location_policy_ablations_train_and_look_where_they_say(policy):
         assert not torch.equal(out.z, again) and float(out.kl.abs().sum()) == 0.0
     with pytest.raises(ConfigError, match="location_policy"):
         create_model("saccader", location_policy="everywhere")
+
+
+def test_location_loss_teaches_the_first_glimpse_which_of_two_blobs_is_the_object():
+    # Every proxy holds two 2x2 blobs in different cells: the object (value 1.0) and a decoy (0.6), equally
+    # bright to the intensity anchor's eye once noise is added. Trained with the box loss alone (no labels to
+    # tell them apart), the mode's first glimpse lands on the object's cell.
+    from vsaccade.objective import box_cells
+
+    torch.manual_seed(0)
+    model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=2, glimpse_size=16, hidden=32,
+                         proxy_encoder="wide", proxy_prior_weight=0.0, heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def scenes(count, generator):
+        proxy = 0.2 * torch.rand(count, 1, 16, 16, generator=generator)
+        cells = torch.stack([torch.randperm(16, generator=generator)[:2] for _ in range(count)])
+        for i in range(count):
+            for k, value in enumerate((1.0, 0.6)):
+                row, col = divmod(int(cells[i, k]), 4)
+                proxy[i, 0, 4 * row + 1: 4 * row + 3, 4 * col + 1: 4 * col + 3] = value
+        boxes = [torch.tensor([[40.0 * (c % 4) + 10, 40.0 * (c // 4) + 10, 40.0 * (c % 4) + 30, 40.0 * (c // 4) + 30]])
+                 for c in cells[:, 0].tolist()]
+        return proxy, boxes, cells[:, 0]
+
+    generator = torch.Generator().manual_seed(1)
+    config = ObjectiveConfig(beta=0.0, location_weight=1.0)
+    mask = torch.ones(32, 16, 16, dtype=torch.bool)
+    for _ in range(120):
+        proxy, boxes, _ = scenes(32, generator)
+        images = [UpsampledImage(p, 160, 160) for p in proxy]
+        out = model(images, proxy, mask)
+        targets = box_cells(images, boxes, 16, 4)
+        loss = negative_elbo(out, {"label": torch.zeros(32, dtype=torch.long)}, model.config.heads, config, beta=0.0,
+                             location_targets=targets)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    proxy, _, cells = scenes(200, generator)
+    with torch.no_grad():
+        z = model([UpsampledImage(p, 160, 160) for p in proxy], proxy, torch.ones(200, 16, 16, dtype=torch.bool), sample=False).z
+    looked_at = ((z[:, 0, 2] + 1) * 2).long().clamp(0, 3) * 4 + ((z[:, 0, 1] + 1) * 2).long().clamp(0, 3)
+    assert (looked_at == cells).float().mean() > 0.9

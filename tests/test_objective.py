@@ -89,3 +89,46 @@ def test_per_glimpse_terms_score_each_glimpse_and_credit_its_own_cell():
 def test_per_glimpse_weights_need_glimpse_heads():
     with pytest.raises(ValueError, match="glimpse_heads"):
         negative_elbo(output(), LABELS, HEADS, ObjectiveConfig(glimpse_reward_weight=1.0), beta=0.0)
+
+
+def test_box_cells_are_the_cells_that_hold_the_box_centres():
+    from vsaccade.geometry import cell_centres_normalised, centre_pixels
+    from vsaccade.images import UpsampledImage
+    from vsaccade.objective import box_cells
+
+    generator = torch.Generator().manual_seed(0)
+    image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)  # landscape: the grid's lower rows are padding
+    corners = torch.rand(50, 2, generator=generator) * torch.tensor([3900.0, 2900.0])
+    boxes = torch.cat([corners, corners + 100], 1)
+    u, v = cell_centres_normalised(3000, 4000, 256, 64)
+    x, y = centre_pixels(u.flatten(), v.flatten(), 3000, 4000)
+    cell_pixels = 4000 / 64
+    for box in boxes:
+        targets = box_cells([image], [box[None]], 256, 64)[0]
+        assert targets.sum() == 1
+        cell = int(targets.nonzero())
+        assert abs(x[cell] - (box[0] + box[2]) / 2) <= cell_pixels / 2 and abs(y[cell] - (box[1] + box[3]) / 2) <= cell_pixels / 2
+    both = box_cells([image, image], [boxes[:2], torch.zeros(0, 4)], 256, 64)
+    assert both[0].sum() == 2 and not both[1].any()
+
+
+def test_location_loss_is_minus_log_q_of_the_box_cells_and_nothing_without_boxes():
+    logits = torch.randn(3, 2, 16, requires_grad=True)
+    cell_log_probs = logits.log_softmax(-1)
+    targets = torch.zeros(3, 16, dtype=torch.bool)
+    targets[0, 5] = True
+    targets[1, [2, 7]] = True  # two objects: either cell counts
+    out = output()
+    out = SaccadeOutput(**{**out.__dict__, "logits": {k: v[:1].expand(3, -1) for k, v in out.logits.items()},
+                           "kl": torch.zeros(3, 2), "cell_log_probs": cell_log_probs})
+    labels = {"digit": torch.tensor([0, 0, 0]), "multi": torch.zeros(3, 2)}
+    base = negative_elbo(out, labels, HEADS, ObjectiveConfig(), beta=0.0)["loss"]
+    loss = negative_elbo(out, labels, HEADS, ObjectiveConfig(location_weight=2.0), beta=0.0, location_targets=targets)["loss"]
+    first = cell_log_probs[:, 0].detach()
+    expected = -(first[0, 5] + torch.logsumexp(first[1, [2, 7]], 0)) / 3
+    assert (loss - base).item() == pytest.approx(2.0 * expected.item(), rel=1e-5)
+    loss.backward()
+    assert logits.grad[2].abs().max() == 0 and logits.grad[:, 1].abs().max() == 0  # no box, later steps: untouched
+    assert logits.grad[0, 0, 5] < 0  # raising the box cell's logit lowers the loss
+    with pytest.raises(ValueError, match="location_weight"):
+        negative_elbo(out, labels, HEADS, ObjectiveConfig(location_weight=1.0), beta=0.0)

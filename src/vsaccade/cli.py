@@ -55,7 +55,8 @@ def command_train(args):
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     results = train(model, objective, config, out, resume=args.resume, digit_source=args.digits or "auto",
                     data_dir=args.data_dir, progress=not args.no_progress)
-    print(f"checkpoint: {results['checkpoint']}\nresults: {out / 'results.json'}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {results['checkpoint']}\nresults: {out / 'results.json'}")
     return results
 
 

@@ -81,6 +81,15 @@ def cell_half_extent_normalised(height: int, width: int, proxy_size: int, cells:
     return cell_pixels / width, cell_pixels / height
 
 
+def cells_of_points(x: torch.Tensor, y: torch.Tensor, height: int, width: int, proxy_size: int, cells: int) -> torch.Tensor:
+    """Flat index (row * cells + column) of the cell of a cells x cells grid over the P x P proxy canvas that holds
+    each pixel position (x, y) of a height x width image (the grid of `cell_centres_normalised`)."""
+    cell_pixels = (proxy_size / cells) * max(height, width) / proxy_size
+    column = (x / cell_pixels).floor().long().clamp(0, cells - 1)
+    row = (y / cell_pixels).floor().long().clamp(0, cells - 1)
+    return row * cells + column
+
+
 def read_level(side_pixels: float, glimpse_size: int) -> int:
     """Integer downsampling at which a window of `side_pixels` is read for a `glimpse_size` glimpse.
 

@@ -21,6 +21,11 @@ Per-glimpse terms (need `ModelConfig.glimpse_heads`; both default off, and neith
 proxy_loss_weight * -log p(y | x~) (needs `ModelConfig.proxy_attention`, also outside the ELBO) trains the
 proxy attention classifier whose attention is the location anchor (model/proxy_attention.py).
 
+location_weight * -log q(c_1 in C_boxes) (outside the ELBO, and outside the paper's method: it needs object boxes,
+which the method never sees) is box supervision of the first glimpse's cell, where C_boxes are the cells holding a
+box centre (`box_cells`); samples without a box add nothing. A named variant for data that has boxes, reported as
+such (docs/benchmarks/files.md), never as the weakly supervised method.
+
 attention_entropy_weight * -mean H(a) (outside the ELBO; needs a model that reports `attention_entropy`, i.e. "ats")
 is Attention Sampling's entropy regulariser: a positive weight keeps its attention from collapsing early
 (model/ats.py).
@@ -32,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ObjectiveConfig
+from .geometry import cells_of_points
 
 
 def log_likelihood(logits: dict, labels: dict, heads: list[dict]) -> torch.Tensor:
@@ -63,11 +69,29 @@ def local_mean(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return values.detach().mean(dim, keepdim=True)
 
 
+def box_cells(images: list, boxes: list, proxy_size: int, cells: int, device=None) -> torch.Tensor:
+    """(B, cells^2) bool: the cells (of the location grid over the proxy) that hold the centre of one of each
+    image's boxes. images: B LargeImages; boxes: B tensors (N_b, 4) in pixels."""
+    targets = torch.zeros(len(images), cells * cells, dtype=torch.bool)
+    for row, (image, image_boxes) in enumerate(zip(images, boxes)):
+        if len(image_boxes):
+            x, y = (image_boxes[:, 0] + image_boxes[:, 2]) / 2, (image_boxes[:, 1] + image_boxes[:, 3]) / 2
+            targets[row, cells_of_points(x, y, image.height, image.width, proxy_size, cells)] = True
+    return targets.to(device)
+
+
+def location_loss(cell_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, c^2) log q(c_1), (B, c^2) bool targets -> (B,) -log q(c_1 in targets), 0 where a sample has none."""
+    chosen = torch.logsumexp(cell_log_probs.masked_fill(~targets, -1e9), 1)  # finite, so rows without targets stay NaN-free
+    return torch.where(targets.any(1), -chosen, torch.zeros_like(chosen))
+
+
 def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConfig, beta: float, estimator: str = "score",
-                  batch_mean=local_mean) -> dict:
+                  batch_mean=local_mean, location_targets: torch.Tensor | None = None) -> dict:
     """Loss to minimise (scalar) and its per-sample parts, from a SaccadeOutput. `batch_mean(values, dim)` gives
     the score-function baselines (a keepdim mean over the batch): over all ranks' samples in distributed
-    training (distributed.Cluster.mean), so the loss does not depend on how the batch is split."""
+    training (distributed.Cluster.mean), so the loss does not depend on how the batch is split.
+    location_targets (B, c^2) bool from `box_cells`: needed with location_weight."""
     log_lik = log_likelihood(output.logits, labels, heads)
     kl = output.kl.sum(1)
     recon = output.reconstruction.mean(1) if output.reconstruction is not None else torch.zeros_like(kl)
@@ -91,6 +115,10 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
         if output.proxy_logits is None:
             raise ValueError("proxy_loss_weight needs a model built with proxy_attention=True")
         loss = loss - config.proxy_loss_weight * log_likelihood(output.proxy_logits, labels, heads).mean()
+    if config.location_weight:
+        if output.cell_log_probs is None or location_targets is None:
+            raise ValueError("location_weight needs the mixture posterior and the batch's box cells (box_cells)")
+        loss = loss + config.location_weight * location_loss(output.cell_log_probs[:, 0], location_targets).mean()
     if config.attention_entropy_weight:
         if output.attention_entropy is None:
             raise ValueError("attention_entropy_weight needs a model that reports attention_entropy (architecture 'ats')")

@@ -114,6 +114,13 @@ PRESETS["counting"] = copy.deepcopy(PRESETS["counting-768"])
 PRESETS["counting"]["model"].update(s_min=0.035, s_max=0.035, location_cells=32)
 PRESETS["counting"]["train"]["task_options"] = {"scene_size": 2048, "max_targets": 12}
 
+# The speed-sign benchmark with box supervision (objective.location_weight; the generator writes boxes.csv): a
+# named variant, not the weakly supervised method. The first glimpse's cell is trained towards the sign's, from a
+# proxy encoder that convolves at the proxy's full resolution ("wide"); no proxy-attention anchor.
+PRESETS["speed-signs-boxes"] = copy.deepcopy(PRESETS["speed-signs"])
+PRESETS["speed-signs-boxes"]["model"].update(proxy_attention=False, proxy_prior_weight=0.0, proxy_encoder="wide")
+PRESETS["speed-signs-boxes"]["objective"].update(proxy_loss_weight=0.0, location_weight=1.0)
+
 PRESETS["cluttered-sum"] = copy.deepcopy(PRESETS["cluttered-pair"])
 PRESETS["cluttered-sum"]["train"]["task_options"]["label"] = "sum"
 

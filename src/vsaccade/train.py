@@ -14,6 +14,7 @@ loss or gradient is not finite on any rank is skipped by all, and too many in a 
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from .images import ImageError
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .model import create_model
 from .model.noise import Noise, sample_key
-from .objective import beta_at, negative_elbo
+from .objective import beta_at, box_cells, negative_elbo
 from .tasks import collate, make_task
 
 CHECKPOINT_EVERY_SECONDS = 300  # mid-epoch checkpoints, so a killed run loses at most this much work
@@ -140,12 +141,17 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     previous = signal.signal(signal.SIGTERM, request_stop) if threading.current_thread() is threading.main_thread() else None
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        return _train(model_config, objective, config, Path(out_dir), resume, digit_source, data_dir,
-                      progress and cluster.is_main, log if cluster.is_main else (lambda *a, **k: None), cluster, stop)
+        results = _train(model_config, objective, config, Path(out_dir), resume, digit_source, data_dir,
+                         progress and cluster.is_main, log if cluster.is_main else (lambda *a, **k: None), cluster, stop)
+        cluster.barrier()  # no rank tears down its process group while another still writes or evaluates
+        return results
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         torch.use_deterministic_algorithms(deterministic_before)
+        # DDP holds the process group: free it (and any cycle it sits in) now, so the group is destroyed here and
+        # not at interpreter exit, where gloo's threads sometimes aborted rank 1 (SIGABRT, about 1 run in 40 here).
+        gc.collect()
         cluster.close()
 
 
@@ -250,7 +256,10 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
             noise = Noise.keyed([sample_key(config.seed, epoch, i) for i in indices], cluster.device)
             with autocast:
                 output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise)
-                parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean)
+                targets = box_cells(batch.images, batch.boxes, model_config.proxy_size, model_config.location_cells,
+                                    cluster.device) if objective.location_weight else None
+                parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean,
+                                      targets)
             loss = parts["loss"].float()
             if faults.nan_loss(global_step + skipped_total + 1, cluster.rank):
                 loss = loss * float("nan")

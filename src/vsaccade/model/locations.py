@@ -47,6 +47,7 @@ class LocationStep:
     kl: torch.Tensor  # (B,) KL(q || p) of this step (zero when z did not come from the posterior)
     log_q_cell: torch.Tensor | None = None  # (B,) log q(c_t) of the chosen cell (mixture)
     cell: torch.Tensor | None = None  # (B,) chosen cell index (mixture)
+    cell_log_probs: torch.Tensor | None = None  # (B, c^2) log q(c_t) of every cell (mixture posterior)
 
 
 def gaussian_head(inputs: int, hidden: int) -> nn.Sequential:
@@ -195,4 +196,4 @@ class MixtureLocations(nn.Module):
         if source != "posterior":
             return LocationStep(z, torch.zeros(batch, device=h.device), None, cell)
         kl = kl_divergence(q_cells, p_cells) + kl_divergence(q_offset, p_offset)
-        return LocationStep(z, kl, q_cells.log_prob(cell), cell)
+        return LocationStep(z, kl, q_cells.log_prob(cell), cell, q_cells.logits)

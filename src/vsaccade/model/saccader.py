@@ -52,6 +52,7 @@ class SaccadeOutput:
     proxy_logits: dict | None = None  # head -> (B, classes), the proxy attention classifier (proxy_attention)
     attention_entropy: torch.Tensor | None = None  # (B,) entropy of an attention over cells (ats), for its regulariser
     glimpse_counts: dict | None = None  # count head -> (B, T), what each glimpse counted (readout="count")
+    cell_log_probs: torch.Tensor | None = None  # (B, T, c^2) log q(c_t) of every cell (mixture posterior)
 
 
 def check_inputs(c: ModelConfig, images, proxy, proxy_mask) -> None:
@@ -172,7 +173,7 @@ class VariationalSaccader(nn.Module):
                 half_side_per_s = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height]
                                                 for i in images], device=device)
 
-        zs, kls, log_qs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], []
+        zs, kls, log_qs, cell_log_probs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], [], []
         for _ in range(c.glimpses):
             h = self.core.output(state)
             log_q = None
@@ -185,6 +186,8 @@ class VariationalSaccader(nn.Module):
                 allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
                 step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample, noise, centroids)
                 z, kl, log_q = step.z, step.kl, step.log_q_cell if sample else None  # argmax: no score function
+                if step.cell_log_probs is not None:
+                    cell_log_probs.append(step.cell_log_probs)
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
                 if c.inhibit_window:  # and every cell whose glimpse would land inside this window
@@ -223,6 +226,7 @@ class VariationalSaccader(nn.Module):
             glimpse_logits=glimpse_logits,
             proxy_logits=proxy_logits,
             glimpse_counts=glimpse_counts or None,
+            cell_log_probs=torch.stack(cell_log_probs, 1) if cell_log_probs else None,
         )
 
 
