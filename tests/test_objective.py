@@ -132,3 +132,20 @@ def test_location_loss_is_minus_log_q_of_the_box_cells_and_nothing_without_boxes
     assert logits.grad[0, 0, 5] < 0  # raising the box cell's logit lowers the loss
     with pytest.raises(ValueError, match="location_weight"):
         negative_elbo(out, labels, HEADS, ObjectiveConfig(location_weight=1.0), beta=0.0)
+
+
+def test_box_windows_sit_on_the_box_within_the_jitter_and_anywhere_without_one():
+    from vsaccade.geometry import centre_pixels
+    from vsaccade.images import UpsampledImage
+    from vsaccade.model.noise import Noise
+    from vsaccade.objective import box_windows
+
+    image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
+    box = torch.tensor([[1000.0, 500.0, 1100.0, 600.0]])
+    z = box_windows([image] * 200, [box] * 100 + [torch.zeros(0, 4)] * 100, 0.05, 0.08, 0.5 / 64, Noise.shared(200))
+    assert ((z[:, 0] >= 0.05) & (z[:, 0] <= 0.08)).all()
+    x, y = centre_pixels(z[:, 1], z[:, 2], 3000, 4000)
+    jitter = 0.5 / 64 * 4000
+    assert ((x[:100] - 1050).abs() <= jitter + 1e-3).all() and ((y[:100] - 550).abs() <= jitter + 1e-3).all()
+    assert (x[:100] - 1050).abs().max() > jitter / 2  # jittered, not always centred
+    assert x[100:].std() > 800 and y[100:].std() > 600  # no box: anywhere

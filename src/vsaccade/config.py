@@ -115,13 +115,15 @@ class ObjectiveConfig(PlainConfig):
     proxy_loss_weight: float = 0.0  # weight of the proxy attention classifier's -log p(y | x~) (needs proxy_attention)
     attention_entropy_weight: float = 0.0  # ats: weight of -H(attention), the reference's entropy regulariser
     location_weight: float = 0.0  # box supervision (not the paper's method): -log q(c_1 = a box centre's cell)
+    box_glimpse_weight: float = 0.0  # box supervision: the per-glimpse heads also read a glimpse at the box (glimpse_heads)
 
     def validate(self):
         super().validate()
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
         for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight",
-                     "proxy_loss_weight", "attention_entropy_weight", "location_weight"):
+                     "proxy_loss_weight", "attention_entropy_weight", "location_weight",
+                     "box_glimpse_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
 

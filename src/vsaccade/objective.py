@@ -24,7 +24,10 @@ proxy attention classifier whose attention is the location anchor (model/proxy_a
 location_weight * -log q(c_1 in C_boxes) (outside the ELBO, and outside the paper's method: it needs object boxes,
 which the method never sees) is box supervision of the first glimpse's cell, where C_boxes are the cells holding a
 box centre (`box_cells`); samples without a box add nothing. A named variant for data that has boxes, reported as
-such (docs/benchmarks/files.md), never as the weakly supervised method.
+such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion box_glimpse_weight *
+-log p_t(y | g_box) trains the per-glimpse heads (and the glimpse encoder) on one extra glimpse per image at its box
+(`box_windows`; a random window where there is none), so the reader learns what a sign says before the posterior
+reliably finds one.
 
 attention_entropy_weight * -mean H(a) (outside the ELBO; needs a model that reports `attention_entropy`, i.e. "ats")
 is Attention Sampling's entropy regulariser: a positive weight keeps its attention from collapsing early
@@ -80,6 +83,22 @@ def box_cells(images: list, boxes: list, proxy_size: int, cells: int, device=Non
     return targets.to(device)
 
 
+def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_fraction: float, noise) -> torch.Tensor:
+    """(B, 3) windows z = (s, u, v), one per image: on its first box, of a side drawn uniformly in [s_min, s_max]
+    and its centre moved by up to `cell_fraction` of the image's longer side each way (a learned glimpse is that
+    far off-centre); uniform over the image where there is no box. Draws come from `noise` (model/noise.py)."""
+    draws = noise.uniform(3).cpu()
+    s = s_min + (s_max - s_min) * draws[:, 0]
+    uv = 2 * draws[:, 1:] - 1
+    for row, (image, image_boxes) in enumerate(zip(images, boxes)):
+        if len(image_boxes):
+            x0, y0, x1, y1 = image_boxes[0].tolist()
+            jitter = (2 * draws[row, 1:] - 1) * cell_fraction * max(image.height, image.width)
+            uv[row] = torch.tensor([2 * (x0 + x1) / 2 / image.width - 1, 2 * (y0 + y1) / 2 / image.height - 1])
+            uv[row] += 2 * jitter / torch.tensor([image.width, image.height])
+    return torch.cat([s[:, None], uv.clamp(-1, 1)], 1)
+
+
 def location_loss(cell_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """(B, c^2) log q(c_1), (B, c^2) bool targets -> (B,) -log q(c_1 in targets), 0 where a sample has none."""
     chosen = torch.logsumexp(cell_log_probs.masked_fill(~targets, -1e9), 1)  # finite, so rows without targets stay NaN-free
@@ -119,6 +138,10 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
         if output.cell_log_probs is None or location_targets is None:
             raise ValueError("location_weight needs the mixture posterior and the batch's box cells (box_cells)")
         loss = loss + config.location_weight * location_loss(output.cell_log_probs[:, 0], location_targets).mean()
+    if config.box_glimpse_weight:
+        if output.box_glimpse_logits is None:
+            raise ValueError("box_glimpse_weight needs a model with glimpse_heads given the batch's box windows (box_windows)")
+        loss = loss - config.box_glimpse_weight * log_likelihood(output.box_glimpse_logits, labels, heads).mean()
     if config.attention_entropy_weight:
         if output.attention_entropy is None:
             raise ValueError("attention_entropy_weight needs a model that reports attention_entropy (architecture 'ats')")

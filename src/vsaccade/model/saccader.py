@@ -53,6 +53,7 @@ class SaccadeOutput:
     attention_entropy: torch.Tensor | None = None  # (B,) entropy of an attention over cells (ats), for its regulariser
     glimpse_counts: dict | None = None  # count head -> (B, T), what each glimpse counted (readout="count")
     cell_log_probs: torch.Tensor | None = None  # (B, T, c^2) log q(c_t) of every cell (mixture posterior)
+    box_glimpse_logits: dict | None = None  # head -> (B, 1, classes), the glimpse heads on the `box_z` windows
 
 
 def check_inputs(c: ModelConfig, images, proxy, proxy_mask) -> None:
@@ -136,12 +137,13 @@ class VariationalSaccader(nn.Module):
         return torch.cat([uv.new_full((c.glimpses, 1), c.s_max), uv], -1)[None].expand(batch, -1, -1)
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
-                noise: Noise | None = None) -> SaccadeOutput:
+                noise: Noise | None = None, box_z: torch.Tensor | None = None) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
 
         source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
         the mode. A model trained with a `location_policy` other than "learned" always looks that way.
         noise: where random draws come from (model/noise.py); default torch's global generator.
+        box_z: (B, 3) windows (objective.box_windows) read only by the per-glimpse heads, for box supervision.
         """
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -216,6 +218,12 @@ class VariationalSaccader(nn.Module):
 
         logits, glimpse_counts = self.classifier(torch.stack(feats, 1), self.core.output(state))
         glimpse_logits = self.glimpse_heads(torch.stack(raw_feats, 1)) if self.glimpse_heads is not None else None
+        box_glimpse_logits = None
+        if box_z is not None:
+            if self.glimpse_heads is None:
+                raise ConfigError("box windows are read by the per-glimpse heads: build the model with glimpse_heads=True")
+            box_features = self.glimpse_encoder(sample_glimpses(images, box_z.to(device), c.glimpse_size))
+            box_glimpse_logits = self.glimpse_heads(box_features[:, None])
         return SaccadeOutput(
             logits=logits,
             z=torch.stack(zs, 1),
@@ -227,6 +235,7 @@ class VariationalSaccader(nn.Module):
             proxy_logits=proxy_logits,
             glimpse_counts=glimpse_counts or None,
             cell_log_probs=torch.stack(cell_log_probs, 1) if cell_log_probs else None,
+            box_glimpse_logits=box_glimpse_logits,
         )
 
 
