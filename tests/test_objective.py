@@ -149,3 +149,11 @@ def test_box_windows_sit_on_the_box_within_the_jitter_and_anywhere_without_one()
     assert ((x[:100] - 1050).abs() <= jitter + 1e-3).all() and ((y[:100] - 550).abs() <= jitter + 1e-3).all()
     assert (x[:100] - 1050).abs().max() > jitter / 2  # jittered, not always centred
     assert x[100:].std() > 800 and y[100:].std() > 600  # no box: anywhere
+
+
+def test_box_supervision_needs_the_saccader(tmp_path):
+    from vsaccade.config import ModelConfig, TrainConfig
+    from vsaccade.train import train
+
+    with pytest.raises(ConfigError, match="box supervision"):
+        train(ModelConfig(architecture="fullres"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)

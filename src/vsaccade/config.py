@@ -122,8 +122,7 @@ class ObjectiveConfig(PlainConfig):
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
         for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight",
-                     "proxy_loss_weight", "attention_entropy_weight", "location_weight",
-                     "box_glimpse_weight"):
+                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "box_glimpse_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
 
