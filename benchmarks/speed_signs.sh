@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The speed-sign benchmark (docs/benchmarks/files.md), trained from prepared files: the box-supervised variant
 # (`speed-signs-boxes`: objective.location_weight, the generator's boxes.csv) and its no-glimpse control, side by
-# side, 1 torch thread each (ours 6 epochs or 56 minutes, the control 10 epochs or 72 minutes: the budgets of the
+# side, 1 torch thread each (ours 5 epochs or 48 minutes, the control 10 epochs or 72 minutes: the budgets of the
 # runs in docs/benchmarks/files.md). Resumable: a finished run (results.json) is skipped, a killed one resumes. Needs the data first (about 25 minutes on 2 cores):
 #   vsaccade generate speed-signs runs/speed-signs && vsaccade prepare runs/speed-signs runs/speed-signs-tiff
 # Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs).
@@ -23,6 +23,6 @@ run() {  # name, then vsaccade train arguments
   echo "$(date +%T) end $name (exit $?)"
 }
 
-run speed-signs-boxes-s0 --epochs 6 --max-minutes 56 &
+run speed-signs-boxes-s0 --epochs 5 --max-minutes 48 &
 run speed-signs-boxes-noglimpse-s0 --no-glimpses --epochs 10 --max-minutes 72 &
 wait

@@ -118,11 +118,12 @@ PRESETS["counting"]["train"]["task_options"] = {"scene_size": 2048, "max_targets
 # named variant, not the weakly supervised method. The first glimpse's cell is trained towards the sign's, from a
 # proxy encoder that convolves at the proxy's full resolution ("wide"); no proxy-attention anchor; the glimpse
 # heads read one glimpse at the sign per image (box_glimpse_weight) and only that: trained also on the model's own
-# glimpses, most of which miss the sign but carry its label, they stayed at chance (docs/benchmarks/files.md).
+# glimpses, most of which miss the sign but carry its label, they stayed at chance; and they give no per-glimpse
+# reward, which, from heads that read only box glimpses, undid the location loss (docs/benchmarks/files.md).
 PRESETS["speed-signs-boxes"] = copy.deepcopy(PRESETS["speed-signs"])
 PRESETS["speed-signs-boxes"]["model"].update(proxy_attention=False, proxy_prior_weight=0.0, proxy_encoder="wide")
 PRESETS["speed-signs-boxes"]["objective"].update(proxy_loss_weight=0.0, location_weight=1.0, box_glimpse_weight=1.0,
-                                                 glimpse_loss_weight=0.0)
+                                                 glimpse_loss_weight=0.0, glimpse_reward_weight=0.0)
 
 PRESETS["cluttered-sum"] = copy.deepcopy(PRESETS["cluttered-pair"])
 PRESETS["cluttered-sum"]["train"]["task_options"]["label"] = "sum"
