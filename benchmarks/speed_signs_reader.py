@@ -1,0 +1,108 @@
+"""Can the glimpse encoder read a speed sign it is shown? A diagnostic for the speed-sign benchmark
+(docs/benchmarks/files.md), like counting_oracle.py for counting: oracle glimpses, no locations to learn.
+
+For every image of the training and validation splits of a folder dataset (`vsaccade generate speed-signs`,
+`vsaccade prepare`), one glimpse is read through the real pipeline at the window `objective.box_windows` gives
+the box-supervised preset (on the sign, a side in [s_min, s_max], the centre up to half a cell off; a random
+window where there is no sign) and cached. Then only the preset's glimpse encoder and a linear head are trained on
+them (the 9 classes: 8 numbers and `none`), and validation accuracy on the signs is printed per epoch.
+
+    python benchmarks/speed_signs_reader.py --root runs/speed-signs-tiff --epochs 6 --json runs/speed-signs-reader.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def cached_glimpses(root: str, cache: Path, model_config) -> dict:
+    if cache.exists():
+        return torch.load(cache)
+    from vsaccade.model.glimpse_sampler import sample_glimpses
+    from vsaccade.model.noise import Noise
+    from vsaccade.objective import box_windows
+    from vsaccade.tasks import collate, make_task
+
+    c, data = model_config, {}
+    for split in ("train", "validation"):
+        task = make_task("folder", split, root=root, proxy_size=c.proxy_size, channels=3)
+        glimpses, labels, signs = [], [], []
+        for start in range(0, len(task), 32):
+            batch = collate([task[i] for i in range(start, min(start + 32, len(task)))])
+            z = box_windows(batch.images, batch.boxes, c.s_min, c.s_max, 0.5 / c.location_cells,
+                            Noise.keyed([start + i for i in range(len(batch))]))
+            glimpses.append((sample_glimpses(batch.images, z, c.glimpse_size).clamp(0, 1) * 255).round().to(torch.uint8))
+            labels.append(batch.labels["label"])
+            signs.append(torch.tensor([len(b) > 0 for b in batch.boxes]))
+        data[split] = {"glimpse": torch.cat(glimpses), "label": torch.cat(labels), "sign": torch.cat(signs)}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, cache)
+    return data
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--preset", default="speed-signs-boxes")
+    parser.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
+                        help="a preset override, e.g. model.glimpse_pool=mean (the cache holds the preset's windows)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-box-glimpses.pt")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    from vsaccade.model.glimpse_encoder import GlimpseEncoder
+    from vsaccade.presets import resolve
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    c = resolve(args.preset, [f"task.root={args.root}", *args.set])[0]
+    root = Path(args.root)
+    started = time.time()
+    data = cached_glimpses(args.root, Path(args.cache or root.parent / f"{root.name}-box-glimpses.pt"), c)
+    read_seconds = time.time() - started
+    train, validation = data["train"], data["validation"]
+    classes = int(train["label"].max()) + 1
+    net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool), nn.Linear(c.hidden, classes))
+    optimizer = torch.optim.Adam(net.parameters(), args.lr)
+    history = []
+    for epoch in range(args.epochs):
+        net.train()
+        order = torch.randperm(len(train["label"]))
+        seen = right_in_training = 0
+        for start in range(0, len(order), 16):
+            index = order[start:start + 16]
+            logits = net(train["glimpse"][index].float() / 255)
+            loss = F.cross_entropy(logits, train["label"][index])
+            seen += len(index)
+            right_in_training += int((logits.argmax(1) == train["label"][index]).sum())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        net.eval()
+        with torch.no_grad():
+            predicted = torch.cat([net(validation["glimpse"][i:i + 64].float() / 255).argmax(1)
+                                   for i in range(0, len(validation["label"]), 64)])
+        right = predicted == validation["label"]
+        row = {"epoch": epoch + 1, "seconds": time.time() - started, "accuracy_signs": float(right[validation["sign"]].float().mean()),
+               "accuracy_none": float(right[~validation["sign"]].float().mean()), "accuracy": float(right.float().mean()), "train_accuracy_while_training": right_in_training / seen}
+        history.append(row)
+        print(json.dumps(row), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": "python benchmarks/speed_signs_reader.py " + " ".join(sys.argv[1:]),
+                                               "preset": args.preset, "overrides": args.set, "train_images": len(train["label"]),
+                                               "validation_images": len(validation["label"]), "read_seconds": read_seconds,
+                                               "threads": args.threads, "history": history}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
