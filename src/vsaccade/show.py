@@ -61,6 +61,8 @@ def show_samples(model, samples: list, path, titles: list[str] | None = None) ->
         predicted = (p > 0.5).nonzero().flatten().tolist() if head["kind"] == "multilabel" else int(p.argmax())
         if head["kind"] == "multilabel":
             truth = truth.nonzero().flatten().tolist()
+        elif head.get("classes"):  # folder datasets name their classes
+            predicted, truth = head["classes"][predicted], head["classes"][int(truth)]
         title = titles[row] if titles else f"{head['name']}: predicted {predicted}, true {truth}"
         ax[1].set_title(f"{title}  ({image.width}x{image.height})", fontsize=8)
         for t in range(steps):
