@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import ObjectiveConfig
-from .geometry import cells_of_points
+from .geometry import cells_of_points, centre_normalised
 
 
 def log_likelihood(logits: dict, labels: dict, heads: list[dict]) -> torch.Tensor:
@@ -89,13 +89,13 @@ def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_frac
     far off-centre); uniform over the image where there is no box. Draws come from `noise` (model/noise.py)."""
     draws = noise.uniform(3).cpu()
     s = s_min + (s_max - s_min) * draws[:, 0]
-    uv = 2 * draws[:, 1:] - 1
+    uv = 2 * draws[:, 1:] - 1  # uniform over the image; on the box, the same draws are the jitter
     for row, (image, image_boxes) in enumerate(zip(images, boxes)):
         if len(image_boxes):
-            x0, y0, x1, y1 = image_boxes[0].tolist()
-            jitter = (2 * draws[row, 1:] - 1) * cell_fraction * max(image.height, image.width)
-            uv[row] = torch.tensor([2 * (x0 + x1) / 2 / image.width - 1, 2 * (y0 + y1) / 2 / image.height - 1])
-            uv[row] += 2 * jitter / torch.tensor([image.width, image.height])
+            reach = cell_fraction * max(image.height, image.width)
+            x0, y0, x1, y1 = image_boxes[0]
+            x, y = (x0 + x1) / 2 + uv[row, 0] * reach, (y0 + y1) / 2 + uv[row, 1] * reach
+            uv[row] = torch.stack(centre_normalised(x, y, image.height, image.width))
     return torch.cat([s[:, None], uv.clamp(-1, 1)], 1)
 
 
