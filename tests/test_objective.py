@@ -151,9 +151,13 @@ def test_box_windows_sit_on_the_box_within_the_jitter_and_anywhere_without_one()
     assert x[100:].std() > 800 and y[100:].std() > 600  # no box: anywhere
 
 
-def test_box_supervision_needs_the_saccader(tmp_path):
+def test_box_supervision_needs_the_saccader_its_mixture_and_glimpse_heads(tmp_path):
     from vsaccade.config import ModelConfig, TrainConfig
     from vsaccade.train import train
 
     with pytest.raises(ConfigError, match="box supervision"):
         train(ModelConfig(architecture="fullres"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="posterior=mixture"):
+        train(ModelConfig(posterior="gaussian"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="glimpse_heads"):
+        train(ModelConfig(), ObjectiveConfig(box_glimpse_weight=1.0), TrainConfig(), tmp_path, progress=False)

@@ -156,8 +156,12 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
 
 
 def _train(model_config, objective, config, out, resume, digit_source, data_dir, progress, log, cluster, stop) -> dict:
-    if (objective.location_weight or objective.box_glimpse_weight) and model_config.architecture != "saccader":
-        raise ConfigError("objective.location_weight and box_glimpse_weight (box supervision) need model.architecture=saccader")
+    if objective.location_weight or objective.box_glimpse_weight:  # box supervision: fail before any data is read
+        if model_config.architecture != "saccader" or model_config.posterior != "mixture":
+            raise ConfigError("objective.location_weight and box_glimpse_weight (box supervision) need "
+                              "model.architecture=saccader with model.posterior=mixture")
+        if objective.box_glimpse_weight and not model_config.glimpse_heads:
+            raise ConfigError("objective.box_glimpse_weight (box supervision) needs model.glimpse_heads=true")
     if config.batch_size % cluster.world_size:
         raise ConfigError(f"train.batch_size ({config.batch_size}) is the global batch and must be divisible by the "
                           f"number of processes ({cluster.world_size})")
