@@ -51,11 +51,12 @@ def command_train(args):
             overrides.append(f"{key}={getattr(args, flag)}")
     model, objective, config = resolve(args.preset, overrides)
     out = Path(args.out or f"runs/{args.preset}{'-noglimpse' if args.no_glimpses else ''}-seed{config.seed}")
-    if (out / "last.pt").exists() and not args.resume and int(os.environ.get("RANK", "0")) == 0:
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 checks and reports the run directory
+    if (out / "last.pt").exists() and not args.resume and is_main:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     results = train(model, objective, config, out, resume=args.resume, digit_source=args.digits or "auto",
                     data_dir=args.data_dir, progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main:
         print(f"checkpoint: {results['checkpoint']}\nresults: {out / 'results.json'}")
     return results
 
