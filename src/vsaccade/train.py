@@ -150,7 +150,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
             signal.signal(signal.SIGTERM, previous)
         torch.use_deterministic_algorithms(deterministic_before)
         # DDP holds the process group: free it (and any cycle it sits in) now, so the group is destroyed here and
-        # not at interpreter exit, where gloo's threads sometimes aborted rank 1 (SIGABRT, about 1 run in 40 here).
+        # not at interpreter exit, where gloo's threads now and then aborted rank 1 (SIGABRT; it failed a CI run).
         gc.collect()
         cluster.close()
 
