@@ -7,7 +7,13 @@ the box-supervised preset (on the sign, a side in [s_min, s_max], the centre up 
 window where there is no sign) and cached. Then only the preset's glimpse encoder and a linear head are trained on
 them (the 9 classes: 8 numbers and `none`), and validation accuracy on the signs is printed per epoch.
 
+With --synthetic N, N more training glimpses come from crops drawn like the scenes around a sign or none
+(`tasks.speed_signs.window_crop`: the same signs, decoys, shapes and JPEG quality, windows of the same sides and
+jitter), read by the same sampler; validation stays on the real scenes. --save writes the trained encoder and
+head in the saccader's names, for `vsaccade train --set train.init_weights=PATH`.
+
     python benchmarks/speed_signs_reader.py --root runs/speed-signs-tiff --epochs 6 --json runs/speed-signs-reader.json
+    python benchmarks/speed_signs_reader.py --root runs/speed-signs-tiff --synthetic 40000 --save runs/reader.pt
 """
 
 from __future__ import annotations
@@ -48,6 +54,44 @@ def cached_glimpses(root: str, cache: Path, model_config) -> dict:
     return data
 
 
+def synthetic_glimpse(job: tuple) -> tuple[torch.Tensor, str]:
+    """One crop (tasks.speed_signs.window_crop) -> its centred window's glimpse (C, W, W) uint8 and class name."""
+    index, s_min, s_max, cells, size = job
+    import numpy as np
+
+    from vsaccade.images import ArrayImage
+    from vsaccade.model.glimpse_sampler import sample_glimpses
+    from vsaccade.tasks.speed_signs import HEIGHT, WIDTH, window_crop
+
+    torch.set_num_threads(1)
+    rng = np.random.default_rng([1, index])
+    window = int(round(rng.uniform(s_min, s_max) * min(WIDTH, HEIGHT)))  # as objective.box_windows draws sides
+    reach = int(round(0.5 / cells * max(WIDTH, HEIGHT)))  # and centres: up to half a cell off the sign
+    crop, label = window_crop(0, index, window, reach)
+    image = ArrayImage(crop)
+    z = torch.tensor([[window / image.width, 0.0, 0.0]])
+    glimpse = sample_glimpses([image], z, size)[0]
+    return (glimpse.clamp(0, 1) * 255).round().to(torch.uint8), label
+
+
+def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str], workers: int) -> dict:
+    if cache.exists():
+        return torch.load(cache)
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    c = model_config
+    jobs = [(i, c.s_min, c.s_max, c.location_cells, c.glimpse_size) for i in range(count)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = list(tqdm(pool.imap(synthetic_glimpse, jobs, chunksize=64), total=count, desc="synthetic glimpses"))
+    data = {"glimpse": torch.stack([g for g, _ in results]), "label": torch.tensor([classes.index(n) for _, n in results]),
+            "sign": torch.tensor([n != "none" for _, n in results])}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, cache)
+    return data
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
@@ -58,8 +102,15 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-box-glimpses.pt")
+    parser.add_argument("--synthetic", type=int, default=0, help="add this many glimpses of drawn crops to training")
+    parser.add_argument("--no-real-train", action="store_true", help="train on the drawn crops only (needs --synthetic)")
+    parser.add_argument("--workers", type=int, default=2, help="processes drawing the crops")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--save", default=None, help="write the encoder and head here, in the saccader's names")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.no_real_train and not args.synthetic:
+        parser.error("--no-real-train needs --synthetic N")
     from vsaccade.model.glimpse_encoder import GlimpseEncoder
     from vsaccade.presets import resolve
 
@@ -69,9 +120,16 @@ def main(argv=None):
     root = Path(args.root)
     started = time.time()
     data = cached_glimpses(args.root, Path(args.cache or root.parent / f"{root.name}-box-glimpses.pt"), c)
-    read_seconds = time.time() - started
     train, validation = data["train"], data["validation"]
     classes = int(train["label"].max()) + 1
+    if args.synthetic:
+        from vsaccade.tasks import make_task
+
+        names = make_task("folder", "train", root=args.root, proxy_size=c.proxy_size, channels=3).classes
+        drawn = synthetic_glimpses(args.synthetic, root.parent / f"speed-signs-synthetic-{args.synthetic}.pt", c, names,
+                                   args.workers)
+        train = drawn if args.no_real_train else {k: torch.cat([train[k], drawn[k]]) for k in train}
+    read_seconds = time.time() - started
     net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool), nn.Linear(c.hidden, classes))
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     history = []
@@ -79,8 +137,8 @@ def main(argv=None):
         net.train()
         order = torch.randperm(len(train["label"]))
         seen = right_in_training = 0
-        for start in range(0, len(order), 16):
-            index = order[start:start + 16]
+        for start in range(0, len(order), args.batch_size):
+            index = order[start:start + args.batch_size]
             logits = net(train["glimpse"][index].float() / 255)
             loss = F.cross_entropy(logits, train["label"][index])
             seen += len(index)
@@ -97,10 +155,17 @@ def main(argv=None):
                "accuracy_none": float(right[~validation["sign"]].float().mean()), "accuracy": float(right.float().mean()), "train_accuracy_while_training": right_in_training / seen}
         history.append(row)
         print(json.dumps(row), flush=True)
+    if args.save:
+        encoder, head = net
+        state = {**{f"glimpse_encoder.{k}": v for k, v in encoder.state_dict().items()},
+                 **{f"glimpse_heads.heads.label.{k}": v for k, v in head.state_dict().items()}}
+        Path(args.save).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, args.save)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": "python benchmarks/speed_signs_reader.py " + " ".join(sys.argv[1:]),
                                                "preset": args.preset, "overrides": args.set, "train_images": len(train["label"]),
-                                               "validation_images": len(validation["label"]), "read_seconds": read_seconds,
+                                               "validation_images": len(validation["label"]),
+                                               "synthetic": args.synthetic, "real_train": not args.no_real_train, "read_seconds": read_seconds,
                                                "threads": args.threads, "history": history}, indent=2))
 
 

@@ -131,3 +131,34 @@ def test_test_time_settings_change_where_it_looks_not_its_weights(tmp_path):
     assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in model.state_dict().items())
     with pytest.raises(ConfigError, match="cannot set 'model.hidden=8' on a trained model"):
         with_test_time_settings(loaded, ["model.hidden=8"])
+
+
+def test_initial_weights_copy_matching_tensors_and_reject_others(tmp_path):
+    from vsaccade.checkpoint import load_initial_weights
+    from vsaccade.config import ObjectiveConfig, TrainConfig
+    from vsaccade.train import train
+
+    source, target = small_model(), vsaccade.create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16,
+                                                          hidden=32, heads=[{"name": "digit", "num_classes": 10, "kind": "class"}])
+    encoder = {f"glimpse_encoder.{k}": v for k, v in source.glimpse_encoder.state_dict().items()}
+    torch.save(encoder, tmp_path / "encoder.pt")
+    untouched = target.core.state_dict()
+    assert load_initial_weights(target, tmp_path / "encoder.pt") == len(encoder)
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in encoder.items())
+    assert all(torch.equal(v, target.core.state_dict()[k]) for k, v in untouched.items())  # the rest stays fresh
+    write(source, tmp_path / "whole.pt")  # a checkpoint works too
+    assert load_initial_weights(target, tmp_path / "whole.pt") == len(source.state_dict())
+
+    torch.save({"glimpse_encoder.nonsense": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a tensor of this model"):
+        load_initial_weights(target, tmp_path / "foreign.pt")
+    name = next(iter(encoder))
+    torch.save({name: torch.zeros(1, 2, 3)}, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_initial_weights(target, tmp_path / "shape.pt")
+    (tmp_path / "text.pt").write_text("not weights")
+    with pytest.raises(CheckpointError, match="not a readable weights file"):
+        load_initial_weights(target, tmp_path / "text.pt")
+    with pytest.raises(CheckpointError, match="initial weights not found"):  # before any data is read
+        train(source.config, ObjectiveConfig(), TrainConfig(init_weights=str(tmp_path / "missing.pt")), tmp_path / "run",
+              progress=False)

@@ -24,3 +24,19 @@ def test_generate_writes_a_resumable_folder_dataset(tmp_path):
     generate(tmp_path / "signs", {"train": 3}, progress=False)  # continues: only index 2 is new
     assert len(list(root.rglob("*.jpg"))) == 3
     assert (root / "train" / "index.csv").read_text().count("\n") == 4
+
+
+def test_window_crops_are_deterministic_and_hold_the_sign_near_their_centre():
+    from vsaccade.tasks.speed_signs import window_crop
+
+    crops = [window_crop(0, i, 200, 31) for i in range(12)]
+    again, label = window_crop(0, 3, 200, 31)
+    assert np.array_equal(again, crops[3][0]) and label == crops[3][1]
+    assert all(crop.shape == (262, 262, 3) and crop.dtype == np.uint8 for crop, _ in crops)
+    labels = [label for _, label in crops]
+    assert set(labels) <= set(CLASSES) and "none" in labels and len(set(labels)) > 2
+    for crop, label in crops:
+        if label != "none":  # the red ring reaches within reach + the sign's half side (<= 91 px) of the centre
+            red = (crop[..., 0] > 120) & (crop[..., 1] < 90) & (crop[..., 2] < 90)
+            rows, cols = np.nonzero(red[131 - 91:131 + 91, 131 - 91:131 + 91])
+            assert len(rows) > 30

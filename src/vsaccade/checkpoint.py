@@ -114,6 +114,32 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     return model
 
 
+def load_initial_weights(model, path) -> int:
+    """Copy a file's tensors into `model` before training (`train.init_weights`): a vsaccade checkpoint or a bare
+    state dict in the model's names (e.g. `benchmarks/speed_signs_reader.py --save`: a pre-trained glimpse
+    encoder). Each tensor must match a model parameter or buffer by name and shape; the model's other tensors keep
+    their fresh values. Returns how many were copied."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"initial weights not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable weights file ({reason[:200]})") from None
+    state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} holds no state dict (a dict of tensors, or a checkpoint with one)")
+    own = model.state_dict()
+    for name, tensor in state.items():
+        if name not in own:
+            raise CheckpointError(f"{path}: {name} is not a tensor of this model")
+        if own[name].shape != tensor.shape:
+            raise CheckpointError(f"{path}: {name} has shape {tuple(tensor.shape)}, the model's {tuple(own[name].shape)}")
+    model.load_state_dict(state, strict=False)
+    return len(state)
+
+
 TRAINING_ONLY = ("optimizer", "rng")
 # Model fields that change where the model looks but not its weights: settable on a trained model.
 TEST_TIME_FIELDS = ("inhibition_of_return", "inhibit_window", "proxy_centroid", "proxy_prior_weight", "s_min", "s_max")

@@ -156,6 +156,7 @@ class TrainConfig(PlainConfig):
     skip_bad_files: bool = False  # file datasets: leave out unreadable images (logged, counted) instead of stopping
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs, maybe slower)
     balance_classes: bool = False  # draw training samples with probability inverse to their class's frequency
+    init_weights: str = ""  # a file of tensors in the model's names copied in before the first step (not on --resume)
 
     def validate(self):
         super().validate()

@@ -31,8 +31,8 @@ import torch
 from tqdm import tqdm
 
 from . import faults
-from .checkpoint import (CheckpointError, model_from_checkpoint, read_checkpoint, remove_stale_temporaries,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, load_initial_weights, model_from_checkpoint, read_checkpoint,
+                         remove_stale_temporaries, save_checkpoint)
 from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig
 from .distributed import Cluster
 from .evaluate import evaluate, localisation_counts, summary_line
@@ -162,6 +162,8 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
                               "model.architecture=saccader with model.posterior=mixture")
         if objective.box_glimpse_weight and not model_config.glimpse_heads:
             raise ConfigError("objective.box_glimpse_weight (box supervision) needs model.glimpse_heads=true")
+    if config.init_weights and not Path(config.init_weights).is_file():
+        raise CheckpointError(f"initial weights not found: {config.init_weights}")
     if config.batch_size % cluster.world_size:
         raise ConfigError(f"train.batch_size ({config.batch_size}) is the global batch and must be divisible by the "
                           f"number of processes ({cluster.world_size})")
@@ -199,6 +201,8 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
         if cluster.is_main:
             drop_metrics_after(out / "metrics.jsonl", start_epoch)
         log(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}")
+    elif config.init_weights:
+        log(f"initialised {load_initial_weights(model, config.init_weights)} tensors from {config.init_weights}")
     model.to(cluster.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if payload is not None:

@@ -20,6 +20,7 @@ At the 256x192 proxy (a 15.6x reduction) a sign is 3-8 px and its number illegib
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -65,12 +66,10 @@ def lit(patch: Image.Image, factor: float) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, np.asarray(patch)[..., 3]]), "RGBA")
 
 
-def background(rng: np.random.Generator) -> Image.Image:
-    coarse = rng.uniform(40, 200, (6, 8, 3)).astype(np.uint8)
-    image = Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(60, 121))):
-        x, y = rng.integers(0, WIDTH), rng.integers(0, HEIGHT)
+def draw_shapes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int, x_range, y_range) -> None:
+    """`count` random rectangles, ellipses and strokes (20-600 px) with top-left corners in the given ranges."""
+    for _ in range(count):
+        x, y = rng.integers(*x_range), rng.integers(*y_range)
         w, h = rng.integers(20, 600, 2)
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         kind = rng.integers(3)
@@ -80,7 +79,28 @@ def background(rng: np.random.Generator) -> Image.Image:
             draw.ellipse([x, y, x + w, y + h], fill=colour)
         else:
             draw.line([x, y, x + w * rng.choice([-1, 1]), y + h], fill=colour, width=int(rng.integers(2, 25)))
+
+
+def background(rng: np.random.Generator) -> Image.Image:
+    coarse = rng.uniform(40, 200, (6, 8, 3)).astype(np.uint8)
+    image = Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
+    draw_shapes(ImageDraw.Draw(image), rng, int(rng.integers(60, 121)), (0, WIDTH), (0, HEIGHT))
     return image
+
+
+def ring_decoy(rng: np.random.Generator, side: int) -> Image.Image:
+    """A red ring with no white disc: empty, or around a number or a letter."""
+    text = str(rng.choice(list(CLASSES[:-1]) + list("ABEHKXZ"))) if rng.random() < 2 / 3 else ""
+    return sign_patch(text, side, rng, disc=False)
+
+
+def number_decoy(rng: np.random.Generator, side: int) -> Image.Image:
+    """One of the classes' numbers with no ring: bare or on a white disc."""
+    return sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False, disc=bool(rng.random() < 0.5))
+
+
+def sign(rng: np.random.Generator, label: str, side: int) -> Image.Image:
+    return lit(sign_patch(label, side, rng), float(rng.uniform(0.6, 1.2)))
 
 
 def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[float] | None]:
@@ -88,24 +108,51 @@ def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[flo
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     image = background(rng)
     low, high = SIGN_SIDES
-    for _ in range(int(rng.integers(6, 13))):  # decoy rings: no white disc; empty, a number or a letter inside
-        side = int(rng.integers(low, high + 1))
-        text = str(rng.choice(list(CLASSES[:-1]) + list("ABEHKXZ"))) if rng.random() < 2 / 3 else ""
-        decoy = sign_patch(text, side, rng, disc=False)
-        image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
-    for _ in range(int(rng.integers(6, 13))):  # decoy numbers: no ring; bare or on a white disc
-        side = int(rng.integers(low, high + 1))
-        decoy = sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False, disc=bool(rng.random() < 0.5))
-        image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
+    for make in (ring_decoy, number_decoy):  # 6-12 of each
+        for _ in range(int(rng.integers(6, 13))):
+            side = int(rng.integers(low, high + 1))
+            decoy = make(rng, side)
+            image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
     if rng.random() < NONE_PROBABILITY:
         return image, "none", None
     label = str(rng.choice(CLASSES[:-1]))
     side = int(rng.integers(low, high + 1))
-    sign = lit(sign_patch(label, side, rng), float(rng.uniform(0.6, 1.2)))
+    patch = sign(rng, label, side)
     x, y = int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))
-    image.paste(sign, (x, y), sign)
+    image.paste(patch, (x, y), patch)
     inset = side * (4 / 256)  # the ring's outer edge inside the patch
     return image, label, [x + inset, y + inset, x + side - inset, y + side - inset]
+
+
+def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 1.0) -> tuple[np.ndarray, str]:
+    """A square (H, W, 3) uint8 crop of side `window + 2 * reach` drawn like a scene at the scene's scale, and its
+    class: with a sign in 2/3 of crops (its centre up to `reach` px from the crop's centre each way), else `none`.
+    For training a glimpse reader on many more signs than a benchmark's scenes hold
+    (benchmarks/speed_signs_reader.py --synthetic): the same smooth colours, shapes (as many per area as a
+    scene), `decoys` decoys on average (a scene holds about 0.3 per 300-px crop) and the same JPEG quality."""
+    rng = np.random.default_rng([seed, 3, index])
+    side = window + 2 * reach
+    # A scene's colours vary over ~500 px (a 6x8 grid over 4000x3000): over a crop, a gentle slope.
+    corners = (rng.uniform(40, 200, 3) + rng.uniform(-40, 40, (2, 2, 3)) * side / 500).clip(0, 255).astype(np.uint8)
+    image = Image.fromarray(corners).resize((side, side), Image.Resampling.BICUBIC)
+    reach_of_shapes = side + 600  # a shape up to 600 px wide starting this far up or left still overlaps
+    shapes = rng.poisson(90 * reach_of_shapes ** 2 / (WIDTH * HEIGHT))
+    draw_shapes(ImageDraw.Draw(image), rng, int(shapes), (-600, side), (-600, side))
+    low, high = SIGN_SIDES
+    for _ in range(int(rng.poisson(decoys))):
+        size = int(rng.integers(low, high + 1))
+        decoy = (ring_decoy if rng.random() < 0.5 else number_decoy)(rng, size)
+        image.paste(decoy, (int(rng.integers(-size // 2, side - size // 2)), int(rng.integers(-size // 2, side - size // 2))), decoy)
+    label = "none"
+    if rng.random() >= NONE_PROBABILITY:
+        label = str(rng.choice(CLASSES[:-1]))
+        size = int(rng.integers(low, high + 1))
+        patch = sign(rng, label, size)
+        x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
+        image.paste(patch, (int(x), int(y)), patch)
+    encoded = io.BytesIO()
+    image.save(encoded, format="JPEG", quality=QUALITY)
+    return np.asarray(Image.open(encoded).convert("RGB")), label
 
 
 def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool = True) -> Path:
