@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# The speed-sign benchmark (docs/benchmarks/files.md), trained from prepared files: the box-supervised variant
-# (`speed-signs-boxes`: objective.location_weight, the generator's boxes.csv) and its no-glimpse control, side by
-# side, 1 torch thread each (ours 5 epochs or 48 minutes, the control 10 epochs or 72 minutes: the budgets of the
-# runs in docs/benchmarks/files.md). Resumable: a finished run (results.json) is skipped, a killed one resumes. Needs the data first (about 25 minutes on 2 cores):
+# The speed-sign benchmark (docs/benchmarks/files.md), trained from prepared files, in three steps run one after
+# the other with 2 torch threads each, every one resumable (a finished step is skipped, a killed run resumes):
+#   reader   the glimpse encoder and a head pre-trained on oracle glimpses at the sign: the training split's and
+#            40,000 drawn crops (benchmarks/speed_signs_reader.py --synthetic), saved in the saccader's names;
+#   ours     the box-supervised variant (`speed-signs-boxes`: objective.location_weight, the generator's
+#            boxes.csv) started from the reader (train.init_weights), 15 epochs or 75 minutes;
+#   control  its no-glimpse control, 10 epochs or 72 minutes at 1 thread (the run in files.md, which shared the
+#            machine with an earlier version of ours).
+# Needs the data first (about 25 minutes on 2 cores):
 #   vsaccade generate speed-signs runs/speed-signs && vsaccade prepare runs/speed-signs runs/speed-signs-tiff
-# Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs).
+# Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs);
+# STEPS="reader ours" runs only those steps.
 set -uo pipefail
 data=${1:-runs/speed-signs-tiff}
 root=${2:-runs}
 shift 2 || shift $# || true
 common=("$@")
+steps=${STEPS:-reader ours control}
+here=$(dirname "$0")
 mkdir -p "$root"
 
 run() {  # name, then vsaccade train arguments
@@ -18,14 +26,26 @@ run() {  # name, then vsaccade train arguments
   [ -f "$out/results.json" ] && { echo "$name: done"; return; }
   local resume=(); [ -f "$out/last.pt" ] && resume=(--resume)
   echo "$(date +%T) start $name"
-  vsaccade train --preset speed-signs-boxes --set task.root="$data" --set train.threads=1 --no-progress --out "$out" \
+  vsaccade train --preset speed-signs-boxes --set task.root="$data" --set train.threads=2 --no-progress --out "$out" \
       "${resume[@]}" "$@" "${common[@]}" > "$root/$name.log" 2>&1
   echo "$(date +%T) end $name (exit $?)"
 }
 
-run speed-signs-boxes-s0 --epochs 5 --max-minutes 48 &
+reader="$root/speed-signs-reader.pt"
+if [[ " $steps " == *" reader "* ]]; then
+  if [ -f "$reader" ]; then echo "reader: done"; else
+    echo "$(date +%T) start reader"
+    python "$here/speed_signs_reader.py" --root "$data" --synthetic 40000 --epochs 8 --batch-size 64 --threads 2 \
+        --save "$reader" --json "$root/speed-signs-reader-pretrain.json" > "$root/speed-signs-reader.log" 2>&1
+    echo "$(date +%T) end reader (exit $?)"
+  fi
+fi
+if [[ " $steps " == *" ours "* ]]; then
+  run speed-signs-boxes-s0 --epochs 15 --max-minutes 75 --set train.init_weights="$reader"
+fi
 # The control ran while the preset still trained the per-glimpse heads on every glimpse and took their reward (it
 # was started before those two were dropped; files.md): these overrides reproduce it.
-run speed-signs-boxes-noglimpse-s0 --no-glimpses --epochs 10 --max-minutes 72 \
-    --set objective.glimpse_loss_weight=1 --set objective.glimpse_reward_weight=1 &
-wait
+if [[ " $steps " == *" control "* ]]; then
+  run speed-signs-boxes-noglimpse-s0 --no-glimpses --epochs 10 --max-minutes 72 --set train.threads=1 \
+      --set objective.glimpse_loss_weight=1 --set objective.glimpse_reward_weight=1
+fi

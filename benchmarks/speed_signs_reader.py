@@ -54,8 +54,9 @@ def cached_glimpses(root: str, cache: Path, model_config) -> dict:
     return data
 
 
-def synthetic_glimpse(job: tuple) -> tuple[torch.Tensor, str]:
-    """One crop (tasks.speed_signs.window_crop) -> its centred window's glimpse (C, W, W) uint8 and class name."""
+def synthetic_glimpse(job: tuple):
+    """One crop (tasks.speed_signs.window_crop) -> its centred window's glimpse (C, W, W) uint8 and class name
+    (a numpy array: torch tensors would cross the process boundary as file descriptors, one per glimpse)."""
     index, s_min, s_max, cells, size = job
     import numpy as np
 
@@ -71,7 +72,7 @@ def synthetic_glimpse(job: tuple) -> tuple[torch.Tensor, str]:
     image = ArrayImage(crop)
     z = torch.tensor([[window / image.width, 0.0, 0.0]])
     glimpse = sample_glimpses([image], z, size)[0]
-    return (glimpse.clamp(0, 1) * 255).round().to(torch.uint8), label
+    return (glimpse.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), label
 
 
 def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str], workers: int) -> dict:
@@ -79,13 +80,14 @@ def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str]
         return torch.load(cache)
     import multiprocessing
 
+    import numpy as np
     from tqdm import tqdm
 
     c = model_config
     jobs = [(i, c.s_min, c.s_max, c.location_cells, c.glimpse_size) for i in range(count)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         results = list(tqdm(pool.imap(synthetic_glimpse, jobs, chunksize=64), total=count, desc="synthetic glimpses"))
-    data = {"glimpse": torch.stack([g for g, _ in results]), "label": torch.tensor([classes.index(n) for _, n in results]),
+    data = {"glimpse": torch.from_numpy(np.stack([g for g, _ in results])), "label": torch.tensor([classes.index(n) for _, n in results]),
             "sign": torch.tensor([n != "none" for _, n in results])}
     cache.parent.mkdir(parents=True, exist_ok=True)
     torch.save(data, cache)
