@@ -33,6 +33,10 @@ def test_evaluate_and_show(trained, tmp_path, capsys, needs_mnist):
     assert main(["show", str(trained / "best.pt"), "--count", "2", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(tmp_path / "g.png") in capsys.readouterr().out
+    assert main(["show", str(trained / "best.pt"), "--count", "2", "--every", "10", "--out", str(tmp_path / "s.png")]) == 0
+    with pytest.raises(SystemExit):
+        main(["show", str(trained / "best.pt"), "--every", "0"])
+    assert "expected a positive integer" in capsys.readouterr().err
 
 
 def test_resume_continues_where_it_stopped(trained, capsys, needs_mnist):

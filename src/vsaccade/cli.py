@@ -95,12 +95,18 @@ def command_evaluate(args):
     return result
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def command_show(args):
     from .show import show_samples
 
     model = load_model(args)
     task = task_from_checkpoint(model, args.split, args)
-    indices = range(args.index, min(args.index + args.count, len(task)))
+    indices = range(args.index, len(task), args.every)[:args.count]
     out = args.out or str(Path(args.checkpoint).with_suffix("")) + f"-{args.split}-glimpses.png"
     path = show_samples(model, [task[i] for i in indices], out)
     print(path)
@@ -216,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_arguments(p)
     p.add_argument("--index", type=int, default=0)
     p.add_argument("--count", type=int, default=4)
+    p.add_argument("--every", type=positive_int, default=1, help="take every N-th sample from --index on (spread over a sorted folder's classes)")
     p.add_argument("--out", help="PNG path")
     p.set_defaults(handler=command_show)
 
