@@ -10,7 +10,8 @@ them (the 9 classes: 8 numbers and `none`), and validation accuracy on the signs
 With --synthetic N, N more training glimpses come from crops drawn like the scenes around a sign or none
 (`tasks.speed_signs.window_crop`: the same signs, decoys, shapes and JPEG quality, windows of the same sides and
 jitter), read by the same sampler; validation stays on the real scenes. --save writes the trained encoder and
-head in the saccader's names, for `vsaccade train --set train.init_weights=PATH`.
+head in the saccader's names, for `vsaccade train --set train.init_weights=PATH`; --load PATH --epochs 0 only
+evaluates such a file. The last line printed (and the JSON) breaks the validation signs read down by box side.
 
     python benchmarks/speed_signs_reader.py --root runs/speed-signs-tiff --epochs 6 --json runs/speed-signs-reader.json
     python benchmarks/speed_signs_reader.py --root runs/speed-signs-tiff --synthetic 40000 --save runs/reader.pt
@@ -94,6 +95,32 @@ def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str]
     return data
 
 
+SIDE_BINS = {"under 60": (0, 60), "60-79": (60, 80), "80-99": (80, 100), "100 and over": (100, 10_000)}  # box side, px
+
+
+def validation_sign_sides(root: str, model_config) -> torch.Tensor:
+    """The side in pixels of each validation image's sign box (0 without one), in the cache's order."""
+    from vsaccade.tasks import make_task
+
+    task = make_task("folder", "validation", root=root, proxy_size=model_config.proxy_size, channels=3)
+    boxes = [task.boxes.get(path.relative_to(task.split_dir).as_posix(), []) for path, _ in task.items]
+    return torch.tensor([box[0][2] - box[0][0] if box else 0.0 for box in boxes])
+
+
+def read_right(net: nn.Module, validation: dict) -> torch.Tensor:
+    net.eval()
+    with torch.no_grad():
+        predicted = torch.cat([net(validation["glimpse"][i:i + 64].float() / 255).argmax(1)
+                               for i in range(0, len(validation["label"]), 64)])
+    return predicted == validation["label"]
+
+
+def saccader_names(net: nn.Module) -> dict:
+    encoder, head = net
+    return {**{f"glimpse_encoder.{k}": v for k, v in encoder.state_dict().items()},
+            **{f"glimpse_heads.heads.label.{k}": v for k, v in head.state_dict().items()}}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
@@ -109,6 +136,7 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="processes drawing the crops")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--save", default=None, help="write the encoder and head here, in the saccader's names")
+    parser.add_argument("--load", default=None, help="start from a --save file (with --epochs 0: only evaluate it)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.no_real_train and not args.synthetic:
@@ -133,6 +161,10 @@ def main(argv=None):
         train = drawn if args.no_real_train else {k: torch.cat([train[k], drawn[k]]) for k in train}
     read_seconds = time.time() - started
     net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool), nn.Linear(c.hidden, classes))
+    if args.load:
+        state = torch.load(args.load)
+        net.load_state_dict({k.replace("glimpse_encoder.", "0.").replace("glimpse_heads.heads.label.", "1."): v
+                             for k, v in state.items()})
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     history = []
     for epoch in range(args.epochs):
@@ -148,27 +180,25 @@ def main(argv=None):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        net.eval()
-        with torch.no_grad():
-            predicted = torch.cat([net(validation["glimpse"][i:i + 64].float() / 255).argmax(1)
-                                   for i in range(0, len(validation["label"]), 64)])
-        right = predicted == validation["label"]
+        right = read_right(net, validation)
         row = {"epoch": epoch + 1, "seconds": time.time() - started, "accuracy_signs": float(right[validation["sign"]].float().mean()),
                "accuracy_none": float(right[~validation["sign"]].float().mean()), "accuracy": float(right.float().mean()), "train_accuracy_while_training": right_in_training / seen}
         history.append(row)
         print(json.dumps(row), flush=True)
+    right, sides = read_right(net, validation), validation_sign_sides(args.root, c)
+    by_side = {name: {"signs": int(inside.sum()), "read": float(right[inside].float().mean())}
+               for name, (low, high) in SIDE_BINS.items() for inside in [(sides >= low) & (sides < high) & validation["sign"]]}
+    print(json.dumps({"validation_signs_read_by_side_px": by_side}), flush=True)
     if args.save:
-        encoder, head = net
-        state = {**{f"glimpse_encoder.{k}": v for k, v in encoder.state_dict().items()},
-                 **{f"glimpse_heads.heads.label.{k}": v for k, v in head.state_dict().items()}}
         Path(args.save).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, args.save)
+        torch.save(saccader_names(net), args.save)
     if args.json:
         Path(args.json).write_text(json.dumps({"command": "python benchmarks/speed_signs_reader.py " + " ".join(sys.argv[1:]),
                                                "preset": args.preset, "overrides": args.set, "train_images": len(train["label"]),
                                                "validation_images": len(validation["label"]),
                                                "synthetic": args.synthetic, "real_train": not args.no_real_train, "read_seconds": read_seconds,
-                                               "threads": args.threads, "history": history}, indent=2))
+                                               "threads": args.threads, "load": args.load, "history": history,
+                                               "validation_signs_read_by_side_px": by_side}, indent=2))
 
 
 if __name__ == "__main__":
