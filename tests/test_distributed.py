@@ -4,7 +4,6 @@ a step together when one rank's loss is not finite; two nodes meet through c10d 
 import json
 
 import pytest
-import torch
 
 from training_runs import SMALL_RUN, finish, free_port, torchrun, training_state, vsaccade
 

@@ -60,14 +60,19 @@ def remove_stale_temporaries(folder) -> list[Path]:
     return stale
 
 
+def load_tensors(path: Path, what: str):
+    """torch.load(weights_only=True) on CPU, or a CheckpointError naming the file as an unreadable `what`."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable {what} ({reason[:200]})") from None
+
+
 def read_checkpoint(path) -> dict:
     """Load and validate a checkpoint's payload, or raise CheckpointError naming the problem."""
     path = resolve_checkpoint(path)
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable vsaccade checkpoint ({reason[:200]})") from None
+    payload = load_tensors(path, "vsaccade checkpoint")
     if not isinstance(payload, dict) or "schema_version" not in payload or "model_config" not in payload:
         raise CheckpointError(f"{path} is not a vsaccade checkpoint (no schema_version/model_config)")
     if payload["schema_version"] != SCHEMA_VERSION:
@@ -122,11 +127,7 @@ def load_initial_weights(model, path) -> int:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"initial weights not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable weights file ({reason[:200]})") from None
+    payload = load_tensors(path, "weights file")
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (a dict of tensors, or a checkpoint with one)")
