@@ -30,6 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
+    return (glimpses.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
 def cached_glimpses(root: str, cache: Path, model_config) -> dict:
     if cache.exists():
         return torch.load(cache)
@@ -46,7 +50,7 @@ def cached_glimpses(root: str, cache: Path, model_config) -> dict:
             batch = collate([task[i] for i in range(start, min(start + 32, len(task)))])
             z = box_windows(batch.images, batch.boxes, c.s_min, c.s_max, 0.5 / c.location_cells,
                             Noise.keyed([start + i for i in range(len(batch))]))
-            glimpses.append((sample_glimpses(batch.images, z, c.glimpse_size).clamp(0, 1) * 255).round().to(torch.uint8))
+            glimpses.append(as_uint8(sample_glimpses(batch.images, z, c.glimpse_size)))
             labels.append(batch.labels["label"])
             signs.append(torch.tensor([len(b) > 0 for b in batch.boxes]))
         data[split] = {"glimpse": torch.cat(glimpses), "label": torch.cat(labels), "sign": torch.cat(signs)}
@@ -69,11 +73,11 @@ def synthetic_glimpse(job: tuple):
     rng = np.random.default_rng([1, index])
     window = int(round(rng.uniform(s_min, s_max) * min(WIDTH, HEIGHT)))  # as objective.box_windows draws sides
     reach = int(round(0.5 / cells * max(WIDTH, HEIGHT)))  # and centres: up to half a cell off the sign
-    crop, label = window_crop(0, index, window, reach)
+    crop, label, _ = window_crop(0, index, window, reach)
     image = ArrayImage(crop)
     z = torch.tensor([[window / image.width, 0.0, 0.0]])
     glimpse = sample_glimpses([image], z, size)[0]
-    return (glimpse.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), label
+    return as_uint8(glimpse).numpy(), label
 
 
 def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str], workers: int) -> dict:
@@ -156,8 +160,9 @@ def main(argv=None):
         from vsaccade.tasks import make_task
 
         names = make_task("folder", "train", root=args.root, proxy_size=c.proxy_size, channels=3).classes
-        drawn = synthetic_glimpses(args.synthetic, root.parent / f"speed-signs-synthetic-{args.synthetic}.pt", c, names,
-                                   args.workers)
+        windows = f"s{c.s_min}-{c.s_max}-cells{c.location_cells}-w{c.glimpse_size}"  # what the drawn glimpses depend on
+        drawn = synthetic_glimpses(args.synthetic, root.parent / f"speed-signs-synthetic-{args.synthetic}-{windows}.pt", c,
+                                   names, args.workers)
         train = drawn if args.no_real_train else {k: torch.cat([train[k], drawn[k]]) for k in train}
     read_seconds = time.time() - started
     net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool), nn.Linear(c.hidden, classes))

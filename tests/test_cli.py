@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from vsaccade.cli import main
 
@@ -26,14 +27,24 @@ def test_train_writes_checkpoints_metrics_and_results(trained, needs_mnist):
     assert len((trained / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_evaluate_and_show(trained, tmp_path, capsys, needs_mnist):
+def test_evaluate_and_show(trained, tmp_path, capsys, monkeypatch, needs_mnist):
     assert main(["evaluate", str(trained / "best.pt"), "--limit", "16", "--json", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["samples"] == 16 and "random_glimpses" in result and "prior_glimpses" in result
     assert main(["show", str(trained / "best.pt"), "--count", "2", "--out", str(tmp_path / "g.png")]) == 0
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(tmp_path / "g.png") in capsys.readouterr().out
-    assert main(["show", str(trained / "best.pt"), "--count", "2", "--every", "10", "--out", str(tmp_path / "s.png")]) == 0
+    import argparse
+
+    import vsaccade.show
+    from vsaccade.checkpoint import load
+    from vsaccade.cli import task_from_checkpoint
+
+    shown = []
+    monkeypatch.setattr(vsaccade.show, "show_samples", lambda model, samples, path: shown.extend(samples) or path)
+    assert main(["show", str(trained / "best.pt"), "--count", "2", "--every", "10", "--index", "1", "--out", "s.png"]) == 0
+    task = task_from_checkpoint(load(trained / "best.pt"), "test", argparse.Namespace(data_dir=None, digits=None))
+    assert len(shown) == 2 and all(torch.equal(a.proxy, task[i].proxy) for a, i in zip(shown, (1, 11)))
     with pytest.raises(SystemExit):
         main(["show", str(trained / "best.pt"), "--every", "0"])
     assert "expected a positive integer" in capsys.readouterr().err

@@ -26,17 +26,21 @@ def test_generate_writes_a_resumable_folder_dataset(tmp_path):
     assert (root / "train" / "index.csv").read_text().count("\n") == 4
 
 
-def test_window_crops_are_deterministic_and_hold_the_sign_near_their_centre():
+def test_window_crops_are_deterministic_and_hold_the_sign_in_its_box_near_their_centre():
     from vsaccade.tasks.speed_signs import window_crop
 
     crops = [window_crop(0, i, 200, 31) for i in range(12)]
-    again, label = window_crop(0, 3, 200, 31)
-    assert np.array_equal(again, crops[3][0]) and label == crops[3][1]
-    assert all(crop.shape == (262, 262, 3) and crop.dtype == np.uint8 for crop, _ in crops)
-    labels = [label for _, label in crops]
+    again = window_crop(0, 3, 200, 31)
+    assert np.array_equal(again[0], crops[3][0]) and again[1:] == crops[3][1:]
+    assert all(crop.shape == (262, 262, 3) and crop.dtype == np.uint8 for crop, _, _ in crops)
+    labels = [label for _, label, _ in crops]
     assert set(labels) <= set(CLASSES) and "none" in labels and len(set(labels)) > 2
-    for crop, label in crops:
-        if label != "none":  # the red ring reaches within reach + the sign's half side (<= 91 px) of the centre
-            red = (crop[..., 0] > 120) & (crop[..., 1] < 90) & (crop[..., 2] < 90)
-            rows, cols = np.nonzero(red[131 - 91:131 + 91, 131 - 91:131 + 91])
-            assert len(rows) > 30
+    for crop, label, box in crops:
+        assert (box is None) == (label == "none")
+        if box is not None:
+            x0, y0, x1, y1 = box
+            assert abs((x0 + x1) / 2 - 131) <= 32 and abs((y0 + y1) / 2 - 131) <= 32  # within reach of the centre
+            assert 40 * 0.9 <= x1 - x0 <= 120
+            inside = crop[int(y0):int(y1), int(x0):int(x1)].astype(int)
+            red = (inside[..., 0] > 120) & (inside[..., 1] < 90) & (inside[..., 2] < 90)
+            assert red.mean() > 0.05  # the ring

@@ -103,6 +103,12 @@ def sign(rng: np.random.Generator, label: str, side: int) -> Image.Image:
     return lit(sign_patch(label, side, rng), float(rng.uniform(0.6, 1.2)))
 
 
+def sign_box(x: int, y: int, side: int) -> list[float]:
+    """The box (x0, y0, x1, y1) of a sign pasted at (x, y) with `side`: the ring's outer edge, 4/256 inside the patch."""
+    inset = side * (4 / 256)
+    return [x + inset, y + inset, x + side - inset, y + side - inset]
+
+
 def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[float] | None]:
     """One image, its class name and the sign's box (x0, y0, x1, y1), or None without a sign."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
@@ -120,16 +126,15 @@ def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[flo
     patch = sign(rng, label, side)
     x, y = int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))
     image.paste(patch, (x, y), patch)
-    inset = side * (4 / 256)  # the ring's outer edge inside the patch
-    return image, label, [x + inset, y + inset, x + side - inset, y + side - inset]
+    return image, label, sign_box(x, y, side)
 
 
-def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 1.0) -> tuple[np.ndarray, str]:
-    """A square (H, W, 3) uint8 crop of side `window + 2 * reach` drawn like a scene at the scene's scale, and its
-    class: with a sign in 2/3 of crops (its centre up to `reach` px from the crop's centre each way), else `none`.
+def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 1.0) -> tuple[np.ndarray, str, list[float] | None]:
+    """A square (H, W, 3) uint8 crop of side `window + 2 * reach` drawn like a scene at the scene's scale, its
+    class and the sign's box as `scene` gives it (None for `none`): with a sign in 2/3 of crops (its centre up to `reach` px from the crop's centre each way), else `none`.
     For training a glimpse reader on many more signs than a benchmark's scenes hold
     (benchmarks/speed_signs_reader.py --synthetic): the same smooth colours, shapes (as many per area as a
-    scene), `decoys` decoys on average (a scene holds about 0.3 per 300-px crop) and the same JPEG quality."""
+    scene), `decoys` decoys on average (a scene's 12-24 in 12 Mpx put about 0.2 in a 262-px crop) and the same JPEG quality."""
     rng = np.random.default_rng([seed, 3, index])
     side = window + 2 * reach
     # A scene's colours vary over ~500 px (a 6x8 grid over 4000x3000): over a crop, a gentle slope.
@@ -143,16 +148,17 @@ def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 
         size = int(rng.integers(low, high + 1))
         decoy = (ring_decoy if rng.random() < 0.5 else number_decoy)(rng, size)
         image.paste(decoy, (int(rng.integers(-size // 2, side - size // 2)), int(rng.integers(-size // 2, side - size // 2))), decoy)
-    label = "none"
+    label, box = "none", None
     if rng.random() >= NONE_PROBABILITY:
         label = str(rng.choice(CLASSES[:-1]))
         size = int(rng.integers(low, high + 1))
         patch = sign(rng, label, size)
         x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
         image.paste(patch, (int(x), int(y)), patch)
+        box = sign_box(int(x), int(y), size)
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=QUALITY)
-    return np.asarray(Image.open(encoded).convert("RGB")), label
+    return np.asarray(Image.open(encoded).convert("RGB")), label, box
 
 
 def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool = True) -> Path:
