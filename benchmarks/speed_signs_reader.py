@@ -133,6 +133,7 @@ def main(argv=None):
                         help="a preset override, e.g. model.glimpse_pool=mean (the cache holds the preset's windows)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--cosine", action="store_true", help="anneal the learning rate to 0 over the epochs (cosine)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-box-glimpses.pt")
     parser.add_argument("--synthetic", type=int, default=0, help="add this many glimpses of drawn crops to training")
@@ -171,6 +172,8 @@ def main(argv=None):
         net.load_state_dict({k.replace("glimpse_encoder.", "0.").replace("glimpse_heads.heads.label.", "1."): v
                              for k, v in state.items()})
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
+    steps = args.epochs * -(-len(train["label"]) // args.batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps)) if args.cosine else None
     history = []
     for epoch in range(args.epochs):
         net.train()
@@ -185,6 +188,8 @@ def main(argv=None):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
         right = read_right(net, validation)
         row = {"epoch": epoch + 1, "seconds": time.time() - started, "accuracy_signs": float(right[validation["sign"]].float().mean()),
                "accuracy_none": float(right[~validation["sign"]].float().mean()), "accuracy": float(right.float().mean()), "train_accuracy_while_training": right_in_training / seen}
@@ -202,7 +207,7 @@ def main(argv=None):
                                                "preset": args.preset, "overrides": args.set, "train_images": len(train["label"]),
                                                "validation_images": len(validation["label"]),
                                                "synthetic": args.synthetic, "real_train": not args.no_real_train, "read_seconds": read_seconds,
-                                               "threads": args.threads, "load": args.load, "history": history,
+                                               "threads": args.threads, "load": args.load, "cosine": args.cosine, "history": history,
                                                "validation_signs_read_by_side_px": by_side}, indent=2))
 
 

@@ -131,6 +131,10 @@ def test_test_time_settings_change_where_it_looks_not_its_weights(tmp_path):
     assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in model.state_dict().items())
     with pytest.raises(ConfigError, match="cannot set 'model.hidden=8' on a trained model"):
         with_test_time_settings(loaded, ["model.hidden=8"])
+    with pytest.raises(ConfigError, match="cannot change readout from 'mean' to 'count'"):
+        with_test_time_settings(loaded, ["model.readout=count"])
+    with pytest.raises(ConfigError, match="readout=any reads the per-glimpse heads"):
+        with_test_time_settings(loaded, ["model.readout=any", "model.background=none"])
 
 
 def test_initial_weights_copy_matching_tensors_and_reject_others(tmp_path):

@@ -334,3 +334,38 @@ def test_location_loss_teaches_the_first_glimpse_which_of_two_blobs_is_the_objec
         z = model([UpsampledImage(p, 160, 160) for p in proxy], proxy, torch.ones(200, 16, 16, dtype=torch.bool), sample=False).z
     looked_at = ((z[:, 0, 2] + 1) * 2).long().clamp(0, 3) * 4 + ((z[:, 0, 1] + 1) * 2).long().clamp(0, 3)
     assert (looked_at == cells).float().mean() > 0.9
+
+
+def test_any_readout_lets_one_sure_glimpse_decide_and_answers_background_only_when_no_glimpse_sees_an_object():
+    from vsaccade.model.classifier import any_object_log_probs
+
+    sure = torch.tensor([8.0, -8.0, -8.0])  # classes (none, a, b): a glimpse sure of none
+    sees_b = torch.tensor([-8.0, -8.0, 8.0])
+    unsure = torch.tensor([0.0, 0.5, -0.5])
+    logits = torch.stack([torch.stack([sure, sure, sees_b, sure]), torch.stack([sure, sure, sure, sure]),
+                          torch.stack([unsure, sure, sure, sure])])  # (B=3, T=4, K=3)
+    log_p = any_object_log_probs(logits, background=0)
+    assert torch.allclose(log_p.exp().sum(1), torch.ones(3), atol=1e-5)
+    # one sure glimpse of four decides; none seen: background; a glimpse 69% sure of an object (leaning to a) decides
+    assert log_p.argmax(1).tolist() == [2, 0, 1]
+    mean_of_glimpses = logits.softmax(-1).mean(1)
+    assert mean_of_glimpses[0].argmax() == 0  # what averaging the glimpses would have answered
+
+
+def test_any_readout_replaces_the_class_head_with_the_glimpse_heads_and_needs_its_background_class(tmp_path):
+    heads = [{"name": "sign", "num_classes": 3, "kind": "class", "classes": ["30", "50", "none"]}]
+    torch.manual_seed(0)
+    model = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32, glimpse_heads=True,
+                         heads=heads)
+    images, proxy, mask = batch_of(2)
+    noise = Noise.keyed([1, 2])
+    mean = model(images, proxy, mask, noise=noise)
+    model.config = model.config.replace(readout="any", background="none")
+    anyone = model(images, proxy, mask, noise=Noise.keyed([1, 2]))
+    assert torch.equal(mean.z, anyone.z)
+    from vsaccade.model.classifier import any_object_log_probs
+    assert torch.allclose(anyone.logits["sign"], any_object_log_probs(anyone.glimpse_logits["sign"], 2))
+    with pytest.raises(ConfigError, match="model.background set to a class"):
+        create_model("saccader", glimpse_heads=True, heads=heads, readout="any", background="nothing")
+    with pytest.raises(ConfigError, match="glimpse_heads=true"):
+        create_model("saccader", heads=heads, readout="any", background="none")

@@ -143,7 +143,9 @@ def load_initial_weights(model, path) -> int:
 
 TRAINING_ONLY = ("optimizer", "rng")
 # Model fields that change where the model looks but not its weights: settable on a trained model.
-TEST_TIME_FIELDS = ("inhibition_of_return", "inhibit_window", "proxy_centroid", "proxy_prior_weight", "s_min", "s_max")
+TEST_TIME_FIELDS = ("inhibition_of_return", "inhibit_window", "proxy_centroid", "proxy_prior_weight", "s_min", "s_max",
+                    "readout", "background")
+SWAPPABLE_READOUTS = ("mean", "any")  # these two share the trained weights; "count" builds other parameters
 
 
 def with_test_time_settings(model, overrides: list[str]):
@@ -159,6 +161,10 @@ def with_test_time_settings(model, overrides: list[str]):
             raise ConfigError(f"cannot set {item!r} on a trained model; settable: "
                               f"{', '.join('model.' + f for f in TEST_TIME_FIELDS)}")
         changes[name] = parse_value(value)
+    if changes.get("readout", model.config.readout) != model.config.readout and \
+            {changes["readout"], model.config.readout} - set(SWAPPABLE_READOUTS):
+        raise ConfigError(f"cannot change readout from {model.config.readout!r} to {changes['readout']!r} on a trained "
+                          f"model; only between {' and '.join(SWAPPABLE_READOUTS)}")
     if changes:
         model.config = model.config.replace(**changes)
         if hasattr(model, "checkpoint"):

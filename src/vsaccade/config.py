@@ -78,13 +78,15 @@ class ModelConfig(PlainConfig):
     reconstruct_proxy: bool = False  # optional log p(x~ | z_t, h_{t-1}) term (continuous Bernoulli)
     backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
     glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
-    readout: str = "mean"  # count heads: "mean" (an MLP over pooled features) or "count" (summed counts, model/classifier.py)
+    readout: str = "mean"  # "mean" (an MLP over pooled features), "count" (count heads: summed counts) or "any" (class
+    # heads: what the per-glimpse heads most sure of an object say, `background` where none is; model/classifier.py)
+    background: str = ""  # readout="any": the class that means "no object", by name (e.g. the folder "none")
 
     def validate(self):
         super().validate()
         choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
                    "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
-                   "location_policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count")}
+                   "location_policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -100,6 +102,12 @@ class ModelConfig(PlainConfig):
             raise ConfigError(f"glimpse_size must be at least 8 pixels, got {self.glimpse_size}")
         if not self.heads or not all(isinstance(h, dict) and {"name", "num_classes", "kind"} <= set(h) for h in self.heads):
             raise ConfigError(f"heads must be a non-empty list of {{name, num_classes, kind}} dicts, got {self.heads!r}")
+        if self.readout == "any":
+            if self.architecture != "saccader" or not self.glimpse_heads:
+                raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")
+            if not any(h["kind"] == "class" and self.background in h.get("classes", ()) for h in self.heads):
+                raise ConfigError(f"readout=any needs model.background set to a class of a class head; got {self.background!r}, "
+                                  "classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}" for h in self.heads))
 
 
 @dataclass

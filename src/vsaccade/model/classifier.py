@@ -1,6 +1,7 @@
 """Classifiers: p(y | f_1..f_T, h_T), an MLP over the mean glimpse feature and the final state, one head per
-label, or for count heads with readout="count" a sum of per-glimpse counts (CountReadout); and optional
-per-glimpse heads p(y | g_t), linear in f_t, which score what each glimpse alone says."""
+label, or for count heads with readout="count" a sum of per-glimpse counts (CountReadout); optional
+per-glimpse heads p(y | g_t), linear in f_t, which score what each glimpse alone says; and for class heads with
+readout="any", the image's class from those per-glimpse heads (any_object_log_probs)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from ..config import ConfigError
 
 def count_heads(heads: list[dict], readout: str) -> set[str]:
     """Names of the heads read out as summed counts (readout="count" applies to count heads only)."""
-    if readout == "mean":
+    if readout != "count":
         return set()
     names = {h["name"] for h in heads if h["kind"] == "count"}
     if not names:
@@ -80,3 +81,19 @@ class CountReadout(nn.Module):
     def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """features (B, T, hidden), optional mask (B, T) of glimpses that exist -> logits (B, K + 1)."""
         return self.logits(self.glimpse_counts(features), mask)
+
+
+def any_object_log_probs(glimpse_logits: torch.Tensor, background: int) -> torch.Tensor:
+    """Per-glimpse logits (B, T, K) -> log p(y) (B, K) for an image holding at most one object, where class
+    `background` means none: the image shows no object only if no glimpse sees one, p(bg) = prod_t p_t(bg), and
+    otherwise the object's class is the per-glimpse probabilities of each object class summed over glimpses and
+    renormalised over the object classes, p(c) = (1 - p(bg)) sum_t p_t(c) / sum_t (1 - p_t(bg)). A glimpse sure it
+    sees a 70 decides the answer however many others see background, which a mean over glimpses would dilute."""
+    log_p = glimpse_logits.log_softmax(-1)
+    log_none = log_p[..., background].sum(1)  # (B,)
+    log_some = torch.log(-torch.expm1(log_none.clamp(max=-1e-6)))  # log(1 - p(bg)), finite
+    is_object = torch.ones(log_p.shape[-1], dtype=torch.bool, device=log_p.device)
+    is_object[background] = False
+    log_mass = torch.logsumexp(log_p[..., is_object], dim=-1)  # (B, T) log(1 - p_t(bg))
+    log_share = torch.logsumexp(log_p, dim=1) - torch.logsumexp(log_mass, dim=1, keepdim=True)  # (B, K)
+    return torch.where(is_object, log_some[:, None] + log_share, log_none[:, None])

@@ -6,7 +6,8 @@ Per image, with e = ProxyEncoder(x~) computed once:
                    g_t = crop(x; z_t)                (W x W, from the large image)
                    f_t = GlimpseEncoder(g_t)
                    h_t = RNN([e, f_t, embed(z_t)], h_{t-1})
-    p(y | f_1..f_T, h_T) = Classifier(mean_t f_t, h_T)   (count heads with readout=count: sum_t count(f_t))
+    p(y | f_1..f_T, h_T) = Classifier(mean_t f_t, h_T)   (count heads with readout=count: sum_t count(f_t);
+                                                          class heads with readout=any: from p(y | g_t), t = 1..T)
 Shapes follow (B, T, C, H, W).
 """
 
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, ModelConfig
 from ..geometry import cell_centres_normalised, cell_half_extent_normalised
-from .classifier import Classifier, GlimpseHeads
+from .classifier import Classifier, GlimpseHeads, any_object_log_probs
 from .core import RecurrentCore
 from .glimpse_encoder import GlimpseEncoder
 from .glimpse_sampler import sample_glimpses
@@ -218,6 +219,9 @@ class VariationalSaccader(nn.Module):
 
         logits, glimpse_counts = self.classifier(torch.stack(feats, 1), self.core.output(state))
         glimpse_logits = self.glimpse_heads(torch.stack(raw_feats, 1)) if self.glimpse_heads is not None else None
+        if c.readout == "any":  # class heads that hold the background class: read from the per-glimpse heads
+            logits = {**logits, **{h["name"]: any_object_log_probs(glimpse_logits[h["name"]], h["classes"].index(c.background))
+                                   for h in c.heads if h["kind"] == "class" and c.background in h.get("classes", ())}}
         box_glimpse_logits = None
         if box_z is not None:
             if self.glimpse_heads is None:
