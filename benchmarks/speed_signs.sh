@@ -2,9 +2,11 @@
 # The speed-sign benchmark (docs/benchmarks/files.md), trained from prepared files, in three steps run one after
 # the other with 2 torch threads each, every one resumable (a finished step is skipped, a killed run resumes):
 #   reader   the glimpse encoder and a head pre-trained on oracle glimpses at the sign: the training split's and
-#            40,000 drawn crops (benchmarks/speed_signs_reader.py --synthetic), saved in the saccader's names;
+#            60,000 drawn crops (benchmarks/speed_signs_reader.py --synthetic), 8 epochs of cosine-annealed learning
+#            rate, saved in the saccader's names;
 #   ours     the box-supervised variant (`speed-signs-boxes`: objective.location_weight, the generator's
-#            boxes.csv) started from the reader (train.init_weights), 15 epochs or 75 minutes;
+#            boxes.csv) started from the reader (train.init_weights), 10 epochs (its cosine schedule's length, which
+#            fits in the 75-minute budget at about 6.5 minutes an epoch);
 #   control  its no-glimpse control, 10 epochs or 72 minutes at 1 thread (the run in files.md, which shared the
 #            machine with an earlier version of ours).
 # Needs the data first (about 25 minutes on 2 cores):
@@ -35,13 +37,13 @@ reader="$root/speed-signs-reader.pt"
 if [[ " $steps " == *" reader "* ]]; then
   if [ -f "$reader" ]; then echo "reader: done"; else
     echo "$(date +%T) start reader"
-    python "$here/speed_signs_reader.py" --root "$data" --synthetic 40000 --epochs 8 --batch-size 64 --threads 2 \
+    python "$here/speed_signs_reader.py" --root "$data" --synthetic 60000 --epochs 8 --cosine --batch-size 64 --threads 2 \
         --save "$reader" --json "$root/speed-signs-reader-pretrain.json" > "$root/speed-signs-reader.log" 2>&1
     echo "$(date +%T) end reader (exit $?)"
   fi
 fi
 if [[ " $steps " == *" ours "* ]]; then
-  run speed-signs-boxes-s0 --epochs 15 --max-minutes 75 --set train.init_weights="$reader"
+  run speed-signs-boxes-s0 --epochs 10 --max-minutes 75 --set train.init_weights="$reader"
 fi
 # The control ran while the preset still trained the per-glimpse heads on every glimpse and took their reward (it
 # was started before those two were dropped; files.md): these overrides reproduce it.
