@@ -62,7 +62,7 @@ def cached_glimpses(root: str, cache: Path, model_config) -> dict:
 def synthetic_glimpse(job: tuple):
     """One crop (tasks.speed_signs.window_crop) -> its centred window's glimpse (C, W, W) uint8 and class name
     (a numpy array: torch tensors would cross the process boundary as file descriptors, one per glimpse)."""
-    index, s_min, s_max, cells, size = job
+    index, s_min, s_max, cells, size, centred_decoy = job
     import numpy as np
 
     from vsaccade.images import ArrayImage
@@ -73,14 +73,14 @@ def synthetic_glimpse(job: tuple):
     rng = np.random.default_rng([1, index])
     window = int(round(rng.uniform(s_min, s_max) * min(WIDTH, HEIGHT)))  # as objective.box_windows draws sides
     reach = int(round(0.5 / cells * max(WIDTH, HEIGHT)))  # and centres: up to half a cell off the sign
-    crop, label, _ = window_crop(0, index, window, reach)
+    crop, label, _ = window_crop(0, index, window, reach, centred_decoy=centred_decoy)
     image = ArrayImage(crop)
     z = torch.tensor([[window / image.width, 0.0, 0.0]])
     glimpse = sample_glimpses([image], z, size)[0]
     return as_uint8(glimpse).numpy(), label
 
 
-def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str], workers: int) -> dict:
+def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str], workers: int, centred_decoy: float) -> dict:
     if cache.exists():
         return torch.load(cache)
     import multiprocessing
@@ -89,7 +89,7 @@ def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str]
     from tqdm import tqdm
 
     c = model_config
-    jobs = [(i, c.s_min, c.s_max, c.location_cells, c.glimpse_size) for i in range(count)]
+    jobs = [(i, c.s_min, c.s_max, c.location_cells, c.glimpse_size, centred_decoy) for i in range(count)]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
         results = list(tqdm(pool.imap(synthetic_glimpse, jobs, chunksize=64), total=count, desc="synthetic glimpses"))
     data = {"glimpse": torch.from_numpy(np.stack([g for g, _ in results])), "label": torch.tensor([classes.index(n) for _, n in results]),
@@ -137,6 +137,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-box-glimpses.pt")
     parser.add_argument("--synthetic", type=int, default=0, help="add this many glimpses of drawn crops to training")
+    parser.add_argument("--centred-decoys", type=float, default=0.0, metavar="P",
+                        help="the share of drawn `none` crops with a decoy where a sign would be (hard negatives)")
     parser.add_argument("--no-real-train", action="store_true", help="train on the drawn crops only (needs --synthetic)")
     parser.add_argument("--workers", type=int, default=2, help="processes drawing the crops")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -162,8 +164,10 @@ def main(argv=None):
 
         names = make_task("folder", "train", root=args.root, proxy_size=c.proxy_size, channels=3).classes
         windows = f"s{c.s_min}-{c.s_max}-cells{c.location_cells}-w{c.glimpse_size}"  # what the drawn glimpses depend on
+        if args.centred_decoys:
+            windows += f"-decoys{args.centred_decoys}"
         drawn = synthetic_glimpses(args.synthetic, root.parent / f"speed-signs-synthetic-{args.synthetic}-{windows}.pt", c,
-                                   names, args.workers)
+                                   names, args.workers, args.centred_decoys)
         train = drawn if args.no_real_train else {k: torch.cat([train[k], drawn[k]]) for k in train}
     read_seconds = time.time() - started
     net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool), nn.Linear(c.hidden, classes))
@@ -206,7 +210,7 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps({"command": "python benchmarks/speed_signs_reader.py " + " ".join(sys.argv[1:]),
                                                "preset": args.preset, "overrides": args.set, "train_images": len(train["label"]),
                                                "validation_images": len(validation["label"]),
-                                               "synthetic": args.synthetic, "real_train": not args.no_real_train, "read_seconds": read_seconds,
+                                               "synthetic": args.synthetic, "centred_decoys": args.centred_decoys, "real_train": not args.no_real_train, "read_seconds": read_seconds,
                                                "threads": args.threads, "load": args.load, "cosine": args.cosine, "history": history,
                                                "validation_signs_read_by_side_px": by_side}, indent=2))
 

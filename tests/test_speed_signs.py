@@ -44,3 +44,46 @@ def test_window_crops_are_deterministic_and_hold_the_sign_in_its_box_near_their_
             inside = crop[int(y0):int(y1), int(x0):int(x1)].astype(int)
             red = (inside[..., 0] > 120) & (inside[..., 1] < 90) & (inside[..., 2] < 90)
             assert red.mean() > 0.05  # the ring
+
+
+def test_centred_decoys_change_only_the_none_crops_and_only_near_their_centre():
+    from vsaccade.tasks.speed_signs import window_crop
+
+    for i in range(12):
+        plain, label, box = window_crop(0, i, 200, 31)
+        hard, hard_label, hard_box = window_crop(0, i, 200, 31, centred_decoy=1.0)
+        assert (hard_label, hard_box) == (label, box)
+        if label != "none":
+            assert np.array_equal(hard, plain)
+            continue
+        changed = np.abs(hard.astype(int) - plain.astype(int)).max(axis=2) > 40
+        ys, xs = np.nonzero(changed)
+        assert changed.sum() > 100  # a decoy was pasted (an empty ring's is the least ink)
+        centre_y, centre_x = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        assert abs(centre_x - 131) <= 31 + 16 and abs(centre_y - 131) <= 31 + 16  # where a sign would be (+ JPEG blocks)
+
+
+def test_the_error_breakdown_counts_held_signs_misreads_and_decoys_read_as_numbers():
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "speed_signs_errors.py"
+    spec = importlib.util.spec_from_file_location("speed_signs_errors", script)
+    errors = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(errors)
+    boxes = {"30/a.tif": [[100, 100, 150, 150]], "50/b.tif": [[1000, 1000, 1100, 1100]]}
+    far, around_a, around_b = [0, 0, 10, 10], [90, 90, 300, 300], [950, 950, 1150, 1150]
+
+    def row(path, label, *windows):
+        values = {"path": f"root/train/{path}", "label": label}
+        for t, window in enumerate(windows, start=1):
+            values.update({f"glimpse{t}_{k}": str(v) for k, v in zip(("x0", "y0", "x1", "y1"), window)})
+        return values
+
+    rows = [row("30/a.tif", "30", far, around_a), row("50/b.tif", "none", far, far),
+            row("none/c.tif", "80", around_b, far), row("none/d.tif", "none", far, far)]
+    counts = errors.tally(rows, boxes, glimpses=2)
+    assert counts["none"] == {"images": 2, "read right": 1}
+    assert counts["signs"]["all"] == {"signs": 2, "held by a glimpse": 1, "held by the first": 0, "read right": 1,
+                                      "held, read wrong": 0, "not held, read as none": 1}
+    assert counts["signs"]["under 60"]["signs"] == 1 and counts["signs"]["100 and over"]["signs"] == 1

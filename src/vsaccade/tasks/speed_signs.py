@@ -129,12 +129,15 @@ def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[flo
     return image, label, sign_box(x, y, side)
 
 
-def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 1.0) -> tuple[np.ndarray, str, list[float] | None]:
+def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 1.0,
+                centred_decoy: float = 0.0) -> tuple[np.ndarray, str, list[float] | None]:
     """A square (H, W, 3) uint8 crop of side `window + 2 * reach` drawn like a scene at the scene's scale, its
     class and the sign's box as `scene` gives it (None for `none`): with a sign in 2/3 of crops (its centre up to `reach` px from the crop's centre each way), else `none`.
     For training a glimpse reader on many more signs than a benchmark's scenes hold
     (benchmarks/speed_signs_reader.py --synthetic): the same smooth colours, shapes (as many per area as a
-    scene), `decoys` decoys on average (a scene's 12-24 in 12 Mpx put about 0.2 in a 262-px crop) and the same JPEG quality."""
+    scene), `decoys` decoys on average (a scene's 12-24 in 12 Mpx put about 0.2 in a 262-px crop) and the same JPEG quality.
+    With probability `centred_decoy` a `none` crop also holds a decoy where a sign would be: the hard negatives a
+    model that seeks signs looks at (its draws come last, so the other crops are the same with or without it)."""
     rng = np.random.default_rng([seed, 3, index])
     side = window + 2 * reach
     # A scene's colours vary over ~500 px (a 6x8 grid over 4000x3000): over a crop, a gentle slope.
@@ -156,6 +159,11 @@ def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 
         x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
         image.paste(patch, (int(x), int(y)), patch)
         box = sign_box(int(x), int(y), size)
+    elif centred_decoy and rng.random() < centred_decoy:
+        size = int(rng.integers(low, high + 1))
+        decoy = (ring_decoy if rng.random() < 0.5 else number_decoy)(rng, size)
+        x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
+        image.paste(decoy, (int(x), int(y)), decoy)
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=QUALITY)
     return np.asarray(Image.open(encoded).convert("RGB")), label, box

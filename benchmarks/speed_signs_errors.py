@@ -1,0 +1,96 @@
+"""Where a speed-sign model's errors are (docs/benchmarks/files.md): per image of a split, through `vsaccade
+predict`'s code path, whether one of its glimpses holds the sign (the window contains the whole box, at any
+window size, unlike the evaluation's cover, which also asks for a window at most 4 times the sign's side), and
+whether the image was read right. Errors fall into three kinds: a sign no glimpse holds, a held sign read wrong,
+and a `none` image read as a number (the glimpses that seek signs land on decoys). Prints a table by the sign's
+box side and writes the counts as JSON.
+
+    python benchmarks/speed_signs_errors.py runs/speed-signs-boxes-s0/best.pt --root runs/speed-signs-tiff \
+        --split validation --json runs/speed-signs-errors.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+SIDE_BINS = {"under 60": (0, 60), "60-79": (60, 80), "80-99": (80, 100), "100 and over": (100, 10_000)}  # box side, px
+
+
+def holds(glimpse: list[float], box: list[float]) -> bool:
+    return glimpse[0] <= box[0] and glimpse[1] <= box[1] and glimpse[2] >= box[2] and glimpse[3] >= box[3]
+
+
+def tally(rows: list[dict], boxes: dict, glimpses: int) -> dict:
+    """Counts over predict's CSV rows: per side bin and in all, for signs; read right, for `none` images."""
+    signs: dict[str, Counter] = {name: Counter() for name in [*SIDE_BINS, "all"]}
+    none = Counter()
+    for row in rows:
+        relative = "/".join(Path(row["path"]).parts[-2:])
+        truth, right = relative.split("/")[0], row["label"] == relative.split("/")[0]
+        if truth == "none":
+            none["images"] += 1
+            none["read right"] += right
+            continue
+        box = boxes[relative][0]
+        windows = [[float(row[f"glimpse{t}_{k}"]) for k in ("x0", "y0", "x1", "y1")] for t in range(1, glimpses + 1)]
+        held = [holds(window, box) for window in windows]
+        side = box[2] - box[0]
+        for name in [next(n for n, (low, high) in SIDE_BINS.items() if low <= side < high), "all"]:
+            counts = signs[name]
+            counts["signs"] += 1
+            counts["held by a glimpse"] += any(held)
+            counts["held by the first"] += held[0]
+            counts["read right"] += right
+            counts["held, read wrong"] += any(held) and not right
+            counts["not held, read as none"] += not any(held) and row["label"] == "none"
+    return {"signs": {name: dict(c) for name, c in signs.items()}, "none": dict(none)}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--root", required=True, help="a prepared speed-sign folder dataset (with boxes.csv)")
+    parser.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    parser.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE", help="a test-time setting")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    import torch
+
+    from vsaccade.checkpoint import load, with_test_time_settings
+    from vsaccade.predict_files import predict_paths
+    from vsaccade.tasks import make_task
+    from vsaccade.tasks.folder import read_boxes
+
+    torch.set_num_threads(args.threads)
+    model = with_test_time_settings(load(args.checkpoint), args.set)
+    task = make_task("folder", args.split, root=args.root, proxy_size=model.config.proxy_size, channels=model.config.image_channels)
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "predictions.csv"
+        _, failed = predict_paths(model, [str(path) for path, _ in task.items], out)
+        if failed:
+            sys.exit(f"{failed} file(s) could not be read")
+        rows = list(csv.DictReader(open(out, newline="")))
+    counts = tally(rows, read_boxes(task.split_dir), model.config.glimpses)
+    right = counts["signs"]["all"].get("read right", 0) + counts["none"].get("read right", 0)
+    counts.update(command="python benchmarks/speed_signs_errors.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                  split=args.split, images=len(rows), accuracy=right / len(rows))
+    print(f"{args.split}: {len(rows)} images, accuracy {right / len(rows):.1%}; none read right "
+          f"{counts['none'].get('read right', 0)} of {counts['none'].get('images', 0)}")
+    columns = ["signs", "held by a glimpse", "held by the first", "read right", "held, read wrong", "not held, read as none"]
+    print("| sign side | " + " | ".join(columns) + " |")
+    for name, c in counts["signs"].items():
+        print(f"| {name} | " + " | ".join(str(c.get(column, 0)) for column in columns) + " |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(counts, indent=2))
+
+
+if __name__ == "__main__":
+    main()
