@@ -19,7 +19,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-SIDE_BINS = {"under 60": (0, 60), "60-79": (60, 80), "80-99": (80, 100), "100 and over": (100, 10_000)}  # box side, px
+from vsaccade.tasks.speed_signs import SIDE_BINS
 
 
 def holds(glimpse: list[float], box: list[float]) -> bool:

@@ -99,9 +99,6 @@ def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str]
     return data
 
 
-SIDE_BINS = {"under 60": (0, 60), "60-79": (60, 80), "80-99": (80, 100), "100 and over": (100, 10_000)}  # box side, px
-
-
 def validation_sign_sides(root: str, model_config) -> torch.Tensor:
     """The side in pixels of each validation image's sign box (0 without one), in the cache's order."""
     from vsaccade.tasks import make_task
@@ -150,6 +147,7 @@ def main(argv=None):
         parser.error("--no-real-train needs --synthetic N")
     from vsaccade.model.glimpse_encoder import GlimpseEncoder
     from vsaccade.presets import resolve
+    from vsaccade.tasks.speed_signs import SIDE_BINS
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

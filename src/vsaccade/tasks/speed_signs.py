@@ -31,6 +31,7 @@ CLASSES = ("30", "50", "60", "70", "80", "90", "100", "120", "none")
 SPLIT_IDS = {"train": 0, "test": 1, "validation": 2}
 WIDTH, HEIGHT = 4000, 3000
 SIGN_SIDES = (40, 120)
+SIDE_BINS = {"under 60": (0, 60), "60-79": (60, 80), "80-99": (80, 100), "100 and over": (100, 10_000)}  # sign box sides (px) that reports break down by
 NONE_PROBABILITY = 1 / 3
 QUALITY = 90
 
