@@ -100,6 +100,11 @@ def number_decoy(rng: np.random.Generator, side: int) -> Image.Image:
     return sign_patch(str(rng.choice(CLASSES[:-1])), side, rng, ring=False, disc=bool(rng.random() < 0.5))
 
 
+def any_decoy(rng: np.random.Generator, side: int) -> Image.Image:
+    """A ring decoy or a number decoy, at even odds."""
+    return (ring_decoy if rng.random() < 0.5 else number_decoy)(rng, side)
+
+
 def sign(rng: np.random.Generator, label: str, side: int) -> Image.Image:
     return lit(sign_patch(label, side, rng), float(rng.uniform(0.6, 1.2)))
 
@@ -150,21 +155,25 @@ def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 
     low, high = SIGN_SIDES
     for _ in range(int(rng.poisson(decoys))):
         size = int(rng.integers(low, high + 1))
-        decoy = (ring_decoy if rng.random() < 0.5 else number_decoy)(rng, size)
+        decoy = any_decoy(rng, size)
         image.paste(decoy, (int(rng.integers(-size // 2, side - size // 2)), int(rng.integers(-size // 2, side - size // 2))), decoy)
+
+    def near_centre(size: int) -> tuple[int, int]:  # where a patch of `size` goes, its centre up to `reach` px off
+        x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
+        return int(x), int(y)
+
     label, box = "none", None
     if rng.random() >= NONE_PROBABILITY:
         label = str(rng.choice(CLASSES[:-1]))
         size = int(rng.integers(low, high + 1))
         patch = sign(rng, label, size)
-        x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
-        image.paste(patch, (int(x), int(y)), patch)
-        box = sign_box(int(x), int(y), size)
+        x, y = near_centre(size)
+        image.paste(patch, (x, y), patch)
+        box = sign_box(x, y, size)
     elif centred_decoy and rng.random() < centred_decoy:
         size = int(rng.integers(low, high + 1))
-        decoy = (ring_decoy if rng.random() < 0.5 else number_decoy)(rng, size)
-        x, y = (side / 2 + rng.uniform(-reach, reach, 2) - size / 2).round().astype(int)
-        image.paste(decoy, (int(x), int(y)), decoy)
+        decoy = any_decoy(rng, size)
+        image.paste(decoy, near_centre(size), decoy)
     encoded = io.BytesIO()
     image.save(encoded, format="JPEG", quality=QUALITY)
     return np.asarray(Image.open(encoded).convert("RGB")), label, box
