@@ -19,11 +19,10 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
+import torch
+
+from vsaccade.evaluate import windows_contain
 from vsaccade.tasks.speed_signs import SIDE_BINS
-
-
-def holds(glimpse: list[float], box: list[float]) -> bool:
-    return glimpse[0] <= box[0] and glimpse[1] <= box[1] and glimpse[2] >= box[2] and glimpse[3] >= box[3]
 
 
 def tally(rows: list[dict], boxes: dict, glimpses: int) -> dict:
@@ -39,7 +38,7 @@ def tally(rows: list[dict], boxes: dict, glimpses: int) -> dict:
             continue
         box = boxes[relative][0]
         windows = [[float(row[f"glimpse{t}_{k}"]) for k in ("x0", "y0", "x1", "y1")] for t in range(1, glimpses + 1)]
-        held = [holds(window, box) for window in windows]
+        held = windows_contain(torch.tensor(windows), torch.tensor([box]))[:, 0].tolist()
         side = box[2] - box[0]
         for name in [next(n for n, (low, high) in SIDE_BINS.items() if low <= side < high), "all"]:
             counts = signs[name]
@@ -61,8 +60,6 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    import torch
-
     from vsaccade.checkpoint import load, with_test_time_settings
     from vsaccade.predict_files import predict_paths
     from vsaccade.tasks import make_task

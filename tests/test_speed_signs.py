@@ -49,6 +49,7 @@ def test_window_crops_are_deterministic_and_hold_the_sign_in_its_box_near_their_
 def test_centred_decoys_change_only_the_none_crops_and_only_near_their_centre():
     from vsaccade.tasks.speed_signs import window_crop
 
+    nones = 0
     for i in range(12):
         plain, label, box = window_crop(0, i, 200, 31)
         hard, hard_label, hard_box = window_crop(0, i, 200, 31, centred_decoy=1.0)
@@ -56,11 +57,13 @@ def test_centred_decoys_change_only_the_none_crops_and_only_near_their_centre():
         if label != "none":
             assert np.array_equal(hard, plain)
             continue
+        nones += 1
         changed = np.abs(hard.astype(int) - plain.astype(int)).max(axis=2) > 40
         ys, xs = np.nonzero(changed)
         assert changed.sum() > 100  # a decoy was pasted (an empty ring's is the least ink)
         centre_y, centre_x = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
         assert abs(centre_x - 131) <= 31 + 16 and abs(centre_y - 131) <= 31 + 16  # where a sign would be (+ JPEG blocks)
+    assert nones >= 2
 
 
 def test_the_error_breakdown_counts_held_signs_misreads_and_decoys_read_as_numbers():

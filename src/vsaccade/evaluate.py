@@ -22,6 +22,12 @@ from .tasks.base import collate
 COVERAGE_MAX_RATIO = 4.0
 
 
+def windows_contain(windows: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """windows (T, 4), boxes (N, 4), both (x0, y0, x1, y1) -> (T, N): window t contains all of box n."""
+    w, b = windows[:, None], boxes[None]
+    return (w[..., 0] <= b[..., 0]) & (w[..., 1] <= b[..., 1]) & (w[..., 2] >= b[..., 2]) & (w[..., 3] >= b[..., 3])
+
+
 def localisation_counts(boxes: list, windows: torch.Tensor) -> dict:
     """boxes: B tensors (N_b, 4); windows: (B, T, 4) -> counts of hits and covered objects."""
     hits = glimpses = covered = objects = 0
@@ -32,7 +38,7 @@ def localisation_counts(boxes: list, windows: torch.Tensor) -> dict:
         cx, cy = (wins[:, 0] + wins[:, 2]) / 2, (wins[:, 1] + wins[:, 3]) / 2
         inside = (cx[:, None] >= objs[:, 0]) & (cx[:, None] < objs[:, 2]) & (cy[:, None] >= objs[:, 1]) & (cy[:, None] < objs[:, 3])
         hits += int(inside.any(1).sum())
-        contains = (wins[:, None, 0] <= objs[:, 0]) & (wins[:, None, 1] <= objs[:, 1]) & (wins[:, None, 2] >= objs[:, 2]) & (wins[:, None, 3] >= objs[:, 3])
+        contains = windows_contain(wins, objs)
         object_side = torch.maximum(objs[:, 2] - objs[:, 0], objs[:, 3] - objs[:, 1])
         small_enough = (wins[:, None, 2] - wins[:, None, 0]) <= COVERAGE_MAX_RATIO * object_side[None]
         covered += int((contains & small_enough).any(0).sum())
