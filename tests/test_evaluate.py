@@ -1,0 +1,24 @@
+"""Localisation counts: a hit is a window whose centre is inside an object; an object is covered when a window contains all
+of it and is at most COVERAGE_MAX_RATIO times its side."""
+
+import torch
+
+from vsaccade.evaluate import COVERAGE_MAX_RATIO, localisation_counts, windows_contain
+
+
+def test_windows_contain_whole_boxes_only():
+    windows = torch.tensor([[0.0, 0, 100, 100], [50, 50, 70, 70]])
+    boxes = torch.tensor([[10.0, 10, 40, 40], [60, 60, 120, 120], [55, 55, 65, 65]])
+    assert windows_contain(windows, boxes).tolist() == [[True, False, True], [False, False, True]]
+
+
+def test_cover_needs_the_whole_object_in_a_window_small_enough():
+    box = torch.tensor([[100.0, 100, 140, 140]])  # side 40
+    too_large = 40 * COVERAGE_MAX_RATIO + 10
+    windows = torch.tensor([[[90.0, 90, 150, 150],                        # contains it, 60 px: covered
+                             [110, 110, 130, 130],                        # centre inside, cuts it: not covered
+                             [120 - too_large / 2, 120 - too_large / 2,  # contains it but too large: not covered
+                              120 + too_large / 2, 120 + too_large / 2]]])
+    assert localisation_counts([box], windows) == {"hits": 3, "glimpses": 3, "covered": 1, "objects": 1}
+    assert localisation_counts([box], windows[:, 1:]) == {"hits": 2, "glimpses": 2, "covered": 0, "objects": 1}
+    assert localisation_counts([torch.zeros(0, 4)], windows) == {"hits": 0, "glimpses": 3, "covered": 0, "objects": 0}
