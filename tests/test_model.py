@@ -369,3 +369,61 @@ def test_any_readout_replaces_the_class_head_with_the_glimpse_heads_and_needs_it
         create_model("saccader", glimpse_heads=True, heads=heads, readout="any", background="nothing")
     with pytest.raises(ConfigError, match="glimpse_heads=true"):
         create_model("saccader", heads=heads, readout="any", background="none")
+    # A preset names its background before a folder task names the classes: the config waits, the model does not.
+    from vsaccade.config import ModelConfig
+
+    ModelConfig(glimpse_heads=True, readout="any", background="none").validate()  # heads not named yet: no error
+    with pytest.raises(ConfigError, match="model.background set to a class"):
+        create_model("saccader", glimpse_heads=True, readout="any", background="none")
+
+
+def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_its_size():
+    # One bright square per proxy, of a random size and anywhere: trained with the box losses alone (cell, then offset
+    # and side towards the window twice the box's side around it), the mode's first window moves onto the box's
+    # centre from its cell's centre and takes the box's size, which no fixed side could.
+    from vsaccade.objective import box_cells, fitted_windows
+
+    torch.manual_seed(0)
+    model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=1, glimpse_size=8, hidden=32, s_min=0.05,
+                         s_max=0.4, proxy_encoder="wide", proxy_prior_weight=0.0,
+                         heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+
+    def scenes(count, generator):  # 160x160 images, 10 px per proxy pixel; boxes of 1-4 proxy pixels
+        proxy = 0.1 * torch.rand(count, 1, 16, 16, generator=generator)
+        sides = torch.randint(1, 5, (count,), generator=generator)
+        corners = torch.stack([torch.randint(0, 17 - int(s), (2,), generator=generator) for s in sides])
+        for i in range(count):
+            (x, y), s = corners[i].tolist(), int(sides[i])
+            proxy[i, 0, y:y + s, x:x + s] = 1.0
+        boxes = [torch.tensor([[10.0 * x, 10.0 * y, 10.0 * (x + s), 10.0 * (y + s)]]) for (x, y), s in zip(corners.tolist(), sides.tolist())]
+        return proxy, boxes
+
+    def errors(generator):  # mean |centre error| in pixels and mean |log side ratio| of the mode's first window, and
+        proxy, boxes = scenes(200, generator)  # the centre error of a window at the centre of the box's cell
+        images = [UpsampledImage(p, 160, 160) for p in proxy]
+        with torch.no_grad():
+            z = model(images, proxy, torch.ones(200, 16, 16, dtype=torch.bool), sample=False).z[:, 0]
+        centres = (fitted_windows(images, boxes, 2.0, 0.05, 0.4).z[:, 1:] + 1) * 80
+        sides = fitted_windows(images, boxes, 2.0, 0.05, 0.4).z[:, 0]
+        cell_centres = (centres // 40 + 0.5) * 40
+        return (float(((z[:, 1:] + 1) * 80 - centres).abs().mean()), float(torch.log(z[:, 0] / sides).abs().mean()),
+                float((cell_centres - centres).abs().mean()))
+
+    _, side_before, _ = errors(torch.Generator().manual_seed(2))
+    generator = torch.Generator().manual_seed(1)
+    config = ObjectiveConfig(beta=0.0, location_weight=1.0, box_window_scale=2.0, window_weight=1.0)
+    mask = torch.ones(32, 16, 16, dtype=torch.bool)
+    for _ in range(150):
+        proxy, boxes = scenes(32, generator)
+        images = [UpsampledImage(p, 160, 160) for p in proxy]
+        out = model(images, proxy, mask)
+        loss = negative_elbo(out, {"label": torch.zeros(32, dtype=torch.long)}, model.config.heads, config, beta=0.0,
+                             location_targets=box_cells(images, boxes, 16, 4),
+                             fitted=fitted_windows(images, boxes, 2.0, 0.05, 0.4))["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    centre_after, side_after, cell_centre = errors(torch.Generator().manual_seed(2))
+    assert centre_after < 0.4 * cell_centre, (cell_centre, centre_after)  # the offset learned, not just the cell
+    assert side_after < 0.3 * side_before, (side_before, side_after)

@@ -161,3 +161,67 @@ def test_box_supervision_needs_the_saccader_its_mixture_and_glimpse_heads(tmp_pa
         train(ModelConfig(posterior="gaussian"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="glimpse_heads"):
         train(ModelConfig(), ObjectiveConfig(box_glimpse_weight=1.0), TrainConfig(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="posterior=mixture"):
+        train(ModelConfig(posterior="gaussian"), ObjectiveConfig(box_window_scale=2.0, window_weight=1.0), TrainConfig(),
+              tmp_path, progress=False)
+
+
+def test_fitted_windows_frame_the_box_at_scale_times_its_side_within_the_side_range():
+    from vsaccade.geometry import glimpse_boxes
+    from vsaccade.images import UpsampledImage
+    from vsaccade.objective import fitted_windows
+
+    image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
+    boxes = [torch.tensor([[1000.0, 500.0, 1040.0, 540.0]]), torch.tensor([[0.0, 0.0, 2000.0, 1000.0]]), torch.zeros(0, 4)]
+    fitted = fitted_windows([image] * 3, boxes, 2.5, 0.03, 0.1)
+    assert fitted.present.tolist() == [True, True, False]
+    assert torch.allclose(glimpse_boxes(fitted.z[0], 3000, 4000), torch.tensor([970.0, 470.0, 1070.0, 570.0]), atol=1e-3)
+    assert fitted.z[1, 0] == pytest.approx(0.1)  # 2.5 x 2000 px is clamped to s_max
+    assert torch.allclose(fitted.side_uv[0], torch.tensor([2 * 100 / 4000, 2 * 100 / 3000]))
+
+
+def test_box_windows_with_a_scale_vary_around_the_fitted_window_and_keep_the_box_inside():
+    from vsaccade.geometry import glimpse_boxes
+    from vsaccade.images import UpsampledImage
+    from vsaccade.model.noise import Noise
+    from vsaccade.objective import FITTED_SIDE_SPREAD, box_windows, fitted_windows
+
+    image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
+    box = torch.tensor([[1000.0, 500.0, 1040.0, 540.0]])
+    z = box_windows([image] * 200, [box] * 200, 0.01, 0.2, 0.5 / 64, Noise.shared(200), scale=2.5)
+    fitted_side = fitted_windows([image], [box], 2.5, 0.01, 0.2).z[0, 0]
+    ratio = torch.log(z[:, 0] / fitted_side)
+    assert ratio.abs().max() <= FITTED_SIDE_SPREAD + 1e-5 and ratio.std() > FITTED_SIDE_SPREAD / 4
+    windows = glimpse_boxes(z, 3000, 4000)
+    inside = (windows[:, 0] <= 1000) & (windows[:, 1] <= 500) & (windows[:, 2] >= 1040) & (windows[:, 3] >= 540)
+    assert inside.all()
+    assert (windows[:, 0] + windows[:, 2]).std() > 5  # the centre varies
+
+
+def test_window_loss_counts_only_where_the_first_cell_holds_the_box_and_is_zero_on_the_fitted_window():
+    from vsaccade.objective import FittedWindows, window_loss
+
+    fitted = FittedWindows(torch.tensor([[0.05, 0.0, 0.0], [0.05, 0.5, 0.5], [0.0, 0.0, 0.0]]),
+                           torch.tensor([[0.1, 0.1], [0.1, 0.1], [1.0, 1.0]]), torch.tensor([True, True, False]))
+    z = torch.tensor([[0.05, 0.0, 0.0], [0.1, 0.55, 0.5], [0.05, 0.3, 0.3]], requires_grad=True)
+    loss = window_loss(z, fitted, torch.tensor([True, True, False]))
+    assert loss[0] == 0 and loss[2] == 0
+    assert loss[1].item() == pytest.approx(0.5 ** 2 + torch.log(torch.tensor(2.0)).item() ** 2, rel=1e-5)
+    loss.sum().backward()
+    assert z.grad[1, 1] > 0 and z.grad[1, 0] > 0 and z.grad[2].abs().max() == 0  # pulled back towards the fit
+
+    out = SaccadeOutput(**{**output().__dict__, "z": torch.stack([z.detach()[:2], z.detach()[:2]], 1),
+                           "cells": torch.tensor([[3, 0], [5, 0]])})
+    targets = torch.zeros(2, 16, dtype=torch.bool)
+    targets[0, 3] = targets[1, 6] = True  # the second image's first glimpse chose another cell: no window loss
+    two = FittedWindows(fitted.z[:2], fitted.side_uv[:2], fitted.present[:2])
+    config = ObjectiveConfig(box_window_scale=2.5, window_weight=1.0)
+    base = negative_elbo(out, LABELS, HEADS, ObjectiveConfig(), beta=0.0)["loss"]
+    assert negative_elbo(out, LABELS, HEADS, config, beta=0.0, location_targets=targets, fitted=two)["loss"] == pytest.approx(base.item())
+    targets[1, 5] = True
+    with_second = negative_elbo(out, LABELS, HEADS, config, beta=0.0, location_targets=targets, fitted=two)["loss"]
+    assert with_second.item() == pytest.approx(base.item() + loss[1].item() / 2, rel=1e-5)
+    with pytest.raises(ValueError, match="window_weight"):
+        negative_elbo(out, LABELS, HEADS, config, beta=0.0, location_targets=targets)
+    with pytest.raises(ConfigError, match="box_window_scale"):
+        ObjectiveConfig(window_weight=1.0).validate()

@@ -105,9 +105,16 @@ class ModelConfig(PlainConfig):
         if self.readout == "any":
             if self.architecture != "saccader" or not self.glimpse_heads:
                 raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")
-            if not any(h["kind"] == "class" and self.background in h.get("classes", ()) for h in self.heads):
-                raise ConfigError(f"readout=any needs model.background set to a class of a class head; got {self.background!r}, "
-                                  "classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}" for h in self.heads))
+            # A folder task names its classes only when training starts (train.model_config_for); the model checks
+            # again when it is built.
+            if any("classes" in h for h in self.heads) or not self.background:
+                self.check_background()
+
+    def check_background(self) -> None:
+        """readout=any: `background` must be a class of a class head."""
+        if not any(h["kind"] == "class" and self.background in h.get("classes", ()) for h in self.heads):
+            raise ConfigError(f"readout=any needs model.background set to a class of a class head; got {self.background!r}, "
+                              "classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}" for h in self.heads))
 
 
 @dataclass
@@ -124,15 +131,19 @@ class ObjectiveConfig(PlainConfig):
     attention_entropy_weight: float = 0.0  # ats: weight of -H(attention), the reference's entropy regulariser
     location_weight: float = 0.0  # box supervision (not the paper's method): -log q(c_1 = a box centre's cell)
     box_glimpse_weight: float = 0.0  # box supervision: the per-glimpse heads also read a glimpse at the box (glimpse_heads)
+    box_window_scale: float = 0.0  # box supervision: windows fitted to a box are this many times its side (0: none)
+    window_weight: float = 0.0  # box supervision: the first window's squared error to the fitted window (box_window_scale)
 
     def validate(self):
         super().validate()
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
         for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight",
-                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "box_glimpse_weight"):
+                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "box_glimpse_weight", "box_window_scale", "window_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
+        if self.window_weight and not self.box_window_scale:
+            raise ConfigError("ObjectiveConfig.window_weight needs box_window_scale > 0 (the side of the window it trains towards)")
 
 
 @dataclass

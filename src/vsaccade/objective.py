@@ -27,7 +27,10 @@ box centre (`box_cells`); samples without a box add nothing. A named variant for
 such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion box_glimpse_weight *
 -log p_t(y | g_box) trains the per-glimpse heads (and the glimpse encoder) on one extra glimpse per image at its box
 (`box_windows`; a random window where there is none), so the reader learns what a sign says before the posterior
-reliably finds one.
+reliably finds one. With box_window_scale k, a box's window is fitted to it (`fitted_windows`: centred on it, k times
+its side), the box glimpses are drawn around that window, and window_weight * the squared error of the first window
+to it (`window_loss`; where c_1 holds the box centre) trains the first glimpse's offset and side as well as its
+cell: a small object is then read magnified, at about the same size in the glimpse as a large one.
 
 attention_entropy_weight * -mean H(a) (outside the ELBO; needs a model that reports `attention_entropy`, i.e. "ats")
 is Attention Sampling's entropy regulariser: a positive weight keeps its attention from collapsing early
@@ -35,6 +38,8 @@ is Attention Sampling's entropy regulariser: a positive weight keeps its attenti
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -83,17 +88,54 @@ def box_cells(images: list, boxes: list, proxy_size: int, cells: int, device=Non
     return targets.to(device)
 
 
-def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_fraction: float, noise) -> torch.Tensor:
+class FittedWindows(NamedTuple):
+    z: torch.Tensor  # (B, 3) window (s, u, v) fitted to each image's first box (zeros without one)
+    side_uv: torch.Tensor  # (B, 2) that window's side in u and in v units (u and v span 2 across the image)
+    present: torch.Tensor  # (B,) bool: the image has a box
+
+
+def fitted_windows(images: list, boxes: list, scale: float, s_min: float, s_max: float) -> FittedWindows:
+    """The window that frames each image's first box: centred on it, `scale` times its longer side, the side
+    clamped to [s_min, s_max]. images: B LargeImages; boxes: B tensors (N_b, 4) in pixels."""
+    z, side_uv = torch.zeros(len(images), 3), torch.ones(len(images), 2)
+    present = torch.tensor([len(b) > 0 for b in boxes], dtype=torch.bool)
+    for row, (image, image_boxes) in enumerate(zip(images, boxes)):
+        if len(image_boxes):
+            x0, y0, x1, y1 = image_boxes[0].tolist()
+            short = min(image.height, image.width)
+            s = min(max(scale * max(x1 - x0, y1 - y0) / short, s_min), s_max)
+            u, v = centre_normalised(torch.tensor((x0 + x1) / 2), torch.tensor((y0 + y1) / 2), image.height, image.width)
+            z[row] = torch.stack([torch.tensor(s), u, v])
+            side_uv[row] = torch.tensor([2 * s * short / image.width, 2 * s * short / image.height])
+    return FittedWindows(z, side_uv, present)
+
+
+# Box glimpses around a fitted window (box_windows with `scale`): the side varies by a factor of up to e^0.2 each way
+# and the centre by up to 0.2 of the side each way, so the heads learn to read what a trained first window shows
+# (a sign still whole inside a 2.5x window shifted by 0.2: (2.5 - 1) / 2 / 2.5 = 0.3 of the side is its margin).
+FITTED_SIDE_SPREAD = 0.2
+FITTED_CENTRE_SHIFT = 0.2
+
+
+def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_fraction: float, noise,
+                scale: float = 0.0) -> torch.Tensor:
     """(B, 3) windows z = (s, u, v), one per image: on its first box, of a side drawn uniformly in [s_min, s_max]
     and its centre moved by up to `cell_fraction` of the image's longer side each way (a learned glimpse is that
-    far off-centre); uniform over the image where there is no box. Draws come from `noise` (model/noise.py)."""
+    far off-centre); uniform over the image where there is no box. With `scale` > 0, a box's window is instead its
+    fitted window (`fitted_windows`) varied by FITTED_SIDE_SPREAD and FITTED_CENTRE_SHIFT. Draws come from `noise`
+    (model/noise.py)."""
     draws = noise.uniform(3).cpu()
     s = s_min + (s_max - s_min) * draws[:, 0]
     uv = 2 * draws[:, 1:] - 1  # uniform over the image; on the box, the same draws are the jitter
+    fitted = fitted_windows(images, boxes, scale, s_min, s_max) if scale else None
     for row, (image, image_boxes) in enumerate(zip(images, boxes)):
         if len(image_boxes):
-            reach = cell_fraction * max(image.height, image.width)
             x0, y0, x1, y1 = image_boxes[0]
+            if fitted is not None:
+                s[row] = (fitted.z[row, 0] * torch.exp((2 * draws[row, 0] - 1) * FITTED_SIDE_SPREAD)).clamp(s_min, s_max)
+                reach = FITTED_CENTRE_SHIFT * s[row] * min(image.height, image.width)
+            else:
+                reach = cell_fraction * max(image.height, image.width)
             x, y = (x0 + x1) / 2 + uv[row, 0] * reach, (y0 + y1) / 2 + uv[row, 1] * reach
             uv[row] = torch.stack(centre_normalised(x, y, image.height, image.width))
     return torch.cat([s[:, None], uv.clamp(-1, 1)], 1)
@@ -105,12 +147,24 @@ def location_loss(cell_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.
     return torch.where(targets.any(1), -chosen, torch.zeros_like(chosen))
 
 
+def window_loss(z: torch.Tensor, fitted: FittedWindows, mask: torch.Tensor) -> torch.Tensor:
+    """(B, 3) windows, their fitted windows, (B,) bool -> (B,) squared error where mask holds, else 0: the centre's
+    offset in units of the fitted side, plus the log of the sides' ratio, squared. Scale-free, so a small object's
+    window is held as tightly (relative to its side) as a large one's."""
+    fitted_z = fitted.z.to(z.device)
+    centre = ((z[:, 1:] - fitted_z[:, 1:]) / fitted.side_uv.to(z.device)).square().sum(1)
+    side = torch.log(z[:, 0] / fitted_z[:, 0].clamp_min(1e-6)).square()
+    return torch.where(mask, centre + side, torch.zeros_like(centre))
+
+
 def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConfig, beta: float, estimator: str = "score",
-                  batch_mean=local_mean, location_targets: torch.Tensor | None = None) -> dict:
+                  batch_mean=local_mean, location_targets: torch.Tensor | None = None,
+                  fitted: FittedWindows | None = None) -> dict:
     """Loss to minimise (scalar) and its per-sample parts, from a SaccadeOutput. `batch_mean(values, dim)` gives
     the score-function baselines (a keepdim mean over the batch): over all ranks' samples in distributed
     training (distributed.Cluster.mean), so the loss does not depend on how the batch is split.
-    location_targets (B, c^2) bool from `box_cells`: needed with location_weight."""
+    location_targets (B, c^2) bool from `box_cells`: needed with location_weight and window_weight; fitted
+    (`fitted_windows`): needed with window_weight."""
     log_lik = log_likelihood(output.logits, labels, heads)
     kl = output.kl.sum(1)
     recon = output.reconstruction.mean(1) if output.reconstruction is not None else torch.zeros_like(kl)
@@ -138,6 +192,11 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
         if output.cell_log_probs is None or location_targets is None:
             raise ValueError("location_weight needs the mixture posterior and the batch's box cells (box_cells)")
         loss = loss + config.location_weight * location_loss(output.cell_log_probs[:, 0], location_targets).mean()
+    if config.window_weight:
+        if output.cells is None or location_targets is None or fitted is None:
+            raise ValueError("window_weight needs the mixture posterior, the batch's box cells (box_cells) and fitted windows")
+        on_box = location_targets.gather(1, output.cells[:, :1])[:, 0] & fitted.present.to(location_targets.device)
+        loss = loss + config.window_weight * window_loss(output.z[:, 0], fitted, on_box).mean()
     if config.box_glimpse_weight:
         if output.box_glimpse_logits is None:
             raise ValueError("box_glimpse_weight needs a model with glimpse_heads given the batch's box windows (box_windows)")

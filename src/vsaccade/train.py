@@ -40,7 +40,7 @@ from .images import ImageError
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .model import create_model
 from .model.noise import Noise, sample_key
-from .objective import beta_at, box_cells, box_windows, negative_elbo
+from .objective import beta_at, box_cells, box_windows, fitted_windows, negative_elbo
 from .tasks import collate, make_task
 
 CHECKPOINT_EVERY_SECONDS = 300  # mid-epoch checkpoints, so a killed run loses at most this much work
@@ -156,9 +156,9 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
 
 
 def _train(model_config, objective, config, out, resume, digit_source, data_dir, progress, log, cluster, stop) -> dict:
-    if objective.location_weight or objective.box_glimpse_weight:  # box supervision: fail before any data is read
+    if objective.location_weight or objective.box_glimpse_weight or objective.window_weight:  # box supervision: fail before any data is read
         if model_config.architecture != "saccader" or model_config.posterior != "mixture":
-            raise ConfigError("objective.location_weight and box_glimpse_weight (box supervision) need "
+            raise ConfigError("objective.location_weight, box_glimpse_weight and window_weight (box supervision) need "
                               "model.architecture=saccader with model.posterior=mixture")
         if objective.box_glimpse_weight and not model_config.glimpse_heads:
             raise ConfigError("objective.box_glimpse_weight (box supervision) needs model.glimpse_heads=true")
@@ -268,12 +268,14 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
                 box_z = {}
                 if objective.box_glimpse_weight:
                     box_z["box_z"] = box_windows(batch.images, batch.boxes, model_config.s_min, model_config.s_max,
-                                                 0.5 / model_config.location_cells, noise)
+                                                 0.5 / model_config.location_cells, noise, objective.box_window_scale)
                 output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise, **box_z)
                 targets = box_cells(batch.images, batch.boxes, model_config.proxy_size, model_config.location_cells,
-                                    cluster.device) if objective.location_weight else None
+                                    cluster.device) if objective.location_weight or objective.window_weight else None
+                fitted = fitted_windows(batch.images, batch.boxes, objective.box_window_scale, model_config.s_min,
+                                        model_config.s_max) if objective.window_weight else None
                 parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean,
-                                      targets)
+                                      targets, fitted)
             loss = parts["loss"].float()
             if faults.nan_loss(global_step + skipped_total + 1, cluster.rank):
                 loss = loss * float("nan")

@@ -55,6 +55,7 @@ class SaccadeOutput:
     glimpse_counts: dict | None = None  # count head -> (B, T), what each glimpse counted (readout="count")
     cell_log_probs: torch.Tensor | None = None  # (B, T, c^2) log q(c_t) of every cell (mixture posterior)
     box_glimpse_logits: dict | None = None  # head -> (B, 1, classes), the glimpse heads on the `box_z` windows
+    cells: torch.Tensor | None = None  # (B, T) the chosen cells (mixture posterior)
 
 
 def check_inputs(c: ModelConfig, images, proxy, proxy_mask) -> None:
@@ -76,6 +77,8 @@ class VariationalSaccader(nn.Module):
         super().__init__()
         if config.location_cells > config.proxy_size:
             raise ConfigError(f"location_cells ({config.location_cells}) cannot exceed proxy_size ({config.proxy_size})")
+        if config.readout == "any":
+            config.check_background()
         self.config = config
         c = config
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
@@ -176,7 +179,7 @@ class VariationalSaccader(nn.Module):
                 half_side_per_s = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height]
                                                 for i in images], device=device)
 
-        zs, kls, log_qs, cell_log_probs, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], [], []
+        zs, kls, log_qs, cell_log_probs, cells, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], [], [], []
         for _ in range(c.glimpses):
             h = self.core.output(state)
             log_q = None
@@ -191,6 +194,7 @@ class VariationalSaccader(nn.Module):
                 z, kl, log_q = step.z, step.kl, step.log_q_cell if sample else None  # argmax: no score function
                 if step.cell_log_probs is not None:
                     cell_log_probs.append(step.cell_log_probs)
+                cells.append(step.cell)
                 if c.inhibition_of_return:
                     visited = visited.scatter(1, step.cell[:, None], True)
                 if c.inhibit_window:  # and every cell whose glimpse would land inside this window
@@ -240,6 +244,7 @@ class VariationalSaccader(nn.Module):
             glimpse_counts=glimpse_counts or None,
             cell_log_probs=torch.stack(cell_log_probs, 1) if cell_log_probs else None,
             box_glimpse_logits=box_glimpse_logits,
+            cells=torch.stack(cells, 1) if cells else None,
         )
 
 
