@@ -11,7 +11,9 @@
 #            boxes.csv) started from the hard-negative reader (train.init_weights), 10 epochs (its cosine
 #            schedule's length, which fits in the 75-minute budget at about 6.5 minutes an epoch);
 #   control  its no-glimpse control, 10 epochs or 72 minutes at 1 thread (the run in files.md, which shared the
-#            machine with an earlier version of ours).
+#            machine with an earlier version of ours);
+#   windows  `speed-signs-windows`: ours with the first window's offset and side supervised too (fitted to 2.5x the
+#            sign) and the class read by the per-glimpse heads (readout=any), from the same reader, 10 epochs.
 # Needs the data first (about 25 minutes on 2 cores):
 #   vsaccade generate speed-signs runs/speed-signs && vsaccade prepare runs/speed-signs runs/speed-signs-tiff
 # Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs);
@@ -21,17 +23,17 @@ data=${1:-runs/speed-signs-tiff}
 root=${2:-runs}
 shift 2 || shift $# || true
 common=("$@")
-steps=${STEPS:-reader hard ours control}
+steps=${STEPS:-reader hard ours control windows}
 here=$(dirname "$0")
 mkdir -p "$root"
 
-run() {  # name, then vsaccade train arguments
-  local name=$1; shift
+run() {  # name, preset, then vsaccade train arguments
+  local name=$1 preset=$2; shift 2
   local out="$root/$name"
   [ -f "$out/results.json" ] && { echo "$name: done"; return; }
   local resume=(); [ -f "$out/last.pt" ] && resume=(--resume)
   echo "$(date +%T) start $name"
-  vsaccade train --preset speed-signs-boxes --set task.root="$data" --set train.threads=2 --no-progress --out "$out" \
+  vsaccade train --preset "$preset" --set task.root="$data" --set train.threads=2 --no-progress --out "$out" \
       "${resume[@]}" "$@" "${common[@]}" > "$root/$name.log" 2>&1
   echo "$(date +%T) end $name (exit $?)"
 }
@@ -56,11 +58,14 @@ if [[ " $steps " == *" hard "* ]]; then
   fi
 fi
 if [[ " $steps " == *" ours "* ]]; then
-  run speed-signs-boxes-hard-s0 --epochs 10 --max-minutes 75 --set train.init_weights="$hard"
+  run speed-signs-boxes-hard-s0 speed-signs-boxes --epochs 10 --max-minutes 75 --set train.init_weights="$hard"
 fi
 # The control ran while the preset still trained the per-glimpse heads on every glimpse and took their reward (it
 # was started before those two were dropped; files.md): these overrides reproduce it.
 if [[ " $steps " == *" control "* ]]; then
-  run speed-signs-boxes-noglimpse-s0 --no-glimpses --epochs 10 --max-minutes 72 --set train.threads=1 \
+  run speed-signs-boxes-noglimpse-s0 speed-signs-boxes --no-glimpses --epochs 10 --max-minutes 72 --set train.threads=1 \
       --set objective.glimpse_loss_weight=1 --set objective.glimpse_reward_weight=1
+fi
+if [[ " $steps " == *" windows "* ]]; then
+  run speed-signs-windows-s0 speed-signs-windows --epochs 10 --max-minutes 75 --set train.init_weights="$hard"
 fi

@@ -3,7 +3,8 @@
 
 For every image of the training and validation splits of a folder dataset (`vsaccade generate speed-signs`,
 `vsaccade prepare`), one glimpse is read through the real pipeline at the window `objective.box_windows` gives
-the box-supervised preset (on the sign, a side in [s_min, s_max], the centre up to half a cell off; a random
+the box-supervised preset (on the sign, a side in [s_min, s_max], the centre up to half a cell off; with a preset
+that sets objective.box_window_scale, such as speed-signs-windows, around the window fitted to the sign; a random
 window where there is no sign) and cached. Then only the preset's glimpse encoder and a linear head are trained on
 them (the 9 classes: 8 numbers and `none`), and validation accuracy on the signs is printed per epoch.
 
@@ -34,7 +35,7 @@ def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
     return (glimpses.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def cached_glimpses(root: str, cache: Path, model_config) -> dict:
+def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -> dict:
     if cache.exists():
         return torch.load(cache)
     from vsaccade.model.glimpse_sampler import sample_glimpses
@@ -49,7 +50,7 @@ def cached_glimpses(root: str, cache: Path, model_config) -> dict:
         for start in range(0, len(task), 32):
             batch = collate([task[i] for i in range(start, min(start + 32, len(task)))])
             z = box_windows(batch.images, batch.boxes, c.s_min, c.s_max, 0.5 / c.location_cells,
-                            Noise.keyed([start + i for i in range(len(batch))]))
+                            Noise.keyed([start + i for i in range(len(batch))]), window_scale)
             glimpses.append(as_uint8(sample_glimpses(batch.images, z, c.glimpse_size)))
             labels.append(batch.labels["label"])
             signs.append(torch.tensor([len(b) > 0 for b in batch.boxes]))
@@ -151,13 +152,18 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    c = resolve(args.preset, [f"task.root={args.root}", *args.set])[0]
+    c, objective = resolve(args.preset, [f"task.root={args.root}", *args.set])[:2]
     root = Path(args.root)
     started = time.time()
-    data = cached_glimpses(args.root, Path(args.cache or root.parent / f"{root.name}-box-glimpses.pt"), c)
+    fitted = f"-fitted{objective.box_window_scale}-s{c.s_min}-{c.s_max}" if objective.box_window_scale else ""
+    data = cached_glimpses(args.root, Path(args.cache or root.parent / f"{root.name}-box-glimpses{fitted}.pt"), c,
+                           objective.box_window_scale)
     train, validation = data["train"], data["validation"]
     classes = int(train["label"].max()) + 1
     if args.synthetic:
+        if objective.box_window_scale:
+            parser.error("--synthetic draws windows of the preset's sides, not fitted to the sign: use a preset "
+                         "without objective.box_window_scale")
         from vsaccade.tasks import make_task
 
         names = make_task("folder", "train", root=args.root, proxy_size=c.proxy_size, channels=3).classes
