@@ -3,7 +3,8 @@ predict`'s code path, whether one of its glimpses holds the sign (the window con
 window size, unlike the evaluation's cover, which also asks for a window at most 4 times the sign's side), and
 whether the image was read right. Errors fall into three kinds: a sign no glimpse holds, a held sign read wrong,
 and a `none` image read as a number (the glimpses that seek signs land on decoys). Prints a table by the sign's
-box side and writes the counts as JSON.
+box side, and how the first window fits the signs it holds (its side and centre offset relative to the sign's
+side), and writes the counts as JSON.
 
     python benchmarks/speed_signs_errors.py runs/speed-signs-boxes-s0/best.pt --root runs/speed-signs-tiff \
         --split validation --json runs/speed-signs-errors.json
@@ -51,6 +52,31 @@ def tally(rows: list[dict], boxes: dict, glimpses: int) -> dict:
     return {"signs": {name: dict(c) for name, c in signs.items()}, "none": dict(none)}
 
 
+def first_window_fit(rows: list[dict], boxes: dict) -> dict:
+    """Per side bin and in all, over the signs the first glimpse holds: the median of its window's side over the
+    sign's side, and of its centre's distance from the sign's centre (the larger of x and y) over the sign's side.
+    What `objective.window_weight` trains (towards box_window_scale and 0)."""
+    ratios: dict[str, list] = {name: [] for name in [*SIDE_BINS, "all"]}
+    offsets: dict[str, list] = {name: [] for name in [*SIDE_BINS, "all"]}
+    for row in rows:
+        relative = "/".join(Path(row["path"]).parts[-2:])
+        if relative.split("/")[0] == "none":
+            continue
+        box = torch.tensor(boxes[relative][0])
+        window = torch.tensor([float(row[f"glimpse1_{k}"]) for k in ("x0", "y0", "x1", "y1")])
+        if not windows_contain(window[None], box[None])[0, 0]:
+            continue
+        side = float(box[2] - box[0])
+        offset = float(((window[:2] + window[2:]) / 2 - (box[:2] + box[2:]) / 2).abs().max()) / side
+        for name in [next(n for n, (low, high) in SIDE_BINS.items() if low <= side < high), "all"]:
+            ratios[name].append(float(window[2] - window[0]) / side)
+            offsets[name].append(offset)
+    return {name: {"held by the first": len(ratios[name]),
+                   "median window side / sign side": float(torch.tensor(ratios[name]).median()) if ratios[name] else None,
+                   "median centre offset / sign side": float(torch.tensor(offsets[name]).median()) if offsets[name] else None}
+            for name in ratios}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
@@ -74,7 +100,9 @@ def main(argv=None):
         if failed:
             sys.exit(f"{failed} file(s) could not be read")
         rows = list(csv.DictReader(open(out, newline="")))
-    counts = tally(rows, read_boxes(task.split_dir), model.config.glimpses)
+    boxes = read_boxes(task.split_dir)
+    counts = tally(rows, boxes, model.config.glimpses)
+    counts["first window fit"] = first_window_fit(rows, boxes)
     right = counts["signs"]["all"].get("read right", 0) + counts["none"].get("read right", 0)
     counts.update(command="python benchmarks/speed_signs_errors.py " + " ".join(sys.argv[1:] if argv is None else argv),
                   split=args.split, images=len(rows), accuracy=right / len(rows))
@@ -84,6 +112,9 @@ def main(argv=None):
     print("| sign side | " + " | ".join(columns) + " |")
     for name, c in counts["signs"].items():
         print(f"| {name} | " + " | ".join(str(c.get(column, 0)) for column in columns) + " |")
+    print("first glimpse, where it holds the sign: median window side / sign side, median centre offset / sign side: "
+          + "; ".join(f"{name} {fit['median window side / sign side'] or 0:.2f}, {fit['median centre offset / sign side'] or 0:.2f}"
+                      for name, fit in counts["first window fit"].items()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(counts, indent=2))

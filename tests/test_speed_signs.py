@@ -1,5 +1,6 @@
 """The speed-sign benchmark generator: deterministic scenes, a red-ringed sign inside its box, a folder dataset."""
 
+import pytest
 import numpy as np
 
 from vsaccade.tasks.speed_signs import CLASSES, HEIGHT, WIDTH, generate, scene
@@ -90,3 +91,7 @@ def test_the_error_breakdown_counts_held_signs_misreads_and_decoys_read_as_numbe
     assert counts["signs"]["all"] == {"signs": 2, "held by a glimpse": 1, "held by the first": 0, "read right": 1,
                                       "held, read wrong": 0, "not held, read as none": 1}
     assert counts["signs"]["under 60"]["signs"] == 1 and counts["signs"]["100 and over"]["signs"] == 1
+    fit = errors.first_window_fit(rows + [row("50/b.tif", "50", around_b, far)], boxes)  # b: a 200-px window on its centre
+    assert fit["all"]["held by the first"] == 1 and fit["under 60"]["held by the first"] == 0
+    assert fit["100 and over"]["median window side / sign side"] == pytest.approx(2.0)
+    assert fit["100 and over"]["median centre offset / sign side"] == pytest.approx(0.0)
