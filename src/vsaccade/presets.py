@@ -128,6 +128,8 @@ PRESETS["speed-signs-boxes"]["objective"].update(proxy_loss_weight=0.0, location
 # Box supervision of the first window's offset and side too (objective.window_weight): the window is trained towards
 # one centred on the sign and 2.5 times its side, so a 40-px sign is read from a 100-px window (s = 0.033) instead of
 # a 150-240-px one, its number about twice as tall in the glimpse; the box glimpses are drawn around that window.
+# Measured: the loss trained the cell but not the side or offset, whose gradient the likelihood's drowns
+# (docs/benchmarks/files.md, "Windows fitted to the sign").
 # The class is read from the per-glimpse heads (readout=any: one glimpse sure of a sign decides), which start as the
 # pre-trained reader, instead of from the mean of the glimpses' features, which 3 glimpses off the sign dilute.
 PRESETS["speed-signs-windows"] = copy.deepcopy(PRESETS["speed-signs-boxes"])

@@ -1,0 +1,137 @@
+"""Does the sign's size reach the first window's side? A diagnostic for `objective.window_weight`
+(docs/benchmarks/files.md): for images with a sign, the proxy encoder's features at the cell holding the sign's
+centre are read from a trained checkpoint, and a ridge regression from them to log(sign side) is fitted on
+training images and scored (R^2) on validation. Beside it, the R^2 of the side the model's own posterior gives
+the first window at that cell (its mean, from the initial state) against log(box_window_scale x sign side).
+High probe R^2 with low model R^2: the features carry the size and the offset head does not use it; both low:
+the features do not carry it. It also prints how much the offset posterior's mean varies across images and the
+standard deviations of it and of the prior it is held to by the KL, and the gradient norms on the offset head
+from one training batch: the window loss's against the rest of the loss's.
+
+    python benchmarks/speed_signs_size_probe.py runs/speed-signs-windows-s0/best.pt --root runs/speed-signs-tiff \
+        --train-images 1200 --json runs/speed-signs-size-probe.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    return float(1 - (target - predicted).square().sum() / (target - target.mean()).square().sum())
+
+
+def features_at_signs(model, task, count: int, objective) -> dict:
+    """Per image with a sign (of the first `count`): the cell features, log sign side, and the model's log side."""
+    from vsaccade.model.locations import as_normal
+    from vsaccade.objective import box_cells, fitted_windows
+    from vsaccade.tasks import collate
+
+    c = model.config
+    rows, sides, model_sides, fitted_sides, q_means, q_scales, p_scales = [], [], [], [], [], [], []
+    with torch.no_grad():
+        for start in range(0, min(count, len(task)), 32):
+            batch = collate([task[i] for i in range(start, min(start + 32, count, len(task)))])
+            keep = torch.tensor([len(b) > 0 for b in batch.boxes])
+            if not keep.any():
+                continue
+            cell_mask = torch.nn.functional.adaptive_max_pool2d(batch.proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0
+            features, e = model.proxy_encoder(batch.proxy, cell_mask)
+            cell = box_cells(batch.images, [b[:1] for b in batch.boxes], c.proxy_size, c.location_cells).float().argmax(1)
+            cell_features = features.flatten(2).gather(2, cell[:, None, None].expand(-1, features.shape[1], 1))[:, :, 0]
+            h = model.core.output(model.core.initial(e))
+            q = as_normal(model.locations.posterior_offset(torch.cat([cell_features, h], -1))).base_dist
+            p = as_normal(model.locations.prior_offset(h)).base_dist
+            s = c.s_min + (c.s_max - c.s_min) * torch.sigmoid(q.loc[:, 0])
+            fitted = fitted_windows(batch.images, batch.boxes, objective.box_window_scale, c.s_min, c.s_max).z[:, 0]
+            side = torch.tensor([float(b[0][2] - b[0][0]) if len(b) else 1.0 for b in batch.boxes])
+            rows.append(cell_features[keep]), sides.append(side[keep].log())
+            model_sides.append(s[keep].log()), fitted_sides.append(fitted[keep].log())
+            q_means.append(q.loc[keep]), q_scales.append(q.scale[keep]), p_scales.append(p.scale[keep])
+    return {"features": torch.cat(rows), "log_side": torch.cat(sides), "model_log_s": torch.cat(model_sides),
+            "fitted_log_s": torch.cat(fitted_sides), "q_mean": torch.cat(q_means), "q_scale": torch.cat(q_scales),
+            "p_scale": torch.cat(p_scales)}
+
+
+def offset_head_gradients(model, objective, task, count: int = 32) -> dict:
+    """Gradient norms on the offset posterior's head from one training batch of `count` images spread over the split,
+    drawn as in training: of the whole loss, of the window loss, of beta * KL, and of the rest (the likelihood,
+    through the reparameterised windows into the glimpses)."""
+    from vsaccade.model.noise import Noise
+    from vsaccade.objective import box_cells, box_windows, fitted_windows, negative_elbo, window_loss
+    from vsaccade.tasks import collate
+
+    c = model.config
+    model.train()
+    batch = collate([task[i] for i in range(0, len(task), max(1, len(task) // count))][:count])
+    noise = Noise.keyed(list(range(len(batch))))
+    box_z = box_windows(batch.images, batch.boxes, c.s_min, c.s_max, 0.5 / c.location_cells, noise, objective.box_window_scale)
+    out = model(batch.images, batch.proxy, batch.proxy_mask, noise=Noise.keyed(list(range(len(batch)))), box_z=box_z)
+    targets = box_cells(batch.images, batch.boxes, c.proxy_size, c.location_cells)
+    fitted = fitted_windows(batch.images, batch.boxes, objective.box_window_scale, c.s_min, c.s_max)
+    on_box = targets.gather(1, out.cells[:, :1])[:, 0] & fitted.present
+    losses = {"total": negative_elbo(out, batch.labels, c.heads, objective, objective.beta, c.estimator,
+                                     location_targets=targets, fitted=fitted)["loss"],
+              "window": objective.window_weight * window_loss(out.z[:, 0], fitted, on_box).mean(),
+              "beta_kl": objective.beta * out.kl.sum(1).mean()}
+    gradients = {}
+    for name, loss in losses.items():
+        model.zero_grad()
+        loss.backward(retain_graph=True)
+        gradients[name] = torch.cat([p.grad.flatten() for p in model.locations.posterior_offset.parameters()])
+    gradients["rest"] = gradients["total"] - gradients["window"] - gradients["beta_kl"]
+    model.eval()
+    return {name: float(g.norm()) for name, g in gradients.items()}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--train-images", type=int, default=1200, help="training images read (those with a sign are used)")
+    parser.add_argument("--ridge", type=float, default=1.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    from vsaccade.checkpoint import load, read_checkpoint
+    from vsaccade.config import ObjectiveConfig
+    from vsaccade.tasks import make_task
+
+    torch.set_num_threads(args.threads)
+    model = load(args.checkpoint).eval()
+    objective = ObjectiveConfig.from_dict(read_checkpoint(Path(args.checkpoint))["objective_config"])
+    if not objective.box_window_scale:
+        sys.exit("the checkpoint was not trained with objective.box_window_scale: no fitted side to compare with")
+    data = {split: features_at_signs(model, make_task("folder", split, root=args.root, proxy_size=model.config.proxy_size,
+                                                      channels=model.config.image_channels), count, objective)
+            for split, count in (("train", args.train_images), ("validation", 10 ** 9))}
+    x, y = data["train"]["features"], data["train"]["log_side"]
+    mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
+    design = torch.cat([(x - mean) / scale, torch.ones(len(x), 1)], 1)
+    weights = torch.linalg.solve(design.T @ design + args.ridge * torch.eye(design.shape[1]), design.T @ y)
+    v = data["validation"]
+    predicted = torch.cat([(v["features"] - mean) / scale, torch.ones(len(v["features"]), 1)], 1) @ weights
+    result = {"command": "python benchmarks/speed_signs_size_probe.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "train_signs": len(y), "validation_signs": len(v["log_side"]),
+              "probe_r2_log_side_validation": r_squared(predicted, v["log_side"]),
+              "model_r2_log_s_validation": r_squared(v["model_log_s"], v["fitted_log_s"]),
+              "model_log_s_std_validation": float(v["model_log_s"].std()), "fitted_log_s_std_validation": float(v["fitted_log_s"].std()),
+              # the offset posterior q(a_s, a_du, a_dv | cell, h_0) and prior p(. | h_0), pre-squashing units: how much
+              # q's mean varies across images, and both standard deviations (0.3 at initialisation)
+              "q_mean_std_across_images_validation": v["q_mean"].std(0).tolist(),
+              "q_scale_mean_validation": v["q_scale"].mean(0).tolist(), "p_scale_mean_validation": v["p_scale"].mean(0).tolist()}
+    result["offset_head_gradient_norms_one_training_batch"] = offset_head_gradients(
+        model, objective, make_task("folder", "train", root=args.root, proxy_size=model.config.proxy_size,
+                                    channels=model.config.image_channels))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
