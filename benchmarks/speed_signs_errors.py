@@ -26,6 +26,11 @@ from vsaccade.evaluate import windows_contain
 from vsaccade.tasks.speed_signs import SIDE_BINS
 
 
+def side_bins(side: float) -> list[str]:
+    """The SIDE_BINS name of a sign of this box side, and "all"."""
+    return [next(n for n, (low, high) in SIDE_BINS.items() if low <= side < high), "all"]
+
+
 def tally(rows: list[dict], boxes: dict, glimpses: int) -> dict:
     """Counts over predict's CSV rows: per side bin and in all, for signs; read right, for `none` images."""
     signs: dict[str, Counter] = {name: Counter() for name in [*SIDE_BINS, "all"]}
@@ -41,7 +46,7 @@ def tally(rows: list[dict], boxes: dict, glimpses: int) -> dict:
         windows = [[float(row[f"glimpse{t}_{k}"]) for k in ("x0", "y0", "x1", "y1")] for t in range(1, glimpses + 1)]
         held = windows_contain(torch.tensor(windows), torch.tensor([box]))[:, 0].tolist()
         side = box[2] - box[0]
-        for name in [next(n for n, (low, high) in SIDE_BINS.items() if low <= side < high), "all"]:
+        for name in side_bins(side):
             counts = signs[name]
             counts["signs"] += 1
             counts["held by a glimpse"] += any(held)
@@ -68,7 +73,7 @@ def first_window_fit(rows: list[dict], boxes: dict) -> dict:
             continue
         side = float(box[2] - box[0])
         offset = float(((window[:2] + window[2:]) / 2 - (box[:2] + box[2:]) / 2).abs().max()) / side
-        for name in [next(n for n, (low, high) in SIDE_BINS.items() if low <= side < high), "all"]:
+        for name in side_bins(side):
             ratios[name].append(float(window[2] - window[0]) / side)
             offsets[name].append(offset)
     return {name: {"held by the first": len(ratios[name]),

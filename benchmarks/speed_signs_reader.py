@@ -40,7 +40,7 @@ def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -
         return torch.load(cache)
     from vsaccade.model.glimpse_sampler import sample_glimpses
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import box_windows
+    from vsaccade.objective import box_windows, fitted_windows
     from vsaccade.tasks import collate, make_task
 
     c, data = model_config, {}
@@ -49,8 +49,9 @@ def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -
         glimpses, labels, signs = [], [], []
         for start in range(0, len(task), 32):
             batch = collate([task[i] for i in range(start, min(start + 32, len(task)))])
+            fitted = fitted_windows(batch.images, batch.boxes, window_scale, c.s_min, c.s_max) if window_scale else None
             z = box_windows(batch.images, batch.boxes, c.s_min, c.s_max, 0.5 / c.location_cells,
-                            Noise.keyed([start + i for i in range(len(batch))]), window_scale)
+                            Noise.keyed([start + i for i in range(len(batch))]), fitted)
             glimpses.append(as_uint8(sample_glimpses(batch.images, z, c.glimpse_size)))
             labels.append(batch.labels["label"])
             signs.append(torch.tensor([len(b) > 0 for b in batch.boxes]))

@@ -63,17 +63,14 @@ def offset_head_gradients(model, objective, task, count: int = 32) -> dict:
     drawn as in training: of the whole loss, of the window loss, of beta * KL, and of the rest (the likelihood,
     through the reparameterised windows into the glimpses)."""
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import box_cells, box_windows, fitted_windows, negative_elbo, window_loss
+    from vsaccade.objective import box_supervision, negative_elbo, window_loss
     from vsaccade.tasks import collate
 
     c = model.config
     model.train()
     batch = collate([task[i] for i in range(0, len(task), max(1, len(task) // count))][:count])
-    noise = Noise.keyed(list(range(len(batch))))
-    box_z = box_windows(batch.images, batch.boxes, c.s_min, c.s_max, 0.5 / c.location_cells, noise, objective.box_window_scale)
+    box_z, targets, fitted = box_supervision(batch.images, batch.boxes, c, objective, Noise.keyed(list(range(len(batch)))))
     out = model(batch.images, batch.proxy, batch.proxy_mask, noise=Noise.keyed(list(range(len(batch)))), box_z=box_z)
-    targets = box_cells(batch.images, batch.boxes, c.proxy_size, c.location_cells)
-    fitted = fitted_windows(batch.images, batch.boxes, objective.box_window_scale, c.s_min, c.s_max)
     on_box = targets.gather(1, out.cells[:, :1])[:, 0] & fitted.present
     losses = {"total": negative_elbo(out, batch.labels, c.heads, objective, objective.beta, c.estimator,
                                      location_targets=targets, fitted=fitted)["loss"],

@@ -404,8 +404,8 @@ def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_i
         images = [UpsampledImage(p, 160, 160) for p in proxy]
         with torch.no_grad():
             z = model(images, proxy, torch.ones(200, 16, 16, dtype=torch.bool), sample=False).z[:, 0]
-        centres = (fitted_windows(images, boxes, 2.0, 0.05, 0.4).z[:, 1:] + 1) * 80
-        sides = fitted_windows(images, boxes, 2.0, 0.05, 0.4).z[:, 0]
+        fitted = fitted_windows(images, boxes, 2.0, 0.05, 0.4).z
+        centres, sides = (fitted[:, 1:] + 1) * 80, fitted[:, 0]
         cell_centres = (centres // 40 + 0.5) * 40
         return (float(((z[:, 1:] + 1) * 80 - centres).abs().mean()), float(torch.log(z[:, 0] / sides).abs().mean()),
                 float((cell_centres - centres).abs().mean()))

@@ -188,7 +188,8 @@ def test_box_windows_with_a_scale_vary_around_the_fitted_window_and_keep_the_box
 
     image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
     box = torch.tensor([[1000.0, 500.0, 1040.0, 540.0]])
-    z = box_windows([image] * 200, [box] * 200, 0.01, 0.2, 0.5 / 64, Noise.shared(200), scale=2.5)
+    z = box_windows([image] * 200, [box] * 200, 0.01, 0.2, 0.5 / 64, Noise.shared(200),
+                    fitted_windows([image] * 200, [box] * 200, 2.5, 0.01, 0.2))
     fitted_side = fitted_windows([image], [box], 2.5, 0.01, 0.2).z[0, 0]
     ratio = torch.log(z[:, 0] / fitted_side)
     assert ratio.abs().max() <= FITTED_SIDE_SPREAD + 1e-5 and ratio.std() > FITTED_SIDE_SPREAD / 4

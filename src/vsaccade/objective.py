@@ -118,16 +118,15 @@ FITTED_CENTRE_SHIFT = 0.2
 
 
 def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_fraction: float, noise,
-                scale: float = 0.0) -> torch.Tensor:
+                fitted: FittedWindows | None = None) -> torch.Tensor:
     """(B, 3) windows z = (s, u, v), one per image: on its first box, of a side drawn uniformly in [s_min, s_max]
     and its centre moved by up to `cell_fraction` of the image's longer side each way (a learned glimpse is that
-    far off-centre); uniform over the image where there is no box. With `scale` > 0, a box's window is instead its
-    fitted window (`fitted_windows`) varied by FITTED_SIDE_SPREAD and FITTED_CENTRE_SHIFT. Draws come from `noise`
-    (model/noise.py)."""
+    far off-centre); uniform over the image where there is no box. Given `fitted` (`fitted_windows`), a box's
+    window is instead its fitted window varied by FITTED_SIDE_SPREAD and FITTED_CENTRE_SHIFT. Draws come from
+    `noise` (model/noise.py)."""
     draws = noise.uniform(3).cpu()
     s = s_min + (s_max - s_min) * draws[:, 0]
     uv = 2 * draws[:, 1:] - 1  # uniform over the image; on the box, the same draws are the jitter
-    fitted = fitted_windows(images, boxes, scale, s_min, s_max) if scale else None
     for row, (image, image_boxes) in enumerate(zip(images, boxes)):
         if len(image_boxes):
             x0, y0, x1, y1 = image_boxes[0]
@@ -139,6 +138,17 @@ def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_frac
             x, y = (x0 + x1) / 2 + uv[row, 0] * reach, (y0 + y1) / 2 + uv[row, 1] * reach
             uv[row] = torch.stack(centre_normalised(x, y, image.height, image.width))
     return torch.cat([s[:, None], uv.clamp(-1, 1)], 1)
+
+
+def box_supervision(images: list, boxes: list, model_config, config: ObjectiveConfig, noise, device=None):
+    """What the objective's box terms need for one batch, each None where no term asks for it: the box glimpses'
+    windows (box_glimpse_weight; the model's `box_z`), the box cells (location_weight, window_weight) and the
+    fitted windows (box_window_scale)."""
+    c = model_config
+    fitted = fitted_windows(images, boxes, config.box_window_scale, c.s_min, c.s_max) if config.box_window_scale else None
+    box_z = box_windows(images, boxes, c.s_min, c.s_max, 0.5 / c.location_cells, noise, fitted) if config.box_glimpse_weight else None
+    targets = box_cells(images, boxes, c.proxy_size, c.location_cells, device) if config.location_weight or config.window_weight else None
+    return box_z, targets, fitted
 
 
 def location_loss(cell_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -40,7 +40,7 @@ from .images import ImageError
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .model import create_model
 from .model.noise import Noise, sample_key
-from .objective import beta_at, box_cells, box_windows, fitted_windows, negative_elbo
+from .objective import beta_at, box_supervision, negative_elbo
 from .tasks import collate, make_task
 
 CHECKPOINT_EVERY_SECONDS = 300  # mid-epoch checkpoints, so a killed run loses at most this much work
@@ -265,15 +265,9 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
             batch = batch.to(cluster.device)
             noise = Noise.keyed([sample_key(config.seed, epoch, i) for i in indices], cluster.device)
             with autocast:
-                box_z = {}
-                if objective.box_glimpse_weight:
-                    box_z["box_z"] = box_windows(batch.images, batch.boxes, model_config.s_min, model_config.s_max,
-                                                 0.5 / model_config.location_cells, noise, objective.box_window_scale)
-                output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise, **box_z)
-                targets = box_cells(batch.images, batch.boxes, model_config.proxy_size, model_config.location_cells,
-                                    cluster.device) if objective.location_weight or objective.window_weight else None
-                fitted = fitted_windows(batch.images, batch.boxes, objective.box_window_scale, model_config.s_min,
-                                        model_config.s_max) if objective.window_weight else None
+                box_z, targets, fitted = box_supervision(batch.images, batch.boxes, model_config, objective, noise,
+                                                         cluster.device)
+                output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise, box_z=box_z)
                 parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean,
                                       targets, fitted)
             loss = parts["loss"].float()
