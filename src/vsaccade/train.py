@@ -267,7 +267,8 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
             with autocast:
                 box_z, targets, fitted = box_supervision(batch.images, batch.boxes, model_config, objective, noise,
                                                          cluster.device)
-                output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise, box_z=box_z)
+                output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise,  # only the saccader reads boxes
+                               **({"box_z": box_z} if box_z is not None else {}))
                 parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean,
                                       targets, fitted)
             loss = parts["loss"].float()
