@@ -427,3 +427,32 @@ def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_i
     centre_after, side_after, cell_centre = errors(torch.Generator().manual_seed(2))
     assert centre_after < 0.4 * cell_centre, (cell_centre, centre_after)  # the offset learned, not just the cell
     assert side_after < 0.3 * side_before, (side_before, side_after)
+
+
+def test_detached_windows_learn_only_from_the_window_loss_and_kl():
+    # With detach_windows the likelihood's gradient reaches the cell choice's and the glimpse reader's parameters
+    # but not the offset head's (the windows' offset and side); the window loss's still does.
+    from vsaccade.objective import box_cells, fitted_windows
+
+    def offset_gradient(detach, window_weight):
+        torch.manual_seed(0)
+        model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=2, glimpse_size=8, hidden=32,
+                             s_min=0.05, s_max=0.4, proxy_prior_weight=0.0, detach_windows=detach,
+                             heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
+        proxy = torch.rand(4, 1, 16, 16)
+        images = [UpsampledImage(p, 160, 160) for p in proxy]
+        boxes = [torch.tensor([[20.0, 20.0, 60.0, 60.0]])] * 4
+        out = model(images, proxy, torch.ones(4, 16, 16, dtype=torch.bool))
+        config = ObjectiveConfig(beta=0.0, box_window_scale=1.0, window_weight=window_weight)
+        targets = torch.ones(4, 16, dtype=torch.bool)  # count the window loss whichever cell the first glimpse chose
+        loss = negative_elbo(out, {"label": torch.tensor([0, 1, 0, 1])}, model.config.heads, config, beta=0.0,
+                             location_targets=targets, fitted=fitted_windows(images, boxes, 1.0, 0.05, 0.4))["loss"]
+        loss.backward()
+        grad = lambda module: sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+        return grad(model.locations.posterior_offset), grad(model.glimpse_encoder)
+
+    attached, reader = offset_gradient(False, 0.0)
+    assert attached > 0 and reader > 0
+    detached, reader = offset_gradient(True, 0.0)
+    assert detached == 0 and reader > 0
+    assert offset_gradient(True, 1.0)[0] > 0

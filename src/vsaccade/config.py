@@ -81,6 +81,9 @@ class ModelConfig(PlainConfig):
     readout: str = "mean"  # "mean" (an MLP over pooled features), "count" (count heads: summed counts) or "any" (class
     # heads: what the per-glimpse heads most sure of an object say, `background` where none is; model/classifier.py)
     background: str = ""  # readout="any": the class that means "no object", by name (e.g. the folder "none")
+    # True: glimpses and the core see each window z_t detached, so its offset and side learn only from box supervision
+    # (objective.window_weight) and the KL, not from the likelihood through the glimpse (whose gradient drowned it)
+    detach_windows: bool = False
 
     def validate(self):
         super().validate()

@@ -162,6 +162,9 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
                               "model.architecture=saccader with model.posterior=mixture")
         if objective.box_glimpse_weight and not model_config.glimpse_heads:
             raise ConfigError("objective.box_glimpse_weight (box supervision) needs model.glimpse_heads=true")
+    if model_config.detach_windows and not objective.window_weight:
+        raise ConfigError("model.detach_windows leaves the windows' offset and side only the window loss and the KL to "
+                          "learn from: set objective.window_weight (with objective.box_window_scale)")
     if config.init_weights and not Path(config.init_weights).is_file():
         raise CheckpointError(f"initial weights not found: {config.init_weights}")
     if config.batch_size % cluster.world_size:

@@ -203,6 +203,9 @@ class VariationalSaccader(nn.Module):
             else:
                 step = self.locations(e, h, source, sample, noise)
                 z, kl = step.z, step.kl
+            zs.append(z)  # what the objective sees (window_loss); what is read below may be detached from it
+            if c.detach_windows:
+                z = z.detach()
             if c.reconstruct_proxy:
                 logits = self.decoder(torch.cat([z, h], -1)).view_as(proxy)
                 log_p = ContinuousBernoulli(logits=logits).log_prob(proxy) * proxy_mask[:, None]
@@ -217,7 +220,7 @@ class VariationalSaccader(nn.Module):
             if c.estimator == "ats" and log_q is not None:
                 f = f * torch.exp(log_q - log_q.detach())[:, None]  # value 1, gradient d log q
             state = self.core(e, f, z, state)
-            zs.append(z), kls.append(kl), feats.append(f), glimpses.append(glimpse)
+            kls.append(kl), feats.append(f), glimpses.append(glimpse)
             if log_q is not None:
                 log_qs.append(log_q)
 
