@@ -228,3 +228,29 @@ def test_window_loss_counts_only_where_the_first_cell_holds_the_box_and_is_zero_
         negative_elbo(out, LABELS, HEADS, config, beta=0.0, location_targets=targets)
     with pytest.raises(ConfigError, match="box_window_scale"):
         ObjectiveConfig(window_weight=1.0).validate()
+
+
+def test_search_loss_trains_later_glimpses_towards_the_box_until_one_holds_it():
+    from vsaccade.model.locations import MASKED
+    from vsaccade.objective import search_loss
+
+    targets = torch.zeros(3, 4, dtype=torch.bool)
+    targets[:, 2] = True
+    log_q = torch.log_softmax(torch.zeros(3, 3, 4), -1).clone()
+    log_q[2, 2] = torch.log_softmax(torch.tensor([0.0, 0.0, MASKED, 0.0]), -1)  # the box cell inhibited at step 3
+    log_q.requires_grad_(True)
+    cells = torch.tensor([[0, 2, 1],   # found at step 2: step 2 counts, step 3 does not
+                          [2, 0, 1],   # found by the first glimpse: nothing (that is location_weight's)
+                          [0, 1, 3]])  # never found: step 2 counts, step 3 cannot reach the box cell
+    loss = search_loss(log_q, cells, targets)
+    assert loss.tolist() == pytest.approx([torch.log(torch.tensor(4.0)).item(), 0.0, torch.log(torch.tensor(4.0)).item()])
+    loss.sum().backward()
+    assert log_q.grad[0, 1, 2] < 0 and log_q.grad[0, 2].abs().max() == 0 and log_q.grad[1].abs().max() == 0
+    assert log_q.grad[2, 2].abs().max() == 0
+
+    out = SaccadeOutput(**{**output().__dict__, "cell_log_probs": log_q.detach()[:2, :2], "cells": cells[:2, :2]})
+    base = negative_elbo(out, LABELS, HEADS, ObjectiveConfig(), beta=0.0)["loss"]
+    searched = negative_elbo(out, LABELS, HEADS, ObjectiveConfig(search_weight=2.0), beta=0.0, location_targets=targets[:2])
+    assert searched["loss"].item() == pytest.approx(base.item() + 2.0 * torch.log(torch.tensor(4.0)).item() / 2)
+    with pytest.raises(ValueError, match="search_weight"):
+        negative_elbo(out, LABELS, HEADS, ObjectiveConfig(search_weight=1.0), beta=0.0)

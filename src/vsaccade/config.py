@@ -133,16 +133,25 @@ class ObjectiveConfig(PlainConfig):
     proxy_loss_weight: float = 0.0  # weight of the proxy attention classifier's -log p(y | x~) (needs proxy_attention)
     attention_entropy_weight: float = 0.0  # ats: weight of -H(attention), the reference's entropy regulariser
     location_weight: float = 0.0  # box supervision (not the paper's method): -log q(c_1 = a box centre's cell)
+    search_weight: float = 0.0  # box supervision: -log q(c_t = a box centre's cell), t > 1, until a glimpse's cell holds one
     box_glimpse_weight: float = 0.0  # box supervision: the per-glimpse heads also read a glimpse at the box (glimpse_heads)
     box_window_scale: float = 0.0  # box supervision: windows fitted to a box are this many times its side (0: none)
     window_weight: float = 0.0  # box supervision: the first window's squared error to the fitted window (box_window_scale)
+
+    @property
+    def needs_box_cells(self) -> bool:
+        return bool(self.location_weight or self.search_weight or self.window_weight)
+
+    @property
+    def box_supervised(self) -> bool:
+        return self.needs_box_cells or bool(self.box_glimpse_weight)
 
     def validate(self):
         super().validate()
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
         for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight",
-                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "box_glimpse_weight", "box_window_scale", "window_weight"):
+                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "search_weight", "box_glimpse_weight", "box_window_scale", "window_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
         if self.window_weight and not self.box_window_scale:

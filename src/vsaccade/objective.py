@@ -23,7 +23,9 @@ proxy attention classifier whose attention is the location anchor (model/proxy_a
 
 location_weight * -log q(c_1 in C_boxes) (outside the ELBO, and outside the paper's method: it needs object boxes,
 which the method never sees) is box supervision of the first glimpse's cell, where C_boxes are the cells holding a
-box centre (`box_cells`); samples without a box add nothing. A named variant for data that has boxes, reported as
+box centre (`box_cells`); samples without a box add nothing. search_weight extends it to the later glimpses
+(`search_loss`): while no earlier glimpse's cell holds a box centre, glimpse t is trained towards one among the
+cells still allowed, so a first glimpse on a decoy is followed by one on the sign. A named variant for data that has boxes, reported as
 such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion box_glimpse_weight *
 -log p_t(y | g_box) trains the per-glimpse heads (and the glimpse encoder) on one extra glimpse per image at its box
 (`box_windows`; a random window where there is none), so the reader learns what a sign says before the posterior
@@ -142,12 +144,12 @@ def box_windows(images: list, boxes: list, s_min: float, s_max: float, cell_frac
 
 def box_supervision(images: list, boxes: list, model_config, config: ObjectiveConfig, noise, device=None):
     """What the objective's box terms need for one batch, each None where no term asks for it: the box glimpses'
-    windows (box_glimpse_weight; the model's `box_z`), the box cells (location_weight, window_weight) and the
-    fitted windows (box_window_scale)."""
+    windows (box_glimpse_weight; the model's `box_z`), the box cells (location_weight, search_weight, window_weight)
+    and the fitted windows (box_window_scale)."""
     c = model_config
     fitted = fitted_windows(images, boxes, config.box_window_scale, c.s_min, c.s_max) if config.box_window_scale else None
     box_z = box_windows(images, boxes, c.s_min, c.s_max, 0.5 / c.location_cells, noise, fitted) if config.box_glimpse_weight else None
-    targets = box_cells(images, boxes, c.proxy_size, c.location_cells, device) if config.location_weight or config.window_weight else None
+    targets = box_cells(images, boxes, c.proxy_size, c.location_cells, device) if config.needs_box_cells else None
     return box_z, targets, fitted
 
 
@@ -155,6 +157,17 @@ def location_loss(cell_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.
     """(B, c^2) log q(c_1), (B, c^2) bool targets -> (B,) -log q(c_1 in targets), 0 where a sample has none."""
     chosen = torch.logsumexp(cell_log_probs.masked_fill(~targets, -1e9), 1)  # finite, so rows without targets stay NaN-free
     return torch.where(targets.any(1), -chosen, torch.zeros_like(chosen))
+
+
+def search_loss(cell_log_probs: torch.Tensor, cells: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T, c^2) log q(c_t), (B, T) chosen cells, (B, c^2) bool targets -> (B,) the location loss of every glimpse
+    after the first while no earlier glimpse's cell holds a box centre: the later glimpses are trained to search on,
+    towards the box among the cells still allowed. Steps where inhibition has masked every box cell add nothing."""
+    hits = targets.gather(1, cells).long()  # (B, T): glimpse t's cell holds a box centre
+    searching = (hits.cumsum(1) - hits)[:, 1:] == 0  # no earlier glimpse's did
+    per_step = torch.stack([location_loss(cell_log_probs[:, t], targets) for t in range(1, cells.shape[1])], 1)
+    reachable = per_step < 1e8  # a masked cell's log q is about MASKED (-1e9)
+    return torch.where(searching & reachable, per_step, torch.zeros_like(per_step)).sum(1)
 
 
 def window_loss(z: torch.Tensor, fitted: FittedWindows, mask: torch.Tensor) -> torch.Tensor:
@@ -173,7 +186,7 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
     """Loss to minimise (scalar) and its per-sample parts, from a SaccadeOutput. `batch_mean(values, dim)` gives
     the score-function baselines (a keepdim mean over the batch): over all ranks' samples in distributed
     training (distributed.Cluster.mean), so the loss does not depend on how the batch is split.
-    location_targets (B, c^2) bool from `box_cells`: needed with location_weight and window_weight; fitted
+    location_targets (B, c^2) bool from `box_cells`: needed with location_weight, search_weight and window_weight; fitted
     (`fitted_windows`): needed with window_weight."""
     log_lik = log_likelihood(output.logits, labels, heads)
     kl = output.kl.sum(1)
@@ -202,6 +215,10 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
         if output.cell_log_probs is None or location_targets is None:
             raise ValueError("location_weight needs the mixture posterior and the batch's box cells (box_cells)")
         loss = loss + config.location_weight * location_loss(output.cell_log_probs[:, 0], location_targets).mean()
+    if config.search_weight:
+        if output.cell_log_probs is None or output.cells is None or location_targets is None:
+            raise ValueError("search_weight needs the mixture posterior and the batch's box cells (box_cells)")
+        loss = loss + config.search_weight * search_loss(output.cell_log_probs, output.cells, location_targets).mean()
     if config.window_weight:
         if output.cells is None or location_targets is None or fitted is None:
             raise ValueError("window_weight needs the mixture posterior, the batch's box cells (box_cells) and fitted windows")
