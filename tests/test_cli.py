@@ -109,3 +109,11 @@ def test_bundled_megapixel_checkpoint_reads_megapixel_mnist(tmp_path, capsys, ne
     assert result["model"]["hit_rate"] > 0.6
     assert main(["show", "megapixel", "--count", "1", "--out", str(tmp_path / "show.png")]) == 0
     assert (tmp_path / "show.png").stat().st_size > 10_000
+
+
+def test_every_preset_resolves_to_valid_configs():
+    from vsaccade.presets import PRESETS, resolve
+
+    for name in PRESETS:
+        model, objective, train = resolve(name)
+        assert train.epochs >= 1, name

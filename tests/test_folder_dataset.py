@@ -16,19 +16,21 @@ from vsaccade.tasks import make_task
 pyvips = pytest.importorskip("pyvips")
 
 
-def make_folder(root, per_class=12, size=160):
-    """Two classes: a bright square in the top-left or the bottom-right quarter, on dim noise."""
+def make_folder(root, per_class=12, size=160, with_none=False):
+    """Two classes: a bright square in the top-left or the bottom-right quarter, on dim noise; with_none adds a
+    third, `none`, of noise alone (no box)."""
     rng = np.random.default_rng(0)
     for split, count in (("train", per_class), ("test", 4)):
         rows = []
-        for label, name in enumerate(("left", "right")):
+        for label, name in enumerate(("left", "right", "none") if with_none else ("left", "right")):
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 pixels = (rng.random((size, size, 3)) * 60).astype(np.uint8)
-                y, x = rng.integers(8, size // 2 - 24, 2) + (size // 2 if label else 0)
-                pixels[y:y + 16, x:x + 16] = 255
+                if name != "none":
+                    y, x = rng.integers(8, size // 2 - 24, 2) + (size // 2 if label else 0)
+                    pixels[y:y + 16, x:x + 16] = 255
+                    rows.append({"path": f"{name}/{i}.jpg", "x0": x, "y0": y, "x1": x + 16, "y1": y + 16})
                 Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=95)
-                rows.append({"path": f"{name}/{i}.jpg", "x0": x, "y0": y, "x1": x + 16, "y1": y + 16})
         with open(root / split / "boxes.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["path", "x0", "y0", "x1", "y1"])
             writer.writeheader()
@@ -81,6 +83,21 @@ def test_train_and_predict_from_prepared_files(tmp_path):
     assert main(["predict", str(run / "best.pt"), str(tmp_path / "tiff" / "test"), "--out", str(out), "--no-progress"]) == 0
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 8 and {r["label"] for r in rows} <= {"left", "right"} and "label_p_left" in rows[0]
+
+
+def test_the_box_supervised_speed_sign_preset_trains_on_a_folder_with_boxes(tmp_path):
+    # speed-signs-search: box cells for the first and the later glimpses, windows fitted to the boxes and owned by
+    # the window loss (detached), box glimpses, readout=any with the `none` folder as background; scaled down.
+    root = make_folder(tmp_path / "data", per_class=8, size=320, with_none=True)
+    run = tmp_path / "run"
+    argv = ["train", "--preset", "speed-signs-search", "--out", str(run), "--no-progress", "--epochs", "1",
+            "--set", f"task.root={root}", "--set", "task.proxy_size=32", "--set", "model.location_cells=8",
+            "--set", "model.glimpse_size=16", "--set", "model.hidden=32", "--set", "model.s_min=0.1",
+            "--set", "model.s_max=0.3", "--set", "train.batch_size=8", "--set", "train.threads=1"]
+    assert main(argv) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["model_config"]["detach_windows"] and results["objective_config"]["search_weight"] == 1.0
+    assert results["test"]["samples"] == 12 and results["model_config"]["heads"][0]["classes"] == ["left", "none", "right"]
 
 
 def test_file_images_survive_pickling_for_dataloader_workers(tmp_path):

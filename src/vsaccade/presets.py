@@ -136,6 +136,13 @@ PRESETS["speed-signs-windows"] = copy.deepcopy(PRESETS["speed-signs-boxes"])
 PRESETS["speed-signs-windows"]["model"].update(s_min=0.03, s_max=0.1, readout="any", background="none")
 PRESETS["speed-signs-windows"]["objective"].update(box_window_scale=2.5, window_weight=1.0)
 
+# The window loss owning the windows (model.detach_windows: the likelihood's gradient no longer reaches their offset
+# and side, which drowned it) at 30 times the weight, and the later glimpses' cells supervised too while the sign
+# is not yet found (objective.search_weight): a first glimpse on a decoy is followed by one towards the sign.
+PRESETS["speed-signs-search"] = copy.deepcopy(PRESETS["speed-signs-windows"])
+PRESETS["speed-signs-search"]["model"].update(detach_windows=True)
+PRESETS["speed-signs-search"]["objective"].update(window_weight=30.0, search_weight=1.0)
+
 PRESETS["cluttered-sum"] = copy.deepcopy(PRESETS["cluttered-pair"])
 PRESETS["cluttered-sum"]["train"]["task_options"]["label"] = "sum"
 
