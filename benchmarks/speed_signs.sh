@@ -14,7 +14,10 @@
 #            machine with an earlier version of ours);
 #   windows  `speed-signs-windows`: ours with the first window's offset and side supervised too (fitted to 2.5x the
 #            sign) and the class read by the per-glimpse heads (readout=any), from the same reader, 10 epochs (about
-#            8 minutes each with validation, so a 95-minute budget).
+#            8 minutes each with validation, so a 95-minute budget);
+#   search   `speed-signs-search`: windows with the window loss owning the windows' offset and side (detached from
+#            the likelihood, weight 30) and the later glimpses' cells supervised while the sign is not yet found,
+#            from the same reader, 10 epochs, the same budget.
 # Needs the data first (about 25 minutes on 2 cores):
 #   vsaccade generate speed-signs runs/speed-signs && vsaccade prepare runs/speed-signs runs/speed-signs-tiff
 # Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs);
@@ -24,7 +27,7 @@ data=${1:-runs/speed-signs-tiff}
 root=${2:-runs}
 shift 2 || shift $# || true
 common=("$@")
-steps=${STEPS:-reader hard ours control windows}
+steps=${STEPS:-reader hard ours control windows search}
 here=$(dirname "$0")
 mkdir -p "$root"
 
@@ -69,4 +72,7 @@ if [[ " $steps " == *" control "* ]]; then
 fi
 if [[ " $steps " == *" windows "* ]]; then
   run speed-signs-windows-s0 speed-signs-windows --epochs 10 --max-minutes 95 --set train.init_weights="$hard"
+fi
+if [[ " $steps " == *" search "* ]]; then
+  run speed-signs-search-s0 speed-signs-search --epochs 10 --max-minutes 95 --set train.init_weights="$hard"
 fi

@@ -10,6 +10,15 @@ from one training batch: the window loss's against the rest of the loss's.
 
     python benchmarks/speed_signs_size_probe.py runs/speed-signs-windows-s0/best.pt --root runs/speed-signs-tiff \
         --train-images 1200 --json runs/speed-signs-size-probe.json
+
+Two step-based checks of why a head that could use the size does not:
+  --head-steps N   trains a copy of the offset head alone, on the frozen features (and first state) of the training
+                   signs, towards the fitted side (the window loss's side term, batches of 16), and reports the side's
+                   R^2 and spread on validation after N steps: can the head fit from these features at all?
+  --train-steps N  runs N real training steps from the checkpoint (its objective, a fresh Adam at --lr, gradients
+                   clipped at norm 5 as in training), then measures the first window's side again; --variant `head`
+                   trains the offset head alone (the features frozen), `prior-sees-cell` rebuilds the model with
+                   model.offset_prior_sees_cell (the prior's first layer new), `full` trains everything.
 """
 
 from __future__ import annotations
@@ -27,13 +36,14 @@ def r_squared(predicted: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def features_at_signs(model, task, count: int, objective) -> dict:
-    """Per image with a sign (of the first `count`): the cell features, log sign side, and the model's log side."""
+    """Per image with a sign (of the first `count`): the cell features, log sign side, and the model's log side, and
+    the offset head's inputs (cell features and first state)."""
     from vsaccade.model.locations import as_normal
     from vsaccade.objective import box_cells, fitted_windows
     from vsaccade.tasks import collate
 
     c = model.config
-    rows, sides, model_sides, fitted_sides, q_means, q_scales, p_scales = [], [], [], [], [], [], []
+    rows, sides, model_sides, fitted_sides, q_means, q_scales, p_scales, inputs = [], [], [], [], [], [], [], []
     with torch.no_grad():
         for start in range(0, min(count, len(task)), 32):
             batch = collate([task[i] for i in range(start, min(start + 32, count, len(task)))])
@@ -45,17 +55,20 @@ def features_at_signs(model, task, count: int, objective) -> dict:
             cell = box_cells(batch.images, [b[:1] for b in batch.boxes], c.proxy_size, c.location_cells).float().argmax(1)
             cell_features = features.flatten(2).gather(2, cell[:, None, None].expand(-1, features.shape[1], 1))[:, :, 0]
             h = model.core.output(model.core.initial(e))
-            q = as_normal(model.locations.posterior_offset(torch.cat([cell_features, h], -1))).base_dist
-            p = as_normal(model.locations.prior_offset(h)).base_dist
+            head_inputs = torch.cat([cell_features, h], -1)
+            q = as_normal(model.locations.posterior_offset(head_inputs)).base_dist
+            prior_input = head_inputs if c.offset_prior_sees_cell else h
+            p = as_normal(model.locations.prior_offset(prior_input)).base_dist
             s = c.s_min + (c.s_max - c.s_min) * torch.sigmoid(q.loc[:, 0])
             fitted = fitted_windows(batch.images, batch.boxes, objective.box_window_scale, c.s_min, c.s_max).z[:, 0]
             side = torch.tensor([float(b[0][2] - b[0][0]) if len(b) else 1.0 for b in batch.boxes])
             rows.append(cell_features[keep]), sides.append(side[keep].log())
             model_sides.append(s[keep].log()), fitted_sides.append(fitted[keep].log())
             q_means.append(q.loc[keep]), q_scales.append(q.scale[keep]), p_scales.append(p.scale[keep])
+            inputs.append(head_inputs[keep])
     return {"features": torch.cat(rows), "log_side": torch.cat(sides), "model_log_s": torch.cat(model_sides),
             "fitted_log_s": torch.cat(fitted_sides), "q_mean": torch.cat(q_means), "q_scale": torch.cat(q_scales),
-            "p_scale": torch.cat(p_scales)}
+            "p_scale": torch.cat(p_scales), "head_inputs": torch.cat(inputs)}
 
 
 def offset_head_gradients(model, objective, task, count: int = 32) -> dict:
@@ -86,6 +99,66 @@ def offset_head_gradients(model, objective, task, count: int = 32) -> dict:
     return {name: float(g.norm()) for name, g in gradients.items()}
 
 
+def fit_head_alone(model, data: dict, steps: int, lr: float) -> dict:
+    """A copy of the offset head trained alone on the frozen inputs of the training signs (features_at_signs) towards
+    the fitted side (the window loss's side term), scored on the validation signs."""
+    import copy
+
+    c = model.config
+    x, y = data["train"]["head_inputs"], data["train"]["fitted_log_s"]
+    head = copy.deepcopy(model.locations.posterior_offset)
+    optimizer = torch.optim.Adam(head.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(0)
+
+    def log_s(inputs):
+        return torch.log(c.s_min + (c.s_max - c.s_min) * torch.sigmoid(head(inputs)[:, 0]))
+
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (16,), generator=generator)
+        loss = (log_s(x[i]) - y[i]).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predicted = log_s(data["validation"]["head_inputs"])
+    return {"steps": steps, "lr": lr, "side_r2_validation": r_squared(predicted, data["validation"]["fitted_log_s"]),
+            "log_s_std_validation": float(predicted.std())}
+
+
+def train_steps(model, objective, task, steps: int, lr: float, variant: str) -> torch.nn.Module:
+    """`steps` training steps as vsaccade train takes them (batches of 16 drawn at random)."""
+    from vsaccade.model.noise import Noise
+    from vsaccade.objective import box_supervision, negative_elbo
+    from vsaccade.tasks import collate
+
+    if variant == "prior-sees-cell":
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("locations.prior_offset.0")}
+        model = type(model)(model.config.replace(offset_prior_sees_cell=True))
+        model.load_state_dict(state, strict=False)
+    c = model.config
+    if variant == "head":  # the head's inputs detached: only it learns
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.locations.posterior_offset.parameters():
+            p.requires_grad_(True)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    for step in range(steps):
+        index = torch.randint(0, len(task), (16,), generator=generator).tolist()
+        batch = collate([task[i] for i in index])
+        noise = Noise.keyed([step * 16 + i for i in range(16)])
+        box_z, targets, fitted = box_supervision(batch.images, batch.boxes, c, objective, noise)
+        out = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise, box_z=box_z)
+        loss = negative_elbo(out, batch.labels, c.heads, objective, objective.beta, c.estimator, location_targets=targets,
+                             fitted=fitted)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 5.0)
+        optimizer.step()
+    return model.eval()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
@@ -93,6 +166,10 @@ def main(argv=None):
     parser.add_argument("--train-images", type=int, default=1200, help="training images read (those with a sign are used)")
     parser.add_argument("--ridge", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--head-steps", type=int, default=0, help="also fit a copy of the offset head alone for N steps")
+    parser.add_argument("--train-steps", type=int, default=0, help="measure after N real training steps instead")
+    parser.add_argument("--variant", choices=("full", "head", "prior-sees-cell"), default="full")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from vsaccade.checkpoint import load, read_checkpoint
@@ -104,8 +181,11 @@ def main(argv=None):
     objective = ObjectiveConfig.from_dict(read_checkpoint(Path(args.checkpoint))["objective_config"])
     if not objective.box_window_scale:
         sys.exit("the checkpoint was not trained with objective.box_window_scale: no fitted side to compare with")
-    data = {split: features_at_signs(model, make_task("folder", split, root=args.root, proxy_size=model.config.proxy_size,
-                                                      channels=model.config.image_channels), count, objective)
+    tasks = {split: make_task("folder", split, root=args.root, proxy_size=model.config.proxy_size,
+                              channels=model.config.image_channels) for split in ("train", "validation")}
+    if args.train_steps:
+        model = train_steps(model, objective, tasks["train"], args.train_steps, args.lr, args.variant)
+    data = {split: features_at_signs(model, tasks[split], count, objective)
             for split, count in (("train", args.train_images), ("validation", 10 ** 9))}
     x, y = data["train"]["features"], data["train"]["log_side"]
     mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
@@ -122,9 +202,9 @@ def main(argv=None):
               # q's mean varies across images, and both standard deviations (0.3 at initialisation)
               "q_mean_std_across_images_validation": v["q_mean"].std(0).tolist(),
               "q_scale_mean_validation": v["q_scale"].mean(0).tolist(), "p_scale_mean_validation": v["p_scale"].mean(0).tolist()}
-    result["offset_head_gradient_norms_one_training_batch"] = offset_head_gradients(
-        model, objective, make_task("folder", "train", root=args.root, proxy_size=model.config.proxy_size,
-                                    channels=model.config.image_channels))
+    result["offset_head_gradient_norms_one_training_batch"] = offset_head_gradients(model, objective, tasks["train"])
+    if args.head_steps:
+        result["offset_head_alone"] = fit_head_alone(model, data, args.head_steps, args.lr)
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

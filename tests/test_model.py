@@ -456,3 +456,25 @@ def test_detached_windows_learn_only_from_the_window_loss_and_kl():
     detached, reader = offset_gradient(True, 0.0)
     assert detached == 0 and reader > 0
     assert offset_gradient(True, 1.0)[0] > 0
+
+
+def test_the_offset_prior_sees_the_chosen_cell_only_when_asked():
+    # offset_prior_sees_cell: p(offset | cell features, h) instead of p(offset | h). The prior's window (its mode)
+    # at two different cells of one feature map then differs in side, and without it the side is the same.
+    from vsaccade.model.locations import MixtureLocations
+
+    for sees_cell in (False, True):
+        torch.manual_seed(0)
+        locations = MixtureLocations(32, 8, 4, 0.1, 0.4, 0.0, prior_sees_cell=sees_cell)
+        torch.nn.init.normal_(locations.prior_offset[-1].weight)
+        features = torch.randn(1, 8, 4, 4)
+        centres, half_cell = torch.zeros(1, 16, 2), torch.full((1, 2), 0.25)
+        sides = []
+        for cell in (0, 5):
+            allowed = torch.zeros(1, 16, dtype=torch.bool)
+            allowed[0, cell] = True  # the only cell left: the prior must choose it
+            step = locations(features, locations.cell_keys(features), torch.zeros(1, 32), torch.zeros(1, 16), allowed,
+                             centres, half_cell, "prior", False, None)
+            assert step.cell.item() == cell
+            sides.append(step.z[0, 0].item())
+        assert (sides[0] != sides[1]) == sees_cell, sides

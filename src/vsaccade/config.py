@@ -67,6 +67,9 @@ class ModelConfig(PlainConfig):
     inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
     inhibit_window: bool = False  # also mask every cell whose glimpse would be centred inside a chosen window
     prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
+    # mixture: the offset prior p(offset | cell features, h_{t-1}) instead of p(offset | h_{t-1}), so the KL does not
+    # hold every window to one side whatever its cell shows
+    offset_prior_sees_cell: bool = False
     proxy_encoder: str = "wide"  # "wide" or "strided" (model/proxy_encoder.py)
     proxy_width: int = 32
     glimpse_width: int = 64

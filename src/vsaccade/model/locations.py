@@ -143,7 +143,7 @@ class GaussianLocations(nn.Module):
 
 class MixtureLocations(nn.Module):
     def __init__(self, hidden: int, feature_width: int, cells: int, s_min: float, s_max: float, proxy_prior_weight: float,
-                 score_width: int = 0):
+                 score_width: int = 0, prior_sees_cell: bool = False):
         super().__init__()
         score_width = score_width or hidden
         self.s_min, self.s_max, self.cells = s_min, s_max, cells
@@ -160,7 +160,8 @@ class MixtureLocations(nn.Module):
         nn.init.zeros_(self.prior_logits.weight)
         nn.init.zeros_(self.prior_logits.bias)
         self.posterior_offset = gaussian_head(feature_width + hidden, hidden)
-        self.prior_offset = gaussian_head(hidden, hidden)
+        self.prior_sees_cell = prior_sees_cell
+        self.prior_offset = gaussian_head(feature_width + hidden if prior_sees_cell else hidden, hidden)
 
     def cell_keys(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F, c, c) -> (B, c^2, score_width): the per-cell part of the posterior's cell scores, once per image."""
@@ -182,8 +183,9 @@ class MixtureLocations(nn.Module):
         cells_dist = q_cells if source == "posterior" else p_cells
         cell = draw_cell(cells_dist, noise, sample)
         cell_features = features.flatten(2).gather(2, cell[:, None, None].expand(-1, width, 1))[:, :, 0]
-        q_offset = as_normal(self.posterior_offset(torch.cat([cell_features, h], -1)))
-        p_offset = as_normal(self.prior_offset(h))
+        cell_and_state = torch.cat([cell_features, h], -1)
+        q_offset = as_normal(self.posterior_offset(cell_and_state))
+        p_offset = as_normal(self.prior_offset(cell_and_state if self.prior_sees_cell else h))
         offset_dist = q_offset if source == "posterior" else p_offset
         a = draw(offset_dist, noise, sample)
         centre = centres.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]

@@ -88,7 +88,7 @@ class VariationalSaccader(nn.Module):
         self.proxy_attention = ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads) if c.proxy_attention else None
         if c.posterior == "mixture":
             self.locations = MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight,
-                                              c.cell_score_width)
+                                              c.cell_score_width, c.offset_prior_sees_cell)
         else:
             self.locations = GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy)
         self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
