@@ -18,7 +18,8 @@ Two step-based checks of why a head that could use the size does not:
   --train-steps N  runs N real training steps from the checkpoint (its objective, a fresh Adam at --lr, gradients
                    clipped at norm 5 as in training), then measures the first window's side again; --variant `head`
                    trains the offset head alone (the features frozen), `prior-sees-cell` rebuilds the model with
-                   model.offset_prior_sees_cell (the prior's first layer new), `full` trains everything.
+                   model.offset_prior_sees_cell (the prior's first layer new), `full` trains everything; --beta
+                   replaces the checkpoint's KL weight.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=0, help="measure after N real training steps instead")
     parser.add_argument("--variant", choices=("full", "head", "prior-sees-cell"), default="full")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--beta", type=float, default=None, help="--train-steps with this KL weight instead of the checkpoint's")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     from vsaccade.checkpoint import load, read_checkpoint
@@ -183,6 +185,8 @@ def main(argv=None):
         sys.exit("the checkpoint was not trained with objective.box_window_scale: no fitted side to compare with")
     tasks = {split: make_task("folder", split, root=args.root, proxy_size=model.config.proxy_size,
                               channels=model.config.image_channels) for split in ("train", "validation")}
+    if args.beta is not None:
+        objective = objective.replace(beta=args.beta)
     if args.train_steps:
         model = train_steps(model, objective, tasks["train"], args.train_steps, args.lr, args.variant)
     data = {split: features_at_signs(model, tasks[split], count, objective)
