@@ -432,7 +432,7 @@ def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_i
 def test_detached_windows_learn_only_from_the_window_loss_and_kl():
     # With detach_windows the likelihood's gradient reaches the cell choice's and the glimpse reader's parameters
     # but not the offset head's (the windows' offset and side); the window loss's still does.
-    from vsaccade.objective import box_cells, fitted_windows
+    from vsaccade.objective import fitted_windows
 
     def offset_gradient(detach, window_weight):
         torch.manual_seed(0)

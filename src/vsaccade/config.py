@@ -154,7 +154,8 @@ class ObjectiveConfig(PlainConfig):
         if self.combine not in ("sum", "product"):
             raise ConfigError(f"ObjectiveConfig.combine must be 'sum' or 'product', got {self.combine!r}")
         for name in ("beta", "beta_warmup_epochs", "reconstruction_weight", "glimpse_loss_weight", "glimpse_reward_weight",
-                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "search_weight", "box_glimpse_weight", "box_window_scale", "window_weight"):
+                     "proxy_loss_weight", "attention_entropy_weight", "location_weight", "search_weight",
+                     "box_glimpse_weight", "box_window_scale", "window_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"ObjectiveConfig.{name} must be non-negative, got {getattr(self, name)}")
         if self.window_weight and not self.box_window_scale:

@@ -25,8 +25,8 @@ location_weight * -log q(c_1 in C_boxes) (outside the ELBO, and outside the pape
 which the method never sees) is box supervision of the first glimpse's cell, where C_boxes are the cells holding a
 box centre (`box_cells`); samples without a box add nothing. search_weight extends it to the later glimpses
 (`search_loss`): while no earlier glimpse's cell holds a box centre, glimpse t is trained towards one among the
-cells still allowed, so a first glimpse on a decoy is followed by one on the sign. A named variant for data that has boxes, reported as
-such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion box_glimpse_weight *
+cells still allowed, so a first glimpse on a decoy is followed by one on the sign. A named variant for data that
+has boxes, reported as such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion box_glimpse_weight *
 -log p_t(y | g_box) trains the per-glimpse heads (and the glimpse encoder) on one extra glimpse per image at its box
 (`box_windows`; a random window where there is none), so the reader learns what a sign says before the posterior
 reliably finds one. With box_window_scale k, a box's window is fitted to it (`fitted_windows`: centred on it, k times
@@ -186,8 +186,8 @@ def negative_elbo(output, labels: dict, heads: list[dict], config: ObjectiveConf
     """Loss to minimise (scalar) and its per-sample parts, from a SaccadeOutput. `batch_mean(values, dim)` gives
     the score-function baselines (a keepdim mean over the batch): over all ranks' samples in distributed
     training (distributed.Cluster.mean), so the loss does not depend on how the batch is split.
-    location_targets (B, c^2) bool from `box_cells`: needed with location_weight, search_weight and window_weight; fitted
-    (`fitted_windows`): needed with window_weight."""
+    location_targets (B, c^2) bool from `box_cells`: needed with location_weight, search_weight and window_weight;
+    fitted (`fitted_windows`): needed with window_weight."""
     log_lik = log_likelihood(output.logits, labels, heads)
     kl = output.kl.sum(1)
     recon = output.reconstruction.mean(1) if output.reconstruction is not None else torch.zeros_like(kl)

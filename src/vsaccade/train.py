@@ -158,8 +158,8 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
 def _train(model_config, objective, config, out, resume, digit_source, data_dir, progress, log, cluster, stop) -> dict:
     if objective.box_supervised:  # fail before any data is read
         if model_config.architecture != "saccader" or model_config.posterior != "mixture":
-            raise ConfigError("objective.location_weight, search_weight, box_glimpse_weight and window_weight (box supervision) need "
-                              "model.architecture=saccader with model.posterior=mixture")
+            raise ConfigError("objective.location_weight, search_weight, box_glimpse_weight and window_weight (box "
+                              "supervision) need model.architecture=saccader with model.posterior=mixture")
         if objective.box_glimpse_weight and not model_config.glimpse_heads:
             raise ConfigError("objective.box_glimpse_weight (box supervision) needs model.glimpse_heads=true")
     if model_config.detach_windows and not objective.window_weight:
