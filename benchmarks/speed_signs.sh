@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed-sign benchmark (docs/benchmarks/files.md), trained from prepared files, in three steps run one after
+# The speed-sign benchmark (docs/benchmarks/files.md), trained from prepared files, in steps run one after
 # the other with 2 torch threads each, every one resumable (a finished step is skipped, a killed run resumes):
 #   reader   the glimpse encoder and a head pre-trained on oracle glimpses at the sign: the training split's and
 #            60,000 drawn crops (benchmarks/speed_signs_reader.py --synthetic), 8 epochs of cosine-annealed learning

@@ -26,10 +26,10 @@ which the method never sees) is box supervision of the first glimpse's cell, whe
 box centre (`box_cells`); samples without a box add nothing. search_weight extends it to the later glimpses
 (`search_loss`): while no earlier glimpse's cell holds a box centre, glimpse t is trained towards one among the
 cells still allowed, so a first glimpse on a decoy is followed by one on the sign. A named variant for data that
-has boxes, reported as such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion box_glimpse_weight *
--log p_t(y | g_box) trains the per-glimpse heads (and the glimpse encoder) on one extra glimpse per image at its box
-(`box_windows`; a random window where there is none), so the reader learns what a sign says before the posterior
-reliably finds one. With box_window_scale k, a box's window is fitted to it (`fitted_windows`: centred on it, k times
+has boxes, reported as such (docs/benchmarks/files.md), never as the weakly supervised method. Its companion
+box_glimpse_weight * -log p_t(y | g_box) trains the per-glimpse heads (and the glimpse encoder) on one extra
+glimpse per image at its box (`box_windows`; a random window where there is none), so the reader learns what a sign
+says before the posterior reliably finds one. With box_window_scale k, a box's window is fitted to it (`fitted_windows`: centred on it, k times
 its side), the box glimpses are drawn around that window, and window_weight * the squared error of the first window
 to it (`window_loss`; where c_1 holds the box centre) trains the first glimpse's offset and side as well as its
 cell: a small object is then read magnified, at about the same size in the glimpse as a large one.
@@ -154,9 +154,11 @@ def box_supervision(images: list, boxes: list, model_config, config: ObjectiveCo
 
 
 def location_loss(cell_log_probs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, c^2) log q(c_1), (B, c^2) bool targets -> (B,) -log q(c_1 in targets), 0 where a sample has none."""
-    chosen = torch.logsumexp(cell_log_probs.masked_fill(~targets, -1e9), 1)  # finite, so rows without targets stay NaN-free
-    return torch.where(targets.any(1), -chosen, torch.zeros_like(chosen))
+    """(..., c^2) log q(c), (..., c^2) bool targets (broadcast) -> (...) -log q(c in targets), 0 where a sample
+    has none."""
+    targets = targets.expand_as(cell_log_probs)
+    chosen = torch.logsumexp(cell_log_probs.masked_fill(~targets, -1e9), -1)  # finite, so rows without targets stay NaN-free
+    return torch.where(targets.any(-1), -chosen, torch.zeros_like(chosen))
 
 
 def search_loss(cell_log_probs: torch.Tensor, cells: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -165,7 +167,7 @@ def search_loss(cell_log_probs: torch.Tensor, cells: torch.Tensor, targets: torc
     towards the box among the cells still allowed. Steps where inhibition has masked every box cell add nothing."""
     hits = targets.gather(1, cells).long()  # (B, T): glimpse t's cell holds a box centre
     searching = (hits.cumsum(1) - hits)[:, 1:] == 0  # no earlier glimpse's did
-    per_step = torch.stack([location_loss(cell_log_probs[:, t], targets) for t in range(1, cells.shape[1])], 1)
+    per_step = location_loss(cell_log_probs[:, 1:], targets[:, None])  # (B, T - 1)
     reachable = per_step < 1e8  # a masked cell's log q is about MASKED (-1e9)
     return torch.where(searching & reachable, per_step, torch.zeros_like(per_step)).sum(1)
 
