@@ -11,7 +11,7 @@ from vsaccade.model.glimpse_sampler import sample_glimpses
 from vsaccade.model.locations import GaussianLocations, MixtureLocations
 from vsaccade.model.noise import Noise
 from vsaccade.objective import negative_elbo
-from vsaccade.config import ConfigError, ObjectiveConfig
+from vsaccade.config import ConfigError, ModelConfig, ObjectiveConfig
 
 
 def batch_of(count, proxy_size=16, height=400, width=600, seed=0):
@@ -456,6 +456,32 @@ def test_detached_windows_learn_only_from_the_window_loss_and_kl():
     detached, reader = offset_gradient(True, 0.0)
     assert detached == 0 and reader > 0
     assert offset_gradient(True, 1.0)[0] > 0
+
+
+def test_a_separate_reader_reads_for_the_glimpse_heads_and_leaves_looking_alone():
+    # separate_reader: the per-glimpse heads (and so readout=any) read through a glimpse encoder of their own. The
+    # readout's gradient reaches it and not the core's encoder (the windows detached, so nothing reaches the encoder
+    # through where later glimpses land), and changing it changes what is read but not where the model looks.
+    heads = [{"name": "label", "num_classes": 3, "kind": "class", "classes": ["a", "b", "none"]}]
+    torch.manual_seed(0)
+    model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=3, glimpse_size=8, hidden=32, s_min=0.05,
+                         s_max=0.4, glimpse_heads=True, readout="any", background="none", separate_reader=True, detach_windows=True,
+                         heads=heads)
+    proxy = torch.rand(2, 1, 16, 16)
+    images = [UpsampledImage(p, 160, 160) for p in proxy]
+    mask = torch.ones(2, 16, 16, dtype=torch.bool)
+    out = model(images, proxy, mask, sample=False)
+    out.logits["label"].sum().backward()
+    grad = lambda module: sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+    assert grad(model.reader) > 0 and grad(model.glimpse_encoder) == 0
+    with torch.no_grad():
+        for p in model.reader.parameters():
+            p.add_(torch.randn_like(p))
+        changed = model(images, proxy, mask, sample=False)
+    assert torch.equal(changed.z, out.z)
+    assert not torch.allclose(changed.logits["label"], out.logits["label"])
+    with pytest.raises(ConfigError, match="separate_reader"):
+        ModelConfig(separate_reader=True).validate()
 
 
 def test_the_offset_prior_sees_the_chosen_cell_only_when_asked():

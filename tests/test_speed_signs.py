@@ -6,6 +6,17 @@ import numpy as np
 from vsaccade.tasks.speed_signs import CLASSES, HEIGHT, WIDTH, generate, scene
 
 
+def load_benchmark(name):
+    """A script under benchmarks/ as a module."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_scenes_are_deterministic_and_the_box_holds_the_sign():
     image, label, box = scene(0, "train", 0)
     again, label_again, box_again = scene(0, "train", 0)
@@ -68,13 +79,7 @@ def test_centred_decoys_change_only_the_none_crops_and_only_near_their_centre():
 
 
 def test_the_error_breakdown_counts_held_signs_misreads_and_decoys_read_as_numbers():
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "benchmarks" / "speed_signs_errors.py"
-    spec = importlib.util.spec_from_file_location("speed_signs_errors", script)
-    errors = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(errors)
+    errors = load_benchmark("speed_signs_errors")
     boxes = {"30/a.tif": [[100, 100, 150, 150]], "50/b.tif": [[1000, 1000, 1100, 1100]]}
     far, around_a, around_b = [0, 0, 10, 10], [90, 90, 300, 300], [950, 950, 1150, 1150]
 
@@ -95,3 +100,23 @@ def test_the_error_breakdown_counts_held_signs_misreads_and_decoys_read_as_numbe
     assert fit["all"]["held by the first"] == 1 and fit["under 60"]["held by the first"] == 0
     assert fit["100 and over"]["median window side / sign side"] == pytest.approx(2.0)
     assert fit["100 and over"]["median centre offset / sign side"] == pytest.approx(0.0)
+
+
+def test_the_reader_polish_labels_what_each_glimpse_shows_and_draws_windows_fitted_to_the_sign():
+    import torch
+
+    polish = load_benchmark("speed_signs_polish")
+    box = torch.tensor([100.0, 100.0, 150.0, 150.0])
+    windows = torch.tensor([[90.0, 90.0, 300.0, 300.0], [120.0, 120.0, 300.0, 300.0], [400.0, 400.0, 500.0, 500.0]])
+    assert polish.labels_of_glimpses(windows, box, 3, 8).tolist() == [3, -1, 8]  # holds, cuts, misses
+    assert polish.labels_of_glimpses(windows, None, 8, 8).tolist() == [8, 8, 8]
+    signs = 0
+    for index in range(8):
+        glimpse, label = polish.drawn_glimpse((0, index, 2.5, 0.03, 0.1, 64))
+        assert glimpse.shape == (3, 64, 64) and glimpse.dtype == np.uint8 and label in CLASSES
+        if label != "none":  # the sign fills about the middle 40% of its glimpse: its ring is there
+            signs += 1
+            middle = glimpse[:, 16:48, 16:48].astype(int)
+            red = (middle[0] > 120) & (middle[1] < 90) & (middle[2] < 90)
+            assert red.mean() > 0.03
+    assert signs >= 3

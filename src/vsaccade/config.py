@@ -87,6 +87,9 @@ class ModelConfig(PlainConfig):
     # True: glimpses and the core see each window z_t detached, so its offset and side learn only from box supervision
     # (objective.window_weight) and the KL, not from the likelihood through the glimpse (whose gradient drowned it)
     detach_windows: bool = False
+    # True: the per-glimpse heads read each glimpse through a glimpse encoder of their own (`reader`), so reading can
+    # be trained (benchmarks/speed_signs_polish.py) without changing the features the core decides where to look from
+    separate_reader: bool = False
 
     def validate(self):
         super().validate()
@@ -108,6 +111,8 @@ class ModelConfig(PlainConfig):
             raise ConfigError(f"glimpse_size must be at least 8 pixels, got {self.glimpse_size}")
         if not self.heads or not all(isinstance(h, dict) and {"name", "num_classes", "kind"} <= set(h) for h in self.heads):
             raise ConfigError(f"heads must be a non-empty list of {{name, num_classes, kind}} dicts, got {self.heads!r}")
+        if self.separate_reader and not self.glimpse_heads:
+            raise ConfigError("separate_reader is read by the per-glimpse heads: it needs glimpse_heads=true")
         if self.readout == "any":
             if self.architecture != "saccader" or not self.glimpse_heads:
                 raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")

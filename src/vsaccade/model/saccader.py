@@ -95,6 +95,8 @@ class VariationalSaccader(nn.Module):
         self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
         self.classifier = Classifier(c.hidden, c.heads, c.readout)
         self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else None
+        self.reader = (GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
+                       if c.separate_reader else None)
         if c.reconstruct_proxy:
             self.decoder = nn.Sequential(
                 nn.Linear(3 + c.hidden, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.proxy_channels * c.proxy_size**2)
@@ -179,7 +181,7 @@ class VariationalSaccader(nn.Module):
                 half_side_per_s = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height]
                                                 for i in images], device=device)
 
-        zs, kls, log_qs, cell_log_probs, cells, feats, raw_feats, glimpses, recons = [], [], [], [], [], [], [], [], []
+        zs, kls, log_qs, cell_log_probs, cells, feats, read_feats, glimpses, recons = [], [], [], [], [], [], [], [], []
         for _ in range(c.glimpses):
             h = self.core.output(state)
             log_q = None
@@ -212,11 +214,12 @@ class VariationalSaccader(nn.Module):
                 recons.append(log_p.flatten(1).sum(1))
             if c.no_glimpses:  # the control: nothing is read, exactly as if the glimpse features were zeroed
                 glimpse = proxy.new_zeros(batch, c.image_channels, c.glimpse_size, c.glimpse_size)
-                f = proxy.new_zeros(batch, c.hidden)
+                f = read = proxy.new_zeros(batch, c.hidden)
             else:
                 glimpse = sample_glimpses(images, z, c.glimpse_size)
                 f = self.glimpse_encoder(glimpse)
-            raw_feats.append(f)
+                read = self.reader(glimpse) if self.reader is not None else f
+            read_feats.append(read)  # what the per-glimpse heads see
             if c.estimator == "ats" and log_q is not None:
                 f = f * torch.exp(log_q - log_q.detach())[:, None]  # value 1, gradient d log q
             state = self.core(e, f, z, state)
@@ -225,7 +228,7 @@ class VariationalSaccader(nn.Module):
                 log_qs.append(log_q)
 
         logits, glimpse_counts = self.classifier(torch.stack(feats, 1), self.core.output(state))
-        glimpse_logits = self.glimpse_heads(torch.stack(raw_feats, 1)) if self.glimpse_heads is not None else None
+        glimpse_logits = self.glimpse_heads(torch.stack(read_feats, 1)) if self.glimpse_heads is not None else None
         if c.readout == "any":  # class heads that hold the background class: read from the per-glimpse heads
             logits = {**logits, **{h["name"]: any_object_log_probs(glimpse_logits[h["name"]], h["classes"].index(c.background))
                                    for h in c.heads if h["kind"] == "class" and c.background in h.get("classes", ())}}
@@ -233,7 +236,8 @@ class VariationalSaccader(nn.Module):
         if box_z is not None:
             if self.glimpse_heads is None:
                 raise ConfigError("box windows are read by the per-glimpse heads: build the model with glimpse_heads=True")
-            box_features = self.glimpse_encoder(sample_glimpses(images, box_z.to(device), c.glimpse_size))
+            reader = self.reader if self.reader is not None else self.glimpse_encoder
+            box_features = reader(sample_glimpses(images, box_z.to(device), c.glimpse_size))
             box_glimpse_logits = self.glimpse_heads(box_features[:, None])
         return SaccadeOutput(
             logits=logits,
