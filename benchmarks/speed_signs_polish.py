@@ -15,10 +15,12 @@ are then trained, on:
     hard negatives a model that seeks signs looks at).
 
 Held out: the model's glimpses of the validation scenes and M more drawn crops (another seed). Reading accuracy
-on both is printed before and after every epoch. Writes a checkpoint that `vsaccade evaluate` loads.
+on both is printed before and after every epoch. After the last (a cosine schedule to 0; no epoch is selected),
+writes a checkpoint that `vsaccade evaluate` loads.
 
     python benchmarks/speed_signs_polish.py runs/speed-signs-search-s0/best.pt --root runs/speed-signs-tiff \
-        --crops 30000 --held-out 3000 --epochs 3 --out runs/speed-signs-polish/best.pt --json runs/polish.json
+        --crops 30000 --held-out 3000 --epochs 3 --out runs/speed-signs-search-s0-polished.pt \
+        --json runs/speed-signs-search-s0-polish.json
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import torch.nn.functional as F
 SIDE_JITTER = 0.15  # log-side and centre jitter of the drawn windows, in the spirit of the trained model's fit
 CROP_WINDOW, CROP_REACH = 440, 20  # crops of 480 px hold any window up to s_max (300 px) with its jitter
 TRAIN_SEED, HELD_OUT_SEED = 10, 11  # window_crop seeds; the reader pre-training used 0
+DESCRIBES_THE_MODEL = ("model_name", "model_config", "objective_config", "train_config", "task", "digit_source", "vsaccade_version")
 
 
 def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
@@ -182,10 +185,11 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="processes drawing the crops")
-    parser.add_argument("--out", required=True, help="the polished checkpoint (the epoch with the best validation images)")
+    parser.add_argument("--out", required=True, help="the polished checkpoint, after the last epoch (the learning rate "
+                        "annealed to 0; validation is measured, not selected on)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
-    from vsaccade.checkpoint import TRAINING_ONLY, read_checkpoint, save_checkpoint
+    from vsaccade.checkpoint import read_checkpoint, save_checkpoint
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -219,7 +223,6 @@ def main(argv=None):
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
     history = [{"epoch": 0, **measure(model, own["validation"], held_out, none)}]
     print(json.dumps(history[-1]), flush=True)
-    best = (history[0]["validation_images"], 0)
     for epoch in range(1, args.epochs + 1):
         model.train()
         order = torch.randperm(len(train_labels))
@@ -232,17 +235,14 @@ def main(argv=None):
             schedule.step()
         history.append({"epoch": epoch, "seconds": time.time() - started, **measure(model, own["validation"], held_out, none)})
         print(json.dumps(history[-1]), flush=True)
-        if history[-1]["validation_images"] > best[0]:
-            best = (history[-1]["validation_images"], epoch)
-            polished = {k: v for k, v in payload.items() if k not in (*TRAINING_ONLY, "schema_version")}
-            polished.update(model_config=c.to_dict(), state_dict=model.state_dict(),
-                            polished_reader={"from": str(args.checkpoint), "epoch": epoch, "crops": args.crops, "lr": args.lr})
-            save_checkpoint(polished, args.out)
+    # What rebuilds and describes the model; not the original run's progress (its epoch, metrics, optimiser)
+    polished = {k: payload[k] for k in DESCRIBES_THE_MODEL if k in payload}
+    polished.update(model_config=c.to_dict(), state_dict=model.state_dict(),
+                    polished_reader={"from": str(args.checkpoint), "epochs": args.epochs, "crops": args.crops, "lr": args.lr})
+    save_checkpoint(polished, args.out)
     summary = {"command": "python benchmarks/speed_signs_polish.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "train_glimpses": {"own": int(labelled.sum()), "drawn": args.crops}, "held_out_crops": args.held_out,
-               "read_seconds": read_seconds, "threads": args.threads, "best_epoch": best[1], "history": history}
-    if best[1] == 0:
-        print("no epoch read the validation images better than the model as trained: nothing written")
+               "read_seconds": read_seconds, "threads": args.threads, "history": history}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=2))
