@@ -18,9 +18,11 @@
 #   search   `speed-signs-search`: windows with the window loss owning the windows' offset and side (detached from
 #            the likelihood, weight 30) and the later glimpses' cells supervised while the sign is not yet found,
 #            from the same reader, 10 epochs, the same budget;
-#   polish   search's reader polished (benchmarks/speed_signs_polish.py): a copy of its glimpse encoder read only by
+#   search1  the same with train.seed=1 (the second seed);
+#   polish   each search run's reader polished (benchmarks/speed_signs_polish.py): a copy of its glimpse encoder read only by
 #            the per-glimpse heads (model.separate_reader), trained 3 epochs on its own glimpses of the training
-#            scenes and 30,000 drawn crops at windows like its own; where it looks does not change. Then test.
+#            scenes and 30,000 drawn crops at windows like its own; where it looks does not change. Then
+#            validation and test; files.md reports the one of the two that reads validation best.
 # Needs the data first (about 25 minutes on 2 cores):
 #   vsaccade generate speed-signs runs/speed-signs && vsaccade prepare runs/speed-signs runs/speed-signs-tiff
 # Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs);
@@ -30,7 +32,7 @@ data=${1:-runs/speed-signs-tiff}
 root=${2:-runs}
 shift 2 || shift $# || true
 common=("$@")
-steps=${STEPS:-reader hard ours control windows search polish}
+steps=${STEPS:-reader hard ours control windows search search1 polish}
 here=$(dirname "$0")
 mkdir -p "$root"
 
@@ -79,15 +81,20 @@ fi
 if [[ " $steps " == *" search "* ]]; then
   run speed-signs-search-s0 speed-signs-search --epochs 10 --max-minutes 95 --set train.init_weights="$hard"
 fi
-polished="$root/speed-signs-search-s0-polished.pt"
+if [[ " $steps " == *" search1 "* ]]; then
+  run speed-signs-search-s1 speed-signs-search --epochs 10 --max-minutes 95 --set train.init_weights="$hard" --set train.seed=1
+fi
 if [[ " $steps " == *" polish "* ]]; then
-  if [ -f "$polished" ]; then echo "polish: done"; else
-    echo "$(date +%T) start polish"
-    python "$here/speed_signs_polish.py" "$root/speed-signs-search-s0/best.pt" --root "$data" --crops 30000 --held-out 3000 \
-        --epochs 3 --threads 2 --out "$polished" --json "$root/speed-signs-search-s0-polish.json" \
-        > "$root/speed-signs-search-s0-polish.log" 2>&1 &&
-      vsaccade evaluate "$polished" --no-references --json "$root/speed-signs-search-s0-polished-test.json" \
-        >> "$root/speed-signs-search-s0-polish.log" 2>&1
-    echo "$(date +%T) end polish (exit $?)"
-  fi
+  for name in speed-signs-search-s0 speed-signs-search-s1; do
+    polished="$root/$name-polished.pt"
+    [ -f "$root/$name/best.pt" ] || { echo "polish: $name not trained"; continue; }
+    if [ -f "$polished" ]; then echo "polish $name: done"; continue; fi
+    echo "$(date +%T) start polish $name"
+    python "$here/speed_signs_polish.py" "$root/$name/best.pt" --root "$data" --crops 30000 --held-out 3000 \
+        --epochs 3 --threads 2 --out "$polished" --json "$root/$name-polish.json" > "$root/$name-polish.log" 2>&1 &&
+      vsaccade evaluate "$polished" --split validation --no-references --json "$root/$name-polished-validation.json" \
+        >> "$root/$name-polish.log" 2>&1 &&
+      vsaccade evaluate "$polished" --no-references --json "$root/$name-polished-test.json" >> "$root/$name-polish.log" 2>&1
+    echo "$(date +%T) end polish $name (exit $?)"
+  done
 fi
