@@ -45,6 +45,14 @@ def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
     return (glimpses.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def save_cache(data: dict, path: Path) -> None:
+    """torch.save through a temporary file, so a killed run never leaves a truncated cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(data, temporary)
+    temporary.replace(path)
+
+
 def drawn_glimpse(job: tuple):
     """One crop (tasks.speed_signs.window_crop) read at a fitted-like window -> (C, W, W) uint8 and class name."""
     seed, index, scale, s_min, s_max, size = job
@@ -82,8 +90,7 @@ def drawn_glimpses(seed: int, count: int, cache: Path, config, scale: float, cla
         results = list(tqdm(pool.imap(drawn_glimpse, jobs, chunksize=64), total=count, desc=f"crops (seed {seed})"))
     data = {"glimpse": torch.from_numpy(np.stack([g for g, _ in results])),
             "label": torch.tensor([classes.index(n) for _, n in results])}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, cache)
+    save_cache(data, cache)
     return data
 
 
@@ -106,9 +113,8 @@ def labels_of_glimpses(windows: torch.Tensor, box: torch.Tensor | None, label: i
 
 
 def own_glimpses(model, root: str, split: str, cache: Path) -> dict:
-    """The model's glimpses (mode policy) of a split's scenes: (N, T, C, W, W) uint8, each glimpse's label (the
-    sign's class if its window contains the box, `none` if it does not touch it, -1 if it cuts it) and the
-    image's label."""
+    """The model's glimpses (mode policy) of a split's scenes: (N, T, C, W, W) uint8, each glimpse's label
+    (labels_of_glimpses) and the image's label."""
     if cache.exists():
         return torch.load(cache)
     from tqdm import tqdm
@@ -130,8 +136,7 @@ def own_glimpses(model, root: str, split: str, cache: Path) -> dict:
                 glimpse_labels.append(labels_of_glimpses(glimpse_boxes(z, image.height, image.width), box, label, none))
                 labels.append(label)
     data = {"glimpse": torch.cat(glimpses), "glimpse_label": torch.stack(glimpse_labels), "label": torch.tensor(labels)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, cache)
+    save_cache(data, cache)
     return data
 
 
@@ -144,8 +149,8 @@ def read(model, glimpses: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def measure(model, own: dict, drawn: dict, none: int) -> dict:
     """Reading accuracy on the model's own validation glimpses (per glimpse, where labelled; and per image, as
-    readout=any reads its T glimpses: exactly the model's validation accuracy, since the windows do not depend on
-    the reader) and on the held-out drawn crops (signs, none)."""
+    readout=any reads its T glimpses: the model's validation accuracy, since the windows do not depend on the
+    reader, up to the glimpses' 8-bit storage) and on the held-out drawn crops (signs, none)."""
     from vsaccade.model.classifier import any_object_log_probs
 
     model.eval()
@@ -195,14 +200,16 @@ def main(argv=None):
     torch.manual_seed(0)
     started = time.time()
     payload = read_checkpoint(args.checkpoint)
+    if payload["model_config"].get("readout") != "any":
+        sys.exit(f"{args.checkpoint}: readout is {payload['model_config'].get('readout')!r}; polishing the reader needs readout=any")
     model = with_reader(payload)
     c = model.config
-    if c.readout != "any":
-        sys.exit(f"{args.checkpoint}: readout is {c.readout!r}; polishing the reader needs readout=any")
     classes = c.heads[0]["classes"]
     none = classes.index(c.background)
     scale = payload["objective_config"].get("box_window_scale") or 2.5
     root, name = Path(args.root), Path(args.checkpoint).parent.name + "-" + Path(args.checkpoint).stem
+    if not (root / "train").is_dir():
+        sys.exit(f"{root}: no train/ folder (a prepared speed-sign dataset: root/<split>/<class>/<image>, boxes.csv)")
     own = {split: own_glimpses(model.eval(), args.root, split, root.parent / f"speed-signs-polish-own-{name}-{split}.pt")
            for split in ("train", "validation")}
     drawn = drawn_glimpses(TRAIN_SEED, args.crops, crops_cache(root, TRAIN_SEED, args.crops, c, scale), c, scale, classes, args.workers)
