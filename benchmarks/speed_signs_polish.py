@@ -35,22 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from speed_signs_reader import as_uint8, draw_glimpses, save_cache  # a sibling: python puts a script's folder on the path
+
 SIDE_JITTER = 0.15  # log-side and centre jitter of the drawn windows, in the spirit of the trained model's fit
 CROP_WINDOW, CROP_REACH = 440, 20  # crops of 480 px hold any window up to s_max (300 px) with its jitter
 TRAIN_SEED, HELD_OUT_SEED = 10, 11  # window_crop seeds; the reader pre-training used 0
 DESCRIBES_THE_MODEL = ("model_name", "model_config", "objective_config", "train_config", "task", "digit_source", "vsaccade_version")
-
-
-def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
-    return (glimpses.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def save_cache(data: dict, path: Path) -> None:
-    """torch.save through a temporary file, so a killed run never leaves a truncated cache behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    torch.save(data, temporary)
-    temporary.replace(path)
 
 
 def drawn_glimpse(job: tuple):
@@ -81,15 +71,8 @@ def drawn_glimpse(job: tuple):
 def drawn_glimpses(seed: int, count: int, cache: Path, config, scale: float, classes: list[str], workers: int) -> dict:
     if cache.exists():
         return torch.load(cache)
-    import multiprocessing
-
-    from tqdm import tqdm
-
     jobs = [(seed, i, scale, config.s_min, config.s_max, config.glimpse_size) for i in range(count)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        results = list(tqdm(pool.imap(drawn_glimpse, jobs, chunksize=64), total=count, desc=f"crops (seed {seed})"))
-    data = {"glimpse": torch.from_numpy(np.stack([g for g, _ in results])),
-            "label": torch.tensor([classes.index(n) for _, n in results])}
+    data = draw_glimpses(drawn_glimpse, jobs, workers, classes, f"crops (seed {seed})")
     save_cache(data, cache)
     return data
 
@@ -166,17 +149,15 @@ def measure(model, own: dict, drawn: dict, none: int) -> dict:
             "held_out_crops_signs": float(drawn_right[signs].float().mean()), "held_out_crops_none": float(drawn_right[~signs].float().mean())}
 
 
-def with_reader(payload: dict):
+def with_reader(payload: dict, path):
     """The checkpoint's model with separate_reader=true, its reader a copy of its glimpse encoder."""
-    from vsaccade.model import create_model
+    from vsaccade.checkpoint import model_from_checkpoint
 
-    config = {**payload["model_config"], "separate_reader": True}
-    model = create_model(**{"architecture": payload.get("model_name", "saccader"), **config})
     state = dict(payload["state_dict"])
     if not payload["model_config"].get("separate_reader"):
         state.update({"reader." + k[len("glimpse_encoder."):]: v for k, v in state.items() if k.startswith("glimpse_encoder.")})
-    model.load_state_dict(state)
-    return model
+    return model_from_checkpoint({**payload, "model_config": {**payload["model_config"], "separate_reader": True},
+                                  "state_dict": state}, path)
 
 
 def main(argv=None):
@@ -202,7 +183,7 @@ def main(argv=None):
     payload = read_checkpoint(args.checkpoint)
     if payload["model_config"].get("readout") != "any":
         sys.exit(f"{args.checkpoint}: readout is {payload['model_config'].get('readout')!r}; polishing the reader needs readout=any")
-    model = with_reader(payload)
+    model = with_reader(payload, args.checkpoint)
     c = model.config
     classes = c.heads[0]["classes"]
     none = classes.index(c.background)
@@ -248,7 +229,7 @@ def main(argv=None):
                     polished_reader={"from": str(args.checkpoint), "epochs": args.epochs, "crops": args.crops, "lr": args.lr})
     save_checkpoint(polished, args.out)
     summary = {"command": "python benchmarks/speed_signs_polish.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "train_glimpses": {"own": int(labelled.sum()), "drawn": args.crops}, "held_out_crops": args.held_out,
+               "train_glimpses": {"own": int(labelled.sum()), "drawn": args.crops}, "held_out_crops": {"signs": int((held_out["label"] != none).sum()), "none": int((held_out["label"] == none).sum())},
                "read_seconds": read_seconds, "threads": args.threads, "history": history}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

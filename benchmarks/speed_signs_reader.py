@@ -35,6 +35,28 @@ def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
     return (glimpses.clamp(0, 1) * 255).round().to(torch.uint8)
 
 
+def save_cache(data: dict, path: Path) -> None:
+    """torch.save through a temporary file, so a killed run never leaves a truncated cache behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    torch.save(data, temporary)
+    temporary.replace(path)
+
+
+def draw_glimpses(function, jobs: list, workers: int, classes: list[str], desc: str) -> dict:
+    """`function(job)` -> ((C, W, W) uint8 numpy glimpse, class name), over `jobs` in `workers` spawned processes
+    (a function of a module they can import) -> {"glimpse": (N, C, W, W) uint8, "label": (N,) class indices}."""
+    import multiprocessing
+
+    import numpy as np
+    from tqdm import tqdm
+
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        results = list(tqdm(pool.imap(function, jobs, chunksize=64), total=len(jobs), desc=desc))
+    return {"glimpse": torch.from_numpy(np.stack([g for g, _ in results])),
+            "label": torch.tensor([classes.index(n) for _, n in results])}
+
+
 def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -> dict:
     if cache.exists():
         return torch.load(cache)
@@ -56,8 +78,7 @@ def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -
             labels.append(batch.labels["label"])
             signs.append(torch.tensor([len(b) > 0 for b in batch.boxes]))
         data[split] = {"glimpse": torch.cat(glimpses), "label": torch.cat(labels), "sign": torch.cat(signs)}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, cache)
+    save_cache(data, cache)
     return data
 
 
@@ -85,19 +106,11 @@ def synthetic_glimpse(job: tuple):
 def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str], workers: int, centred_decoy: float) -> dict:
     if cache.exists():
         return torch.load(cache)
-    import multiprocessing
-
-    import numpy as np
-    from tqdm import tqdm
-
     c = model_config
     jobs = [(i, c.s_min, c.s_max, c.location_cells, c.glimpse_size, centred_decoy) for i in range(count)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        results = list(tqdm(pool.imap(synthetic_glimpse, jobs, chunksize=64), total=count, desc="synthetic glimpses"))
-    data = {"glimpse": torch.from_numpy(np.stack([g for g, _ in results])), "label": torch.tensor([classes.index(n) for _, n in results]),
-            "sign": torch.tensor([n != "none" for _, n in results])}
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(data, cache)
+    data = draw_glimpses(synthetic_glimpse, jobs, workers, classes, "synthetic glimpses")
+    data["sign"] = data["label"] != classes.index("none")
+    save_cache(data, cache)
     return data
 
 

@@ -487,8 +487,6 @@ def test_a_separate_reader_reads_for_the_glimpse_heads_and_leaves_looking_alone(
 def test_the_offset_prior_sees_the_chosen_cell_only_when_asked():
     # offset_prior_sees_cell: p(offset | cell features, h) instead of p(offset | h). The prior's window (its mode)
     # at two different cells of one feature map then differs in side, and without it the side is the same.
-    from vsaccade.model.locations import MixtureLocations
-
     for sees_cell in (False, True):
         torch.manual_seed(0)
         locations = MixtureLocations(32, 8, 4, 0.1, 0.4, 0.0, prior_sees_cell=sees_cell)

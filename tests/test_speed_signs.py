@@ -7,11 +7,16 @@ from vsaccade.tasks.speed_signs import CLASSES, HEIGHT, WIDTH, generate, scene
 
 
 def load_benchmark(name):
-    """A script under benchmarks/ as a module."""
+    """A script under benchmarks/ as a module; its folder goes on the path, as running it puts it (the scripts
+    import their siblings)."""
     import importlib.util
+    import sys
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    folder = Path(__file__).parents[1] / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.append(str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
