@@ -17,7 +17,7 @@ import time
 import torch
 
 from vsaccade.model import create_model
-import vsaccade.model.saccader as saccader
+import vsaccade.model.readers as readers  # the module whose sample_glimpses the saccader calls
 from vsaccade.objective import negative_elbo
 from vsaccade.presets import resolve
 from vsaccade.tasks import collate
@@ -42,7 +42,7 @@ def setup(preset: str, batch_size: int, batches: int):
 def timed_steps(state) -> tuple[float, float]:
     """Seconds per image of training steps over the prepared batches, and of glimpse reading within them."""
     reading = [0.0]
-    original = saccader.sample_glimpses
+    original = readers.sample_glimpses
 
     def counting(*args, **kwargs):
         t = time.perf_counter()
@@ -50,7 +50,7 @@ def timed_steps(state) -> tuple[float, float]:
         reading[0] += time.perf_counter() - t
         return result
 
-    saccader.sample_glimpses = counting
+    readers.sample_glimpses = counting
     try:
         images, started = 0, time.perf_counter()
         for batch in state["batches"]:
@@ -63,7 +63,7 @@ def timed_steps(state) -> tuple[float, float]:
             images += len(batch)
         return (time.perf_counter() - started) / images, reading[0] / images
     finally:
-        saccader.sample_glimpses = original
+        readers.sample_glimpses = original
 
 
 def main():

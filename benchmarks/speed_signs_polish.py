@@ -125,7 +125,7 @@ def own_glimpses(model, root: str, split: str, cache: Path) -> dict:
 
 def read(model, glimpses: torch.Tensor) -> torch.Tensor:
     """(N, C, W, W) uint8 -> (N, classes) logits of the per-glimpse head, through the reader."""
-    features = model.reader(glimpses.float() / 255)
+    features = model.reader.separate(glimpses.float() / 255)
     return model.glimpse_heads(features[:, None])[model.config.heads[0]["name"]][:, 0]
 
 
@@ -151,11 +151,12 @@ def measure(model, own: dict, drawn: dict, none: int) -> dict:
 
 def with_reader(payload: dict, path):
     """The checkpoint's model with separate_reader=true, its reader a copy of its glimpse encoder."""
-    from vsaccade.checkpoint import model_from_checkpoint
+    from vsaccade.checkpoint import model_from_checkpoint, upgrade_state_dict
 
-    state = dict(payload["state_dict"])
+    state = upgrade_state_dict(dict(payload["state_dict"]))
     if not payload["model_config"].get("separate_reader"):
-        state.update({"reader." + k[len("glimpse_encoder."):]: v for k, v in state.items() if k.startswith("glimpse_encoder.")})
+        state.update({"reader.separate." + k[len("reader.encoder."):]: v for k, v in state.items()
+                      if k.startswith("reader.encoder.")})
     return model_from_checkpoint({**payload, "model_config": {**payload["model_config"], "separate_reader": True},
                                   "state_dict": state}, path)
 
@@ -203,7 +204,7 @@ def main(argv=None):
 
     for p in model.parameters():
         p.requires_grad_(False)
-    trained = [*model.reader.parameters(), *model.glimpse_heads.parameters()]
+    trained = [*model.reader.separate.parameters(), *model.glimpse_heads.parameters()]
     for p in trained:
         p.requires_grad_(True)
     optimizer = torch.optim.Adam(trained, args.lr)

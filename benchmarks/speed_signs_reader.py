@@ -133,7 +133,7 @@ def read_right(net: nn.Module, validation: dict) -> torch.Tensor:
 
 def saccader_names(net: nn.Module) -> dict:
     encoder, head = net
-    return {**{f"glimpse_encoder.{k}": v for k, v in encoder.state_dict().items()},
+    return {**{f"reader.encoder.{k}": v for k, v in encoder.state_dict().items()},
             **{f"glimpse_heads.heads.label.{k}": v for k, v in head.state_dict().items()}}
 
 
@@ -160,6 +160,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.no_real_train and not args.synthetic:
         parser.error("--no-real-train needs --synthetic N")
+    from vsaccade.checkpoint import upgrade_state_dict
     from vsaccade.model.glimpse_encoder import GlimpseEncoder
     from vsaccade.presets import resolve
     from vsaccade.tasks.speed_signs import SIDE_BINS
@@ -190,8 +191,8 @@ def main(argv=None):
     read_seconds = time.time() - started
     net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool), nn.Linear(c.hidden, classes))
     if args.load:
-        state = torch.load(args.load)
-        net.load_state_dict({k.replace("glimpse_encoder.", "0.").replace("glimpse_heads.heads.label.", "1."): v
+        state = upgrade_state_dict(torch.load(args.load))
+        net.load_state_dict({k.replace("reader.encoder.", "0.").replace("glimpse_heads.heads.label.", "1."): v
                              for k, v in state.items()})
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     steps = args.epochs * -(-len(train["label"]) // args.batch_size)

@@ -7,7 +7,6 @@ from torch.distributions import kl_divergence
 from vsaccade import create_model
 from vsaccade.geometry import proxy_valid_mask
 from vsaccade.images import UpsampledImage
-from vsaccade.model.glimpse_sampler import sample_glimpses
 from vsaccade.model.locations import GaussianLocations, MixtureLocations
 from vsaccade.model.noise import Noise
 from vsaccade.objective import negative_elbo
@@ -74,19 +73,20 @@ def test_mixture_kl_matches_monte_carlo_from_its_own_samples():
 
 
 @pytest.mark.parametrize("posterior", ["mixture", "gaussian"])
-def test_gradient_reaches_the_coordinates_through_the_glimpses(posterior, monkeypatch):
-    import vsaccade.model.saccader as saccader
+def test_gradient_reaches_the_coordinates_through_the_glimpses(posterior):
+    from vsaccade.model.readers import GlimpseReader
 
     seen = []
 
-    def recording_sampler(images, z, size):
-        z.retain_grad()
-        seen.append(z)
-        return sample_glimpses(images, z, size)
+    class RecordingReader(GlimpseReader):  # a part passed in: records the windows it is asked to read
+        def forward(self, images, z):
+            z.retain_grad()
+            seen.append(z)
+            return super().forward(images, z)
 
-    monkeypatch.setattr(saccader, "sample_glimpses", recording_sampler)
     torch.manual_seed(0)
     model = create_model("saccader", posterior=posterior, proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
+    model.reader = RecordingReader(model.reader.encoder, model.reader.size)
     with torch.no_grad():  # cut the z -> core path, so any gradient on z must come through the glimpse pixels
         for parameter in model.core.embed_z.parameters():
             parameter.zero_()
@@ -251,7 +251,7 @@ def test_proxy_attention_learns_where_the_evidence_is_and_anchors_the_posterior(
         optimizer.step()
     proxy, labels, cells = scenes(200, generator)
     with torch.no_grad():
-        log_attention, logits = model.proxy_attention(proxy, torch.ones(200, 16, dtype=torch.bool))
+        log_attention, logits = model.anchor.attention(proxy, torch.ones(200, 16, dtype=torch.bool))
         z = model([UpsampledImage(p, 160, 160) for p in proxy], proxy, torch.ones(200, 16, 16, dtype=torch.bool), sample=False).z
     positive = labels == 1
     on_blob = log_attention.exp()[positive].gather(1, cells[positive, None])[:, 0]
@@ -280,7 +280,7 @@ def test_location_policy_ablations_train_and_look_where_they_say(policy):
     out = model(images, proxy, mask)
     parts = negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, ObjectiveConfig(beta=0.0), beta=0.0)
     parts["loss"].backward()
-    assert model.glimpse_encoder.features[0][0].weight.grad.abs().sum() > 0  # the glimpses are read and learned from
+    assert model.reader.encoder.features[0][0].weight.grad.abs().sum() > 0  # the glimpses are read and learned from
     again = model(images, proxy, mask).z
     if policy == "grid":  # fixed places: a 2x2 grid of windows of side s_max, the same for every image
         expected = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [-0.5, 0.5], [0.5, 0.5]])
@@ -449,7 +449,7 @@ def test_detached_windows_learn_only_from_the_window_loss_and_kl():
                              location_targets=targets, fitted=fitted_windows(images, boxes, 1.0, 0.05, 0.4))["loss"]
         loss.backward()
         grad = lambda module: sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
-        return grad(model.locations.posterior_offset), grad(model.glimpse_encoder)
+        return grad(model.locations.posterior_offset), grad(model.reader.encoder)
 
     attached, reader = offset_gradient(False, 0.0)
     assert attached > 0 and reader > 0
@@ -473,9 +473,9 @@ def test_a_separate_reader_reads_for_the_glimpse_heads_and_leaves_looking_alone(
     out = model(images, proxy, mask, sample=False)
     out.logits["label"].sum().backward()
     grad = lambda module: sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
-    assert grad(model.reader) > 0 and grad(model.glimpse_encoder) == 0
+    assert grad(model.reader.separate) > 0 and grad(model.reader.encoder) == 0
     with torch.no_grad():
-        for p in model.reader.parameters():
+        for p in model.reader.separate.parameters():
             p.add_(torch.randn_like(p))
         changed = model(images, proxy, mask, sample=False)
     assert torch.equal(changed.z, out.z)

@@ -404,7 +404,8 @@ class Instrument:
     def __enter__(self):
         from .model.glimpse_encoder import GlimpseEncoder
 
-        module = sys.modules.get(type(self.model).__module__)
+        # the module whose `sample_glimpses` the model calls: its glimpse reader's, where it has one
+        module = sys.modules.get(type(getattr(self.model, "reader", self.model)).__module__)
         original = getattr(module, "sample_glimpses", None)
         if original is not None:
             def sample_glimpses(images, z, size, _original=original):

@@ -101,6 +101,23 @@ def resolve_checkpoint(name_or_path) -> Path:
 REMOVED_PARAMETERS = ("locations.cell_score.bias",)  # added to every cell logit alike: invisible to the softmax
 
 
+# Where the saccader's parts keep their weights now, by the prefix they had before the model was built from parts.
+RENAMED_PREFIXES = {"proxy_attention.": "anchor.attention.", "glimpse_encoder.": "reader.encoder.",
+                    "reader.": "reader.separate."}
+
+
+def upgrade_state_dict(state: dict) -> dict:
+    """A state dict in today's names: one written before the model was built from parts (it has `glimpse_encoder.`
+    or `proxy_attention.` tensors) has every old prefix renamed, each key once; others are returned unchanged."""
+    if not any(k.startswith(("glimpse_encoder.", "proxy_attention.")) for k in state):
+        return state
+    renamed = {}
+    for key, value in state.items():
+        old = next((prefix for prefix in RENAMED_PREFIXES if key.startswith(prefix)), None)
+        renamed[RENAMED_PREFIXES[old] + key[len(old):] if old else key] = value
+    return renamed
+
+
 def model_from_checkpoint(payload: dict, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights."""
     from .config import ConfigError
@@ -110,7 +127,12 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
         model = create_model(**{"architecture": payload.get("model_name", "saccader"), **payload["model_config"]})
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot rebuild its model: {error}") from None
-    state = {k: v for k, v in payload["state_dict"].items() if k not in REMOVED_PARAMETERS}
+    state = {k: v for k, v in upgrade_state_dict(payload["state_dict"]).items() if k not in REMOVED_PARAMETERS}
+    own = model.state_dict()
+    if not any(k.startswith("reader.") for k in own):  # the no-glimpse control reads nothing
+        state = {k: v for k, v in state.items() if not k.startswith("reader.")}
+    if payload["model_config"].get("readout") == "any":  # readout=any models kept classifier heads they never trained
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.") or k in own}
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as error:
@@ -131,6 +153,7 @@ def load_initial_weights(model, path) -> int:
     state = payload.get("state_dict", payload) if isinstance(payload, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} holds no state dict (a dict of tensors, or a checkpoint with one)")
+    state = upgrade_state_dict(state)
     own = model.state_dict()
     for name, tensor in state.items():
         if name not in own:

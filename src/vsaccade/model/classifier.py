@@ -24,13 +24,19 @@ def count_heads(heads: list[dict], readout: str) -> set[str]:
 
 
 class Classifier(nn.Module):
-    def __init__(self, hidden: int, heads: list[dict], readout: str = "mean"):
+    def __init__(self, hidden: int, heads: list[dict], readout: str = "mean", read_elsewhere: frozenset = frozenset()):
+        """read_elsewhere: heads whose logits another readout gives (AnyObjectReadout); built and then removed, so
+        the modules built after keep the initial weights they had when these heads stayed (and went untrained)."""
         super().__init__()
         counted = count_heads(heads, readout)
         mlp_heads = len(heads) > len(counted)
         self.trunk = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(inplace=True)) if mlp_heads else None
         self.heads = nn.ModuleDict({h["name"]: nn.Linear(hidden, h["num_classes"]) for h in heads if h["name"] not in counted})
         self.counts = nn.ModuleDict({h["name"]: CountReadout(hidden, h["num_classes"]) for h in heads if h["name"] in counted})
+        for name in read_elsewhere:
+            del self.heads[name]
+        if not len(self.heads):
+            self.trunk = None
 
     def forward(self, features: torch.Tensor, final_state: torch.Tensor) -> tuple[dict, dict]:
         """features (B, T, hidden), final_state (B, hidden) -> ({head: logits (B, classes)}, {count head: what each
@@ -97,3 +103,35 @@ def any_object_log_probs(glimpse_logits: torch.Tensor, background: int) -> torch
     log_mass = torch.logsumexp(log_p[..., is_object], dim=-1)  # (B, T) log(1 - p_t(bg))
     log_share = torch.logsumexp(log_p, dim=1) - torch.logsumexp(log_mass, dim=1, keepdim=True)  # (B, K)
     return torch.where(is_object, log_some[:, None] + log_share, log_none[:, None])
+
+
+class PooledReadout:
+    """readout "mean" or "count": the image's logits are the classifier's."""
+
+    def __call__(self, logits: dict, glimpse_logits: dict | None) -> dict:
+        return logits
+
+
+class AnyObjectReadout:
+    """readout "any": class heads holding the `background` class are read from the per-glimpse heads
+    (any_object_log_probs); other heads keep the classifier's logits."""
+
+    def __init__(self, heads: list[dict], background: str):
+        self.background = any_object_heads(heads, background)
+
+    def __call__(self, logits: dict, glimpse_logits: dict | None) -> dict:
+        return {**logits, **{name: any_object_log_probs(glimpse_logits[name], index)
+                             for name, index in self.background.items()}}
+
+
+def any_object_heads(heads: list[dict], background: str) -> dict[str, int]:
+    """{class head holding the `background` class: that class's index}: the heads readout "any" reads."""
+    return {h["name"]: h["classes"].index(background) for h in heads
+            if h["kind"] == "class" and background in h.get("classes", ())}
+
+
+class NoGlimpseHeads(nn.Module):
+    """A model without per-glimpse heads: nothing is scored per glimpse."""
+
+    def forward(self, features: torch.Tensor) -> None:
+        return None

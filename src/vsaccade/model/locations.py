@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.distributions import Categorical, Independent, Normal, kl_divergence
+from torch.distributions import Categorical, Distribution, Independent, Normal, kl_divergence
 import torch.nn.functional as F
 
 MASKED = -1e9  # logit of an excluded cell (finite, so no NaN reaches gradients)
@@ -141,6 +141,58 @@ class GaussianLocations(nn.Module):
         return LocationStep(self.to_z(a), kl)
 
 
+class CellMixture(Distribution):
+    """The mixture location distribution: one component per proxy cell. A cell c ~ Categorical(cells), then an
+    offset a = (a_s, a_du, a_dv) ~ offsets(c), a diagonal Normal conditioned on that cell's features. A value is a
+    (B, 4) tensor [c, a_s, a_du, a_dv], the cell index stored as a float.
+
+    `offsets(cell)` maps (B,) cell indices to the offset Normal (batch shape (B,)); it is evaluated only at the
+    cells asked for (every cell only for `entropy`), since the offset MLP is the costly part. `mixture_kl` is the KL
+    estimator training uses: the categorical KL in closed form plus the offsets' KL at the sampled cell, an unbiased
+    one-sample estimate of KL(q || p) when the cell is drawn from q (tests/test_model.py checks it by Monte-Carlo)."""
+
+    arg_constraints: dict = {}
+    has_rsample = False  # only the offset is reparameterised (`draw`); the cell's gradient needs an estimator
+
+    def __init__(self, cells: Categorical, offsets):
+        self.cells = cells
+        self._offsets, self._cached = offsets, (None, None)
+        super().__init__(batch_shape=cells.batch_shape, event_shape=torch.Size([4]), validate_args=False)
+
+    def offsets(self, cell: torch.Tensor) -> Independent:
+        if self._cached[0] is not cell:
+            self._cached = (cell, self._offsets(cell))
+        return self._cached[1]
+
+    def draw(self, noise, sample: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cell (B,), offset a (B, 3)) from `noise` (model/noise.py), or the modes (the likeliest cell, its mean)."""
+        cell = draw_cell(self.cells, noise, sample)
+        return cell, draw(self.offsets(cell), noise, sample)
+
+    def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
+        if sample_shape != torch.Size():
+            raise ValueError("CellMixture.sample draws one value per batch element (sample_shape=())")
+        with torch.no_grad():
+            cell = self.cells.sample()
+            return torch.cat([cell[:, None].to(self.cells.logits.dtype), self.offsets(cell).sample()], -1)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        cell = value[:, 0].long()
+        return self.cells.log_prob(cell) + self.offsets(cell).log_prob(value[:, 1:])
+
+    def entropy(self) -> torch.Tensor:
+        """H(c) + sum_c q(c) H(a | c) (evaluates the offsets at every cell)."""
+        batch, count = self.cells.probs.shape
+        per_cell = torch.stack([self.offsets(torch.full((batch,), k, dtype=torch.long, device=self.cells.probs.device))
+                                .entropy() for k in range(count)], -1)
+        return self.cells.entropy() + (self.cells.probs * per_cell).sum(-1)
+
+
+def mixture_kl(q: CellMixture, p: CellMixture, cell: torch.Tensor) -> torch.Tensor:
+    """(B,) KL(q(c) || p(c)) + KL(q(a | c) || p(a | c)) at the drawn cell: the KL estimator of the mixture posterior."""
+    return kl_divergence(q.cells, p.cells) + kl_divergence(q.offsets(cell), p.offsets(cell))
+
+
 class MixtureLocations(nn.Module):
     def __init__(self, hidden: int, feature_width: int, cells: int, s_min: float, s_max: float, proxy_prior_weight: float,
                  score_width: int = 0, prior_sees_cell: bool = False):
@@ -170,32 +222,42 @@ class MixtureLocations(nn.Module):
     def posterior_cell_logits(self, keys: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return self.cell_score(F.relu(keys + self.state_projection(h)[:, None])).squeeze(-1)
 
+    def gather_cells(self, values: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+        """values (B, c^2, D), cell (B,) -> (B, D): each image's row for its cell."""
+        return values.gather(1, cell[:, None, None].expand(-1, 1, values.shape[-1]))[:, 0]
+
+    def distributions(self, features, keys, h, anchor, allowed) -> tuple[CellMixture, CellMixture]:
+        """The posterior q(c, a | e, h) and prior p(c, a | h[, cell features]) of one step."""
+        anchor = self.proxy_prior_weight * anchor
+        cell_features = features.flatten(2).transpose(1, 2)  # (B, c^2, F)
+
+        def with_cell(cell):
+            return torch.cat([self.gather_cells(cell_features, cell), h], -1)
+
+        q = CellMixture(Categorical(logits=cell_logits(self.posterior_cell_logits(keys, h) + anchor, allowed)),
+                        lambda cell: as_normal(self.posterior_offset(with_cell(cell))))
+        p = CellMixture(Categorical(logits=cell_logits(self.prior_logits(h) + anchor, allowed)),
+                        lambda cell: as_normal(self.prior_offset(with_cell(cell) if self.prior_sees_cell else h)))
+        return q, p
+
+    def window(self, cell, a, centres, half_cell, centroids=None) -> torch.Tensor:
+        """(B,) cells and (B, 3) offsets -> (B, 3) windows z = (s, u, v): the cell's centre (or its proxy centroid)
+        moved by tanh(a_du, a_dv) half-cells, the side squashed into [s_min, s_max]."""
+        shift = torch.tanh(a[:, 1:])
+        if centroids is not None:
+            shift = shift + self.gather_cells(centroids, cell)
+        uv = (self.gather_cells(centres, cell) + shift * half_cell).clamp(-1, 1)
+        return torch.cat([self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a[:, :1]), uv], -1)
+
     def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool, noise,
                 centroids: torch.Tensor | None = None) -> LocationStep:
         """features (B, F, c, c); keys (B, c^2, score_width) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
         logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell;
         noise: a model/noise.py Noise; centroids (B, c^2, 2) optional offsets (in half-cells) the learned offset
         is measured from."""
-        batch, width = features.shape[:2]
-        anchor = self.proxy_prior_weight * anchor
-        q_cells = Categorical(logits=cell_logits(self.posterior_cell_logits(keys, h) + anchor, allowed))
-        p_cells = Categorical(logits=cell_logits(self.prior_logits(h) + anchor, allowed))
-        cells_dist = q_cells if source == "posterior" else p_cells
-        cell = draw_cell(cells_dist, noise, sample)
-        cell_features = features.flatten(2).gather(2, cell[:, None, None].expand(-1, width, 1))[:, :, 0]
-        cell_and_state = torch.cat([cell_features, h], -1)
-        q_offset = as_normal(self.posterior_offset(cell_and_state))
-        p_offset = as_normal(self.prior_offset(cell_and_state if self.prior_sees_cell else h))
-        offset_dist = q_offset if source == "posterior" else p_offset
-        a = draw(offset_dist, noise, sample)
-        centre = centres.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]
-        shift = torch.tanh(a[:, 1:])
-        if centroids is not None:
-            shift = shift + centroids.gather(1, cell[:, None, None].expand(-1, 1, 2))[:, 0]
-        uv = (centre + shift * half_cell).clamp(-1, 1)
-        s = self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a[:, :1])
-        z = torch.cat([s, uv], -1)
+        q, p = self.distributions(features, keys, h, anchor, allowed)
+        cell, a = (q if source == "posterior" else p).draw(noise, sample)
+        z = self.window(cell, a, centres, half_cell, centroids)
         if source != "posterior":
-            return LocationStep(z, torch.zeros(batch, device=h.device), None, cell)
-        kl = kl_divergence(q_cells, p_cells) + kl_divergence(q_offset, p_offset)
-        return LocationStep(z, kl, q_cells.log_prob(cell), cell, q_cells.logits)
+            return LocationStep(z, torch.zeros(len(h), device=h.device), None, cell)
+        return LocationStep(z, mixture_kl(q, p, cell), q.cells.log_prob(cell), cell, q.cells.logits)

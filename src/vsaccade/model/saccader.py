@@ -14,24 +14,25 @@ Shapes follow (B, T, C, H, W).
 from __future__ import annotations
 
 from dataclasses import dataclass
-import math
 
 import torch
 from torch import nn
-from torch.distributions import ContinuousBernoulli
 import torch.nn.functional as F
 
 from ..config import ConfigError, ModelConfig
-from ..geometry import cell_centres_normalised, cell_half_extent_normalised
-from .classifier import Classifier, GlimpseHeads, any_object_log_probs
+from .classifier import AnyObjectReadout, Classifier, GlimpseHeads, NoGlimpseHeads, PooledReadout, any_object_heads
 from .core import RecurrentCore
 from .glimpse_encoder import GlimpseEncoder
-from .glimpse_sampler import sample_glimpses
+from .locations import GaussianLocations, MixtureLocations
 from .noise import Noise, resolve_noise
-from .locations import GaussianLocations, MixtureLocations, proxy_centroid_offsets, proxy_location_prior
 from .proxy_attention import ProxyAttention
+from .proxy_decoder import NoDecoder, ProxyDecoder
 from .proxy_encoder import ProxyEncoder
+from .readers import GlimpseReader, NoGlimpses
 from .registry import register_model
+from .search import (AttentionAnchor, CellGeometry, GaussianSearch, GridSearch, IntensityAnchor, Look, MixtureSearch,
+                     NoAnchor, RandomSearch)
+from .wrappers import CELL_ESTIMATORS, WINDOW_GRADIENTS
 
 SOURCES = ("posterior", "prior", "random", "grid")
 # ModelConfig.location_policy -> what the model's own glimpses are, in training and at test (source, sample):
@@ -70,38 +71,68 @@ def check_inputs(c: ModelConfig, images, proxy, proxy_mask) -> None:
             raise ValueError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
 
 
+def stack_steps(values: list) -> torch.Tensor | None:
+    """Stack per-step tensors on dim 1 (B, T, ...); None where the steps carry none."""
+    return torch.stack(values, 1) if values and values[0] is not None else None
+
+
 class VariationalSaccader(nn.Module):
+    """Built from parts (see `build_parts`); the config's other fields become the settings `configure` applies:
+    the fixed location policy, how a search looks (inhibition, centroid), the readout and the wrappers."""
+
     reference_sources = ("random", "prior")  # other glimpse sources evaluation compares against
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         if config.location_cells > config.proxy_size:
             raise ConfigError(f"location_cells ({config.location_cells}) cannot exceed proxy_size ({config.proxy_size})")
-        if config.readout == "any":
-            config.check_background()
-        self.config = config
+        if config.proxy_attention and config.posterior != "mixture":
+            raise ConfigError("proxy_attention needs the mixture posterior")
         c = config
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
                                           c.proxy_encoder)
-        if c.proxy_attention and c.posterior != "mixture":
-            raise ConfigError("proxy_attention needs the mixture posterior")
-        self.proxy_attention = ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads) if c.proxy_attention else None
-        if c.posterior == "mixture":
-            self.locations = MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight,
-                                              c.cell_score_width, c.offset_prior_sees_cell)
-        else:
-            self.locations = GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy)
-        self.glimpse_encoder = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
+        self.anchor = (AttentionAnchor(ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads))
+                       if c.proxy_attention else IntensityAnchor(c.location_cells) if c.posterior == "mixture" else NoAnchor())
+        self.locations = (MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight,
+                                           c.cell_score_width, c.offset_prior_sees_cell) if c.posterior == "mixture"
+                          else GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy))
+        self.reader = (NoGlimpses(c.image_channels, c.glimpse_size, c.hidden) if c.no_glimpses else
+                       GlimpseReader(GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool),
+                                     c.glimpse_size))
         self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
-        self.classifier = Classifier(c.hidden, c.heads, c.readout)
-        self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else None
-        self.reader = (GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
-                       if c.separate_reader else None)
-        if c.reconstruct_proxy:
-            self.decoder = nn.Sequential(
-                nn.Linear(3 + c.hidden, c.hidden), nn.ReLU(inplace=True), nn.Linear(c.hidden, c.proxy_channels * c.proxy_size**2)
-            )
-        self._cell_geometry: dict = {}
+        self.classifier = Classifier(c.hidden, c.heads, c.readout,
+                                     frozenset(any_object_heads(c.heads, c.background)) if c.readout == "any" else frozenset())
+        self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else NoGlimpseHeads()
+        if c.separate_reader and not c.no_glimpses:  # built here, after the heads, as before: same initial weights
+            self.reader.separate = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
+        self.decoder = ProxyDecoder(c.hidden, c.proxy_channels, c.proxy_size) if c.reconstruct_proxy else NoDecoder()
+        self.cell_geometry = CellGeometry(c.proxy_size, c.location_cells)
+        self.config = config
+
+    @property
+    def config(self) -> ModelConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: ModelConfig) -> None:
+        """The settings that do not change which modules exist; set again when a trained model's test-time
+        settings change (checkpoint.with_test_time_settings)."""
+        if config.readout == "any":
+            config.check_background()
+        untrained = {h["name"] for h in config.heads if h["kind"] != "count"} - set(self.classifier.heads)
+        if config.readout != "any" and untrained:
+            raise ConfigError(f"readout {config.readout!r} needs classifier heads {sorted(untrained)}, which a model built "
+                              "with readout=any does not have")
+        self._config = config
+        self.fixed_policy = LOCATION_POLICIES[config.location_policy]
+        self.look = Look(inhibit=("cell",) * config.inhibition_of_return + ("window",) * config.inhibit_window,
+                         centroid=config.proxy_centroid)
+        self.readout = AnyObjectReadout(config.heads, config.background) if config.readout == "any" else PooledReadout()
+        self.window_gradient = WINDOW_GRADIENTS[config.detach_windows]
+        self.cell_gradient = CELL_ESTIMATORS[config.estimator]
+        self.locations.s_min, self.locations.s_max = config.s_min, config.s_max
+        if isinstance(self.locations, MixtureLocations):
+            self.locations.proxy_prior_weight = config.proxy_prior_weight
 
     @property
     def glimpses_per_image(self) -> int:
@@ -109,38 +140,26 @@ class VariationalSaccader(nn.Module):
 
     def pixels_read(self, height: int, width: int) -> int:
         """Full-resolution pixels sampled per image (T W x W glimpses; none for the no-glimpse control)."""
-        return 0 if self.config.no_glimpses else self.config.glimpses * self.config.glimpse_size**2
+        return self.reader.pixels_read(self.config.glimpses)
 
-    def cell_geometry(self, images, device):
-        """Per image: cell centres (c^2, 2) in (u, v) and half a cell (2,), cached by image shape."""
-        c = self.config
-        centres, halves = [], []
-        for image in images:
-            key = (image.height, image.width)
-            if key not in self._cell_geometry:
-                u, v = cell_centres_normalised(*key, c.proxy_size, c.location_cells)
-                half = cell_half_extent_normalised(*key, c.proxy_size, c.location_cells)
-                self._cell_geometry[key] = (torch.stack([u.flatten(), v.flatten()], -1), torch.tensor(half))
-            centre, half = self._cell_geometry[key]
-            centres.append(centre)
-            halves.append(half)
-        return torch.stack(centres).to(device), torch.stack(halves).float().to(device)
+    def policy(self, source: str, sample: bool) -> tuple[str, bool]:
+        """The (source, sample) a call looks with: as asked, unless the model was trained with a fixed
+        `location_policy`, which replaces the posterior."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        return self.fixed_policy if self.fixed_policy is not None and source == "posterior" else (source, sample)
 
-    def random_z(self, noise: Noise) -> torch.Tensor:
-        r = noise.uniform(3)
+    def begin_search(self, images, proxy, proxy_mask, cell_mask, features, e, anchor, source: str, sample: bool, noise):
+        """The search for this batch's windows, by `source` (model/search.py)."""
         c = self.config
-        return torch.stack([c.s_min + (c.s_max - c.s_min) * r[:, 0], 2 * r[:, 1] - 1, 2 * r[:, 2] - 1], -1)
-
-    def grid_z(self, batch: int, device) -> torch.Tensor:
-        """(T, 3) fixed windows of side s_max: the centre for T = 1, else a ceil(sqrt(T)) x ceil(sqrt(T)) grid's
-        first T cells, row by row."""
-        c = self.config
-        side = math.ceil(math.sqrt(c.glimpses))
-        ticks = torch.arange(side, dtype=torch.float32, device=device)
-        ticks = (2 * ticks + 1) / side - 1  # cell centres in [-1, 1]
-        v, u = torch.meshgrid(ticks, ticks, indexing="ij")
-        uv = torch.stack([u.flatten(), v.flatten()], -1)[: c.glimpses]
-        return torch.cat([uv.new_full((c.glimpses, 1), c.s_max), uv], -1)[None].expand(batch, -1, -1)
+        if source == "random":
+            return RandomSearch(c.s_min, c.s_max, noise)
+        if source == "grid":
+            return GridSearch(c.s_max, c.glimpses)
+        if isinstance(self.locations, GaussianLocations):
+            return GaussianSearch(self.locations, e, source, sample, noise)
+        return MixtureSearch(self.locations, images, proxy, proxy_mask, cell_mask, features, anchor, self.cell_geometry,
+                             self.look, source, sample, noise)
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
                 noise: Noise | None = None, box_z: torch.Tensor | None = None) -> SaccadeOutput:
@@ -151,107 +170,50 @@ class VariationalSaccader(nn.Module):
         noise: where random draws come from (model/noise.py); default torch's global generator.
         box_z: (B, 3) windows (objective.box_windows) read only by the per-glimpse heads, for box supervision.
         """
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
-        fixed_policy = LOCATION_POLICIES[self.config.location_policy]
-        if fixed_policy is not None and source == "posterior":
-            source, sample = fixed_policy
+        source, sample = self.policy(source, sample)
         check_inputs(self.config, images, proxy, proxy_mask)
-        c, batch, device = self.config, len(images), proxy.device
-        noise = resolve_noise(noise, batch, device)
-        cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), c.location_cells)[:, 0] > 0
+        noise = resolve_noise(noise, len(images), proxy.device)
+        cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), self.config.location_cells)[:, 0] > 0
         features, e = self.proxy_encoder(proxy, cell_mask)
-        state = self.core.initial(e)
-        mixture = c.posterior == "mixture"
-        proxy_logits = None
-        if mixture:
-            valid = cell_mask.flatten(1)
-            visited = torch.zeros_like(valid)
-            if self.proxy_attention is not None:
-                log_attention, proxy_logits = self.proxy_attention(proxy, valid)
-                anchor = log_attention.detach()  # see model/proxy_attention.py
-            else:
-                anchor = proxy_location_prior(proxy, c.location_cells, valid)
-            centres, half_cell = self.cell_geometry(images, device)
-            keys = self.locations.cell_keys(features)
-            centroids = proxy_centroid_offsets(proxy * proxy_mask[:, None], c.location_cells) if c.proxy_centroid else None
-            if c.inhibit_window:  # where each cell's glimpse would be centred before any learned offset
-                targets = centres + (centroids if centroids is not None else 0) * half_cell[:, None]
-                # half a window's side in (u, v) units is s * half_side_per_s (u spans 2 across the width)
-                half_side_per_s = torch.tensor([[min(i.height, i.width) / i.width, min(i.height, i.width) / i.height]
-                                                for i in images], device=device)
-
-        zs, kls, log_qs, cell_log_probs, cells, feats, read_feats, glimpses, recons = [], [], [], [], [], [], [], [], []
-        for _ in range(c.glimpses):
+        anchor, proxy_logits = self.anchor(proxy, cell_mask.flatten(1))
+        search = self.begin_search(images, proxy, proxy_mask, cell_mask, features, e, anchor, source, sample, noise)
+        state, steps = self.core.initial(e), []
+        for _ in range(self.config.glimpses):
             h = self.core.output(state)
-            log_q = None
-            if source == "random":
-                z, kl = self.random_z(noise), torch.zeros(batch, device=device)
-            elif source == "grid":
-                z, kl = self.grid_z(batch, device)[:, len(zs)], torch.zeros(batch, device=device)
-            elif mixture:
-                allowed = valid & ~visited
-                allowed = torch.where(allowed.any(1, keepdim=True), allowed, valid)  # every cell seen: allow all
-                step = self.locations(features, keys, h, anchor, allowed, centres, half_cell, source, sample, noise, centroids)
-                z, kl, log_q = step.z, step.kl, step.log_q_cell if sample else None  # argmax: no score function
-                if step.cell_log_probs is not None:
-                    cell_log_probs.append(step.cell_log_probs)
-                cells.append(step.cell)
-                if c.inhibition_of_return:
-                    visited = visited.scatter(1, step.cell[:, None], True)
-                if c.inhibit_window:  # and every cell whose glimpse would land inside this window
-                    reach = (z[:, :1] * half_side_per_s)[:, None]
-                    visited = visited | ((targets - z[:, None, 1:]).abs() < reach).all(-1)
-            else:
-                step = self.locations(e, h, source, sample, noise)
-                z, kl = step.z, step.kl
-            zs.append(z)  # what the objective sees (window_loss); what is read below may be detached from it
-            if c.detach_windows:
-                z = z.detach()
-            if c.reconstruct_proxy:
-                logits = self.decoder(torch.cat([z, h], -1)).view_as(proxy)
-                log_p = ContinuousBernoulli(logits=logits).log_prob(proxy) * proxy_mask[:, None]
-                recons.append(log_p.flatten(1).sum(1))
-            if c.no_glimpses:  # the control: nothing is read, exactly as if the glimpse features were zeroed
-                glimpse = proxy.new_zeros(batch, c.image_channels, c.glimpse_size, c.glimpse_size)
-                f = read = proxy.new_zeros(batch, c.hidden)
-            else:
-                glimpse = sample_glimpses(images, z, c.glimpse_size)
-                f = self.glimpse_encoder(glimpse)
-                read = self.reader(glimpse) if self.reader is not None else f
-            read_feats.append(read)  # what the per-glimpse heads see
-            if c.estimator == "ats" and log_q is not None:
-                f = f * torch.exp(log_q - log_q.detach())[:, None]  # value 1, gradient d log q
-            state = self.core(e, f, z, state)
-            kls.append(kl), feats.append(f), glimpses.append(glimpse)
-            if log_q is not None:
-                log_qs.append(log_q)
+            where = search.step(h)
+            z = self.window_gradient(where.z)  # the objective sees where.z; what is read may be detached from it
+            seen = self.reader(images, z)
+            features_t = self.cell_gradient(seen.features, where.log_q_cell)
+            reconstruction = self.decoder.log_prob(z, h, proxy, proxy_mask)
+            state = self.core(e, features_t, z, state)
+            steps.append((where, seen, features_t, reconstruction))
+        return self.read_out(steps, state, proxy_logits, self.read_boxes(images, box_z, proxy.device))
 
-        logits, glimpse_counts = self.classifier(torch.stack(feats, 1), self.core.output(state))
-        glimpse_logits = self.glimpse_heads(torch.stack(read_feats, 1)) if self.glimpse_heads is not None else None
-        if c.readout == "any":  # class heads that hold the background class: read from the per-glimpse heads
-            logits = {**logits, **{h["name"]: any_object_log_probs(glimpse_logits[h["name"]], h["classes"].index(c.background))
-                                   for h in c.heads if h["kind"] == "class" and c.background in h.get("classes", ())}}
-        box_glimpse_logits = None
-        if box_z is not None:
-            if self.glimpse_heads is None:
-                raise ConfigError("box windows are read by the per-glimpse heads: build the model with glimpse_heads=True")
-            reader = self.reader if self.reader is not None else self.glimpse_encoder
-            box_features = reader(sample_glimpses(images, box_z.to(device), c.glimpse_size))
-            box_glimpse_logits = self.glimpse_heads(box_features[:, None])
+    def read_boxes(self, images, box_z, device) -> dict | None:
+        """Box supervision's extra glimpses (one per image at `box_z`), read by the per-glimpse heads alone."""
+        if box_z is None:
+            return None
+        if isinstance(self.glimpse_heads, NoGlimpseHeads):
+            raise ConfigError("box windows are read by the per-glimpse heads: build the model with glimpse_heads=True")
+        return self.glimpse_heads(self.reader.read_only(images, box_z.to(device))[:, None])
+
+    def read_out(self, steps, state, proxy_logits, box_glimpse_logits) -> SaccadeOutput:
+        where, seen, features, reconstruction = zip(*steps)
+        logits, glimpse_counts = self.classifier(torch.stack(features, 1), self.core.output(state))
+        glimpse_logits = self.glimpse_heads(torch.stack([s.read for s in seen], 1))
         return SaccadeOutput(
-            logits=logits,
-            z=torch.stack(zs, 1),
-            kl=torch.stack(kls, 1),
-            glimpses=torch.stack(glimpses, 1),
-            log_q_cells=torch.stack(log_qs, 1) if log_qs else None,
-            reconstruction=torch.stack(recons, 1) if recons else None,
+            logits=self.readout(logits, glimpse_logits),
+            z=torch.stack([w.z for w in where], 1),
+            kl=torch.stack([w.kl for w in where], 1),
+            glimpses=torch.stack([s.glimpse for s in seen], 1),
+            log_q_cells=stack_steps([w.log_q_cell for w in where]),
+            reconstruction=stack_steps(list(reconstruction)),
             glimpse_logits=glimpse_logits,
             proxy_logits=proxy_logits,
             glimpse_counts=glimpse_counts or None,
-            cell_log_probs=torch.stack(cell_log_probs, 1) if cell_log_probs else None,
+            cell_log_probs=stack_steps([w.cell_log_probs for w in where]),
             box_glimpse_logits=box_glimpse_logits,
-            cells=torch.stack(cells, 1) if cells else None,
+            cells=stack_steps([w.cell for w in where]),
         )
 
 

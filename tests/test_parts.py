@@ -1,0 +1,100 @@
+"""The model from parts: the mixture location distribution's exact semantics, the saccader's forward as a short
+read with no branch on a config flag, and every preset's model training every parameter it has."""
+
+import ast
+import inspect
+import textwrap
+
+import pytest
+import torch
+from torch.distributions import Categorical, Independent, Normal
+
+from vsaccade.config import ModelConfig, ObjectiveConfig
+from vsaccade.images import ArrayImage
+from vsaccade.model import create_model
+from vsaccade.model.locations import CellMixture, mixture_kl
+from vsaccade.model.noise import Noise
+from vsaccade.model.saccader import VariationalSaccader
+from vsaccade.objective import box_supervision, negative_elbo
+from vsaccade.presets import PRESETS
+
+
+def mixture(generator, batch=2, cells=5) -> CellMixture:
+    logits = torch.randn(batch, cells, generator=generator)
+    loc, scale = torch.randn(batch, cells, 3, generator=generator), 0.3 + torch.rand(batch, cells, 3, generator=generator)
+
+    def offsets(cell):
+        rows = torch.arange(batch)
+        return Independent(Normal(loc[rows, cell], scale[rows, cell]), 1)
+
+    return CellMixture(Categorical(logits=logits), offsets)
+
+
+def test_mixture_kl_estimator_is_unbiased_and_matches_monte_carlo():
+    g = torch.Generator().manual_seed(0)
+    q, p = mixture(g), mixture(g)
+    cells = q.cells.probs.shape[1]
+    # the estimator's expectation over q's cell, exactly: sum_c q(c) [KL_cat + KL_c]
+    exact = sum(q.cells.probs[:, c] * mixture_kl(q, p, torch.full((2,), c)) for c in range(cells))
+    torch.manual_seed(1)
+    values = torch.stack([q.sample() for _ in range(20000)])  # (N, B, 4)
+    monte_carlo = torch.stack([q.log_prob(v) - p.log_prob(v) for v in values]).mean(0)
+    assert torch.allclose(exact, monte_carlo, rtol=0.05, atol=0.02), (exact, monte_carlo)
+    estimates = torch.stack([mixture_kl(q, p, v[:, 0].long()) for v in values[:5000]]).mean(0)
+    assert torch.allclose(exact, estimates, rtol=0.05, atol=0.02)
+
+
+def test_mixture_log_prob_and_entropy_are_those_of_its_samples():
+    g = torch.Generator().manual_seed(2)
+    q = mixture(g)
+    torch.manual_seed(3)
+    values = torch.stack([q.sample() for _ in range(20000)])
+    assert torch.allclose(-torch.stack([q.log_prob(v) for v in values]).mean(0), q.entropy(), rtol=0.03)
+    counts = torch.stack([torch.bincount(values[:, b, 0].long(), minlength=5) for b in range(2)]).float()
+    assert torch.allclose(counts / len(values), q.cells.probs, atol=0.015)  # the cell's marginal is the Categorical
+
+
+def test_mixture_draw_reads_noise_and_its_mode_is_the_likeliest_cell():
+    q = mixture(torch.Generator().manual_seed(4))
+    cell, a = q.draw(Noise.keyed([1, 2], torch.device("cpu")), sample=False)
+    assert torch.equal(cell, q.cells.probs.argmax(-1))
+    assert torch.equal(a, q.offsets(cell).mean)
+    first = q.draw(Noise.keyed([1, 2], torch.device("cpu")), sample=True)
+    again = q.draw(Noise.keyed([1, 2], torch.device("cpu")), sample=True)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+
+
+def test_the_saccader_forward_is_short_and_does_not_branch():
+    source = textwrap.dedent(inspect.getsource(VariationalSaccader.forward))
+    function = ast.parse(source).body[0]
+    assert function.end_lineno - function.lineno + 1 <= 40
+    branches = [node for node in ast.walk(function) if isinstance(node, (ast.If, ast.IfExp))]
+    assert not branches, [ast.unparse(b.test) for b in branches]
+
+
+def preset_model(name):
+    preset = PRESETS[name]
+    fields = {**preset["model"], "image_channels": 1, "proxy_channels": 1, "proxy_size": 32, "location_cells": 8,
+              "hidden": 32, "proxy_width": 16, "glimpse_width": 16, "glimpse_size": 16}
+    heads, labels = [{"name": "label", "num_classes": 3, "kind": "class", "classes": ["a", "none", "b"]}], [0, 1, 2, 1]
+    if fields.get("readout") == "count":
+        heads = [{"name": "count", "num_classes": 5, "kind": "count"}]
+    fields["heads"] = heads
+    return create_model(**fields), ModelConfig.from_dict(fields), ObjectiveConfig.from_dict(preset["objective"]), \
+        {heads[0]["name"]: torch.tensor(labels)}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_one_backward_reaches_every_parameter_of_every_preset(name):
+    torch.manual_seed(0)
+    model, config, objective, labels = preset_model(name)
+    g = torch.Generator().manual_seed(1)
+    images = [ArrayImage(torch.rand(1, 120, 100, generator=g)) for _ in range(4)]
+    boxes = [torch.tensor([[30.0, 40.0, 50.0, 60.0]])] * 3 + [torch.zeros(0, 4)]
+    proxy, mask = torch.rand(4, 1, 32, 32, generator=g), torch.ones(4, 32, 32, dtype=torch.bool)
+    noise = Noise.keyed([1, 2, 3, 4], torch.device("cpu"))
+    box_z, targets, fitted = box_supervision(images, boxes, config, objective, noise)
+    output = model(images, proxy, mask, noise=noise, **({"box_z": box_z} if box_z is not None else {}))
+    negative_elbo(output, labels, config.heads, objective, objective.beta, config.estimator, location_targets=targets,
+                  fitted=fitted)["loss"].backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None]
