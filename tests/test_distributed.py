@@ -72,3 +72,26 @@ def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
         finish(node)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["processes"] == 2 and results["images_seen"] == 160
+
+
+@pytest.mark.parametrize("variant", ["speed-signs-search", "no-glimpses", "random-glimpses"])
+def test_ddp_trains_without_searching_for_unused_parameters(tmp_path, variant):
+    """DDP is built without find_unused_parameters: the box-supervised speed-sign model and the no-glimpse control
+    train every parameter they have; an ablation that leaves some untrained (uniform glimpses: the location
+    posterior is never used) has them frozen, and says so."""
+    pytest.importorskip("pyvips")
+    from test_folder_dataset import make_folder
+
+    if variant == "speed-signs-search":
+        root = make_folder(tmp_path / "data", per_class=8, size=320, with_none=True)
+        args = ["train", "--preset", "speed-signs-search", "--no-progress", "--epochs", "1", "--set", f"task.root={root}",
+                "--set", "task.proxy_size=32", "--set", "model.location_cells=8", "--set", "model.glimpse_size=16",
+                "--set", "model.hidden=32", "--set", "model.s_min=0.1", "--set", "model.s_max=0.3",
+                "--set", "train.batch_size=8", "--set", "train.threads=1"]
+    else:
+        args = SMALL_RUN + ["--epochs", "1"] + (["--no-glimpses"] if variant == "no-glimpses" else
+                                                ["--set", "model.location_policy=random"])
+    log = finish(torchrun(["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())],
+                          args + ["--out", str(tmp_path / "run")]))
+    assert ("frozen" in log) == (variant == "random-glimpses"), log[-2000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["processes"] == 2

@@ -141,8 +141,11 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
     previous = signal.signal(signal.SIGTERM, request_stop) if threading.current_thread() is threading.main_thread() else None
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     try:
-        results = _train(model_config, objective, config, Path(out_dir), resume, digit_source, data_dir,
-                         progress and cluster.is_main, log if cluster.is_main else (lambda *a, **k: None), cluster, stop)
+        run = start_run(model_config, objective, config, Path(out_dir), resume, digit_source, data_dir,
+                        progress and cluster.is_main, log if cluster.is_main else (lambda *a, **k: None), cluster, stop)
+        while run.epoch < config.epochs and not run.out_of_time:
+            run_epoch(run)
+        results = finish_run(run)
         cluster.barrier()  # no rank tears down its process group while another still writes or evaluates
         return results
     finally:
@@ -155,8 +158,9 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
         cluster.close()
 
 
-def _train(model_config, objective, config, out, resume, digit_source, data_dir, progress, log, cluster, stop) -> dict:
-    if objective.box_supervised:  # fail before any data is read
+def check_run(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainConfig, cluster: Cluster) -> None:
+    """The combinations of configs a run refuses, before any data is read."""
+    if objective.box_supervised:
         if model_config.architecture != "saccader" or model_config.posterior != "mixture":
             raise ConfigError("objective.location_weight, search_weight, box_glimpse_weight and window_weight (box "
                               "supervision) need model.architecture=saccader with model.posterior=mixture")
@@ -170,6 +174,57 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
     if config.batch_size % cluster.world_size:
         raise ConfigError(f"train.batch_size ({config.batch_size}) is the global batch and must be divisible by the "
                           f"number of processes ({cluster.world_size})")
+
+
+class Run:
+    """A training run's state: the model, optimiser, progress and metric sums that last.pt saves and --resume
+    restores as one object, with what the loop needs beside (configs, tasks, cluster, run directory)."""
+
+    def __init__(self, model, model_config, objective, config, tasks, cluster, out: Path, log, progress, stop):
+        self.module, self.model = model, model  # the bare model; `model` becomes its DDP wrapper under torchrun
+        self.model_config, self.objective, self.config, self.tasks = model_config, objective, config, tasks
+        self.cluster, self.out, self.log, self.progress, self.stop = cluster, out, log, progress, stop
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
+        self.best, self.minutes_before, self.skipped_total, self.consecutive_skips = -math.inf, 0.0, 0, 0
+        self.sums = dict.fromkeys(EPOCH_SUMS, 0.0)
+        self.out_of_time, self.record, self.beta = False, {"epoch": 0}, objective.beta
+        self.started = self.last_save = time.time()
+        self.run_info: dict = {}
+        self.batches_per_epoch = math.ceil(len(tasks["train"]) / config.batch_size)
+        self.autocast = torch.autocast(cluster.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+    def minutes(self) -> float:
+        return self.minutes_before + (time.time() - self.started) / 60
+
+    def restore(self, payload: dict) -> None:
+        self.optimizer.load_state_dict(payload["optimizer"])
+        restore_rng(payload["rng"])
+        self.epoch, self.step_in_epoch = payload["epoch"], payload["step_in_epoch"]
+        self.global_step, self.images_seen, self.best = payload["global_step"], payload["images_seen"], payload["best_validation"]
+        self.minutes_before = payload.get("train_minutes", 0.0)
+        self.sums = {**self.sums, **payload.get("epoch_sums", {})}
+        self.skipped_total = payload.get("skipped_steps", 0)
+
+    def save(self, path: Path, epoch: int, step_in_epoch: int, metrics: dict) -> None:
+        if not self.cluster.is_main:
+            return
+        config = self.config
+        save_checkpoint({
+            "model_name": self.model_config.architecture, **self.run_info, "state_dict": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step, "images_seen": self.images_seen, "best_validation": self.best,
+            "metrics": metrics, "train_minutes": self.minutes(), "epoch_sums": self.sums,
+            "skipped_steps": self.skipped_total,
+            "scheduler": {"name": config.lr_schedule, "lr": self.optimizer.param_groups[0]["lr"]},
+            "data_order": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step_in_epoch,
+                           "batch_size": config.batch_size, "processes": self.cluster.world_size},
+        }, path)
+
+
+def start_run(model_config, objective, config, out, resume, digit_source, data_dir, progress, log, cluster, stop) -> Run:
+    """Check the configs, build the tasks and model, and restore the run's state from last.pt (--resume) or start it."""
+    check_run(model_config, objective, config, cluster)
     if cluster.is_main:
         out.mkdir(parents=True, exist_ok=True)
     if config.threads:
@@ -180,11 +235,7 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
     tasks = build_tasks(config, digit_source, data_dir)
     bad_files = scan_tasks(tasks, config.skip_bad_files, log)
     model_config = model_config_for(tasks["train"], model_config)
-    model = create_model(**model_config.to_dict())
-    start_epoch, start_step, global_step, images_seen, best, elapsed_before = 0, 0, 0, 0, -math.inf, 0.0
-    sums, skipped_total = dict.fromkeys(EPOCH_SUMS, 0.0), 0
-    last_path, best_path = out / "last.pt", out / "best.pt"
-    payload = None
+    model, last_path, payload = create_model(**model_config.to_dict()), out / "last.pt", None
     if resume and cluster.from_main(last_path.exists):
         if cluster.is_main:
             stale = remove_stale_temporaries(out)
@@ -195,27 +246,18 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
         if ModelConfig.from_dict(payload["model_config"]).to_dict() != model_config.to_dict():
             raise CheckpointError(f"{last_path} was written by a run with another model config; use a new --out")
         model = model_from_checkpoint(payload, last_path)
-        restore_rng(payload["rng"])
-        start_epoch, start_step = payload["epoch"], payload["step_in_epoch"]
-        global_step, images_seen, best = payload["global_step"], payload["images_seen"], payload["best_validation"]
-        elapsed_before = payload.get("train_minutes", 0.0)
-        sums = {**sums, **payload.get("epoch_sums", {})}
-        skipped_total = payload.get("skipped_steps", 0)
-        if cluster.is_main:
-            drop_metrics_after(out / "metrics.jsonl", start_epoch)
-        log(f"resuming from {last_path}: epoch {start_epoch + 1}, step {start_step}")
     elif config.init_weights:
         log(f"initialised {load_initial_weights(model, config.init_weights)} tensors from {config.init_weights}")
-    model.to(cluster.device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    run = Run(model.to(cluster.device), model_config, objective, config, tasks, cluster, out, log, progress, stop)
     if payload is not None:
-        optimizer.load_state_dict(payload["optimizer"])
-    module = model
-    if cluster.active:  # find_unused_parameters: ablations and options leave some parameters out of the loss
-        model = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None,
-            find_unused_parameters=True)
-    run_info = {
+        run.restore(payload)
+        run.record = {"epoch": run.epoch}
+        if cluster.is_main:
+            drop_metrics_after(out / "metrics.jsonl", run.epoch)
+        log(f"resuming from {last_path}: epoch {run.epoch + 1}, step {run.step_in_epoch}")
+    if cluster.active:
+        run.model = distributed_model(run)
+    run.run_info = {
         "model_config": model_config.to_dict(), "objective_config": objective.to_dict(), "train_config": config.to_dict(),
         "task": tasks["train"].describe(), "digit_source": tasks["train"].describe().get("digit_source"),
         "vsaccade_version": code_version(), "torch_threads": torch.get_num_threads(),
@@ -223,158 +265,196 @@ def _train(model_config, objective, config, out, resume, digit_source, data_dir,
         "machine": {"cpus": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0], "platform": platform.platform()},
     }
     if cluster.is_main:
-        (out / "config.json").write_text(json.dumps(run_info, indent=2))
-    started = last_save = time.time()
+        (out / "config.json").write_text(json.dumps(run.run_info, indent=2))
+    run.started = run.last_save = time.time()
+    return run
 
-    def minutes():
-        return elapsed_before + (time.time() - started) / 60
 
-    def save(path, epoch, step_in_epoch, metrics, epoch_sums):
-        if not cluster.is_main:
-            return
-        save_checkpoint({
-            "model_name": model_config.architecture, **run_info, "state_dict": module.state_dict(),
-            "optimizer": optimizer.state_dict(), "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
-            "global_step": global_step, "images_seen": images_seen, "best_validation": best, "metrics": metrics,
-            "train_minutes": minutes(), "epoch_sums": epoch_sums, "skipped_steps": skipped_total,
-            "scheduler": {"name": config.lr_schedule, "lr": optimizer.param_groups[0]["lr"]},
-            "data_order": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step_in_epoch,
-                           "batch_size": config.batch_size, "processes": cluster.world_size},
-        }, path)
+def distributed_model(run: Run):
+    """The model under DDP. Parameters that no term of this run's loss reaches (found by one forward and backward on
+    the first batch, which changes nothing) are frozen first, so DDP never waits for their gradients and needs no
+    find_unused_parameters: every preset trains every parameter (tests/test_parts.py); ablations such as
+    location_policy=random leave some untrained."""
+    cluster, module = run.cluster, run.module
+    indices = run.cluster.shard(epoch_order(run.config.seed, run.epoch, len(run.tasks["train"]))[:run.config.batch_size])
+    module.zero_grad(set_to_none=True)
+    step_loss(run, module, collate([run.tasks["train"][i] for i in indices]).to(cluster.device), indices, run.epoch, 0)[0]\
+        .backward()
+    unused = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    module.zero_grad(set_to_none=True)
+    for name, parameter in module.named_parameters():
+        parameter.requires_grad_(name not in unused)
+    if unused:
+        run.log(f"{len(unused)} parameter tensor(s) no loss term of this run trains are frozen: {', '.join(unused[:6])}"
+                + (" ..." if len(unused) > 6 else ""))
+    return torch.nn.parallel.DistributedDataParallel(
+        module, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
 
-    train_task = tasks["train"]
+
+def step_loss(run: Run, model, batch, indices, epoch: int, step: int):
+    """(loss, its parts, the model's output) of one batch: box supervision's inputs where the objective asks for them,
+    the model's forward and the objective, at the KL weight of this point of training."""
+    config, objective = run.config, run.objective
+    run.beta = beta_at(objective, epoch + step / run.batches_per_epoch)
+    noise = Noise.keyed([sample_key(config.seed, epoch, i) for i in indices], run.cluster.device)
+    with run.autocast:
+        box_z, targets, fitted = box_supervision(batch.images, batch.boxes, run.model_config, objective, noise,
+                                                 run.cluster.device)
+        output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise,  # only the saccader reads boxes
+                       **({"box_z": box_z} if box_z is not None else {}))
+        parts = negative_elbo(output, batch.labels, run.model_config.heads, objective, run.beta,
+                              run.model_config.estimator, run.cluster.mean, targets, fitted)
+    return parts["loss"].float(), parts, output
+
+
+def train_step(run: Run, batch, indices, epoch: int, step: int) -> None:
+    """One optimiser step on one batch (this rank's shard), or, where the loss or gradient is not finite on any rank,
+    the step skipped by all. SIGTERM on any rank: last.pt is written before this step and the run stops."""
+    cluster, config = run.cluster, run.config
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(config, (epoch + step / run.batches_per_epoch) / config.epochs)
+    batch = batch.to(cluster.device)
+    loss, parts, output = step_loss(run, run.model, batch, indices, epoch, step)
+    if faults.nan_loss(run.global_step + run.skipped_total + 1, cluster.rank):
+        loss = loss * float("nan")
+    nonfinite, stopping = cluster.any(not bool(torch.isfinite(loss)), run.stop["signal"] is not None)
+    if stopping:  # this step is not taken: the checkpoint resumes right here
+        run.save(run.out / "last.pt", epoch, step, {})
+        cluster.barrier()
+        raise TrainingStopped(f"stopped by signal {run.stop['signal'] or 'on another rank'} at epoch {epoch + 1}, "
+                              f"step {step}; checkpoint {run.out / 'last.pt'}; continue with --resume", 128 + signal.SIGTERM)
+    if not nonfinite:
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_value:
+            torch.nn.utils.clip_grad_value_(run.model.parameters(), config.clip_value)
+        grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), config.clip_norm or math.inf)
+        nonfinite = not bool(torch.isfinite(grad_norm))  # the same on every rank: gradients are all-reduced
+    if nonfinite:
+        skip_step(run, epoch, step)
+    else:
+        run.optimizer.step()
+        run.consecutive_skips = 0
+        run.global_step += 1
+        run.images_seen += len(batch) * cluster.world_size
+        add_step_metrics(run, parts, output, batch)
+
+
+def skip_step(run: Run, epoch: int, step: int) -> None:
+    run.optimizer.zero_grad(set_to_none=True)
+    run.skipped_total += 1
+    run.consecutive_skips += 1
+    run.sums["skipped"] += 1
+    run.log(f"step {run.global_step + 1} (epoch {epoch + 1}, step {step}) skipped: non-finite loss or gradient "
+            f"({run.consecutive_skips} in a row, {run.skipped_total} in all)")
+    if run.consecutive_skips >= run.config.max_nonfinite_steps:
+        run.save(run.out / "last.pt", epoch, step + 1, {})
+        raise TrainingStopped(f"training stopped: {run.consecutive_skips} consecutive steps had a non-finite loss "
+                              f"or gradient (train.max_nonfinite_steps); the weights are those before the "
+                              f"first of them, in {run.out / 'last.pt'}; try a lower train.lr or train.clip_norm", 1)
+
+
+def add_step_metrics(run: Run, parts: dict, output, batch) -> None:
+    sums, heads = run.sums, run.model_config.heads
+    sums["loss"] += float((parts["nll"] + run.beta * parts["kl"]).mean())
+    sums["nll"] += float(parts["nll"].mean())
+    sums["kl"] += float(parts["kl"].mean())
+    if heads[0]["kind"] != "multilabel":
+        first = heads[0]["name"]
+        sums["accuracy"] += float((output.logits[first].argmax(1) == batch.labels[first]).float().mean())
+    found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.detach().float().cpu()))
+    sums["hit_rate"] += found["hits"] / max(found["glimpses"], 1)
+    sums["steps"] += 1
+    sums["images"] += len(batch) * run.cluster.world_size
+
+
+def run_epoch(run: Run) -> None:
+    """The rest of epoch `run.epoch` (from `run.step_in_epoch`), then its validation, metrics line and checkpoints."""
+    config, cluster, epoch, train_task = run.config, run.cluster, run.epoch, run.tasks["train"]
+    run.model.train()
     weights = balancing_weights(train_task) if config.balance_classes else None
-    batches_per_epoch = math.ceil(len(train_task) / config.batch_size)
-    heads = model_config.heads
-    autocast = torch.autocast(cluster.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    out_of_time, consecutive_skips = False, 0
-    record, beta = {"epoch": start_epoch}, objective.beta
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        order = epoch_order(config.seed, epoch, len(train_task), weights)
-        global_batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(batches_per_epoch)]
-        shards = [cluster.shard(b) for b in global_batches[start_step:]]
-        loader = torch.utils.data.DataLoader(train_task, batch_sampler=shards, collate_fn=collate,
-                                             num_workers=config.num_workers, generator=torch.Generator())
-        bar = tqdm(zip(range(start_step, batches_per_epoch), shards, loader), total=len(shards),
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress)
-        seconds = {"data": 0.0, "step": 0.0}
+    order = epoch_order(config.seed, epoch, len(train_task), weights)
+    global_batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(run.batches_per_epoch)]
+    shards = [cluster.shard(b) for b in global_batches[run.step_in_epoch:]]
+    loader = torch.utils.data.DataLoader(train_task, batch_sampler=shards, collate_fn=collate,
+                                         num_workers=config.num_workers, generator=torch.Generator())
+    bar = tqdm(zip(range(run.step_in_epoch, run.batches_per_epoch), shards, loader), total=len(shards),
+               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress)
+    seconds, step, t0 = {"data": 0.0, "step": 0.0}, run.step_in_epoch, time.time()
+    for step, indices, batch in bar:
+        t1 = time.time()
+        train_step(run, batch, indices, epoch, step)
+        seconds["data"] += t1 - t0
+        seconds["step"] += time.time() - t1
+        done = max(run.sums["steps"], 1)
+        bar.set_postfix(loss=f"{run.sums['loss'] / done:.3f}", acc=f"{run.sums['accuracy'] / done:.3f}",
+                        kl=f"{run.sums['kl'] / done:.2f}")
+        run.out_of_time = bool(config.max_minutes and cluster.any(run.minutes() > config.max_minutes)[0])
+        periodic = (config.checkpoint_every_steps and run.global_step % config.checkpoint_every_steps == 0) or \
+            cluster.any(time.time() - run.last_save > CHECKPOINT_EVERY_SECONDS)[0]
+        if run.out_of_time or (periodic and step + 1 < run.batches_per_epoch):
+            run.save(run.out / "last.pt", epoch, step + 1, {})
+            run.last_save = time.time()
+        faults.kill_if_armed("step", run.global_step)
+        if run.out_of_time:
+            break
         t0 = time.time()
-        for step, indices, batch in bar:
-            t1 = time.time()
-            beta = beta_at(objective, epoch + step / batches_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(config, (epoch + step / batches_per_epoch) / config.epochs)
-            batch = batch.to(cluster.device)
-            noise = Noise.keyed([sample_key(config.seed, epoch, i) for i in indices], cluster.device)
-            with autocast:
-                box_z, targets, fitted = box_supervision(batch.images, batch.boxes, model_config, objective, noise,
-                                                         cluster.device)
-                output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise,  # only the saccader reads boxes
-                               **({"box_z": box_z} if box_z is not None else {}))
-                parts = negative_elbo(output, batch.labels, heads, objective, beta, model_config.estimator, cluster.mean,
-                                      targets, fitted)
-            loss = parts["loss"].float()
-            if faults.nan_loss(global_step + skipped_total + 1, cluster.rank):
-                loss = loss * float("nan")
-            nonfinite, stopping = cluster.any(not bool(torch.isfinite(loss)), stop["signal"] is not None)
-            if stopping:  # this step is not taken: the checkpoint resumes right here
-                save(last_path, epoch, step, {}, sums)
-                cluster.barrier()
-                raise TrainingStopped(f"stopped by signal {stop['signal'] or 'on another rank'} at epoch {epoch + 1}, "
-                                      f"step {step}; checkpoint {last_path}; continue with --resume", 128 + signal.SIGTERM)
-            if not nonfinite:
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_value:
-                    torch.nn.utils.clip_grad_value_(model.parameters(), config.clip_value)
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm or math.inf)
-                nonfinite = not bool(torch.isfinite(grad_norm))  # the same on every rank: gradients are all-reduced
-            if nonfinite:
-                optimizer.zero_grad(set_to_none=True)
-                skipped_total += 1
-                consecutive_skips += 1
-                sums["skipped"] += 1
-                log(f"step {global_step + 1} (epoch {epoch + 1}, step {step}) skipped: non-finite loss or gradient "
-                    f"({consecutive_skips} in a row, {skipped_total} in all)")
-                if consecutive_skips >= config.max_nonfinite_steps:
-                    save(last_path, epoch, step + 1, {}, sums)
-                    raise TrainingStopped(f"training stopped: {consecutive_skips} consecutive steps had a non-finite loss "
-                                          f"or gradient (train.max_nonfinite_steps); the weights are those before the "
-                                          f"first of them, in {last_path}; try a lower train.lr or train.clip_norm", 1)
-            else:
-                optimizer.step()
-                consecutive_skips = 0
-                global_step += 1
-                images_seen += len(batch) * cluster.world_size
-                sums["loss"] += float((parts["nll"] + beta * parts["kl"]).mean())
-                sums["nll"] += float(parts["nll"].mean())
-                sums["kl"] += float(parts["kl"].mean())
-                if heads[0]["kind"] != "multilabel":
-                    first = heads[0]["name"]
-                    sums["accuracy"] += float((output.logits[first].argmax(1) == batch.labels[first]).float().mean())
-                found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.detach().float().cpu()))
-                sums["hit_rate"] += found["hits"] / max(found["glimpses"], 1)
-                sums["steps"] += 1
-                sums["images"] += len(batch) * cluster.world_size
-            seconds["data"] += t1 - t0
-            seconds["step"] += time.time() - t1
-            done = max(sums["steps"], 1)
-            bar.set_postfix(loss=f"{sums['loss'] / done:.3f}", acc=f"{sums['accuracy'] / done:.3f}", kl=f"{sums['kl'] / done:.2f}")
-            out_of_time = bool(config.max_minutes and cluster.any(minutes() > config.max_minutes)[0])
-            periodic = (config.checkpoint_every_steps and global_step % config.checkpoint_every_steps == 0) or \
-                cluster.any(time.time() - last_save > CHECKPOINT_EVERY_SECONDS)[0]
-            if out_of_time or (periodic and step + 1 < batches_per_epoch):
-                save(last_path, epoch, step + 1, {}, sums)
-                last_save = time.time()
-            faults.kill_if_armed("step", global_step)
-            if out_of_time:
-                break
-            t0 = time.time()
-        bar.close()
-        start_step = 0
-        train_metrics = epoch_metrics(sums, cluster)
-        train_metrics["data_fraction"] = seconds["data"] / max(seconds["data"] + seconds["step"], 1e-9)
-        train_metrics["images_per_second"] = sums["images"] / max(seconds["data"] + seconds["step"], 1e-9)
-        validation = evaluate(module, tasks["validation"], "mode", config.eval_batch_size, references=False,
-                              progress=progress, seed=config.seed, cluster=cluster)
-        score = mean_head_score(validation)
-        improved = score > best
-        best = max(best, score)
-        record = {"epoch": epoch + 1 if not out_of_time else epoch + step / batches_per_epoch, "global_step": global_step,
-                  "beta": beta, "minutes": minutes(), "train": train_metrics, "validation": validation}
-        if cluster.is_main:
-            with open(out / "metrics.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-        log(f"epoch {record['epoch']:.2f}: train loss {train_metrics['loss']:.3f} acc {100 * train_metrics['accuracy']:.1f}% "
-            f"hit {100 * train_metrics['hit_rate']:.0f}% "
+    bar.close()
+    run.step_in_epoch = 0
+    end_epoch(run, step, seconds)
+
+
+def end_epoch(run: Run, step: int, seconds: dict) -> None:
+    """Validation, the metrics line, best.pt where validation improved, and last.pt (unless the time ran out)."""
+    config, cluster, epoch = run.config, run.cluster, run.epoch
+    train_metrics = epoch_metrics(run.sums, cluster)
+    train_metrics["data_fraction"] = seconds["data"] / max(seconds["data"] + seconds["step"], 1e-9)
+    train_metrics["images_per_second"] = run.sums["images"] / max(seconds["data"] + seconds["step"], 1e-9)
+    validation = evaluate(run.module, run.tasks["validation"], "mode", config.eval_batch_size, references=False,
+                          progress=run.progress, seed=config.seed, cluster=cluster)
+    score = mean_head_score(validation)
+    improved = score > run.best
+    run.best = max(run.best, score)
+    run.record = {"epoch": epoch + 1 if not run.out_of_time else epoch + step / run.batches_per_epoch,
+                  "global_step": run.global_step, "beta": run.beta, "minutes": run.minutes(), "train": train_metrics,
+                  "validation": validation}
+    if cluster.is_main:
+        with open(run.out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(run.record) + "\n")
+    run.log(f"epoch {run.record['epoch']:.2f}: train loss {train_metrics['loss']:.3f} "
+            f"acc {100 * train_metrics['accuracy']:.1f}% hit {100 * train_metrics['hit_rate']:.0f}% "
             f"({train_metrics['images_per_second']:.0f} img/s, data {100 * train_metrics['data_fraction']:.0f}%) | "
             f"validation {summary_line(validation)}")
-        sums = dict.fromkeys(EPOCH_SUMS, 0.0)
-        if improved:
-            save(best_path, epoch + 1, 0, record, sums)
-        if not out_of_time:
-            save(last_path, epoch + 1, 0, record, sums)
-            last_save = time.time()
-            faults.kill_if_armed("epoch", epoch + 1)
-        else:
-            log(f"time limit of {config.max_minutes} minutes reached")
-            break
+    run.sums = dict.fromkeys(EPOCH_SUMS, 0.0)
+    if improved:
+        run.save(run.out / "best.pt", epoch + 1, 0, run.record)
+    if not run.out_of_time:
+        run.save(run.out / "last.pt", epoch + 1, 0, run.record)
+        run.last_save = time.time()
+        faults.kill_if_armed("epoch", epoch + 1)
+        run.epoch += 1
+    else:
+        run.log(f"time limit of {config.max_minutes} minutes reached")
 
+
+def finish_run(run: Run) -> dict:
+    """The test split evaluated once with best.pt; results.json and curves.png."""
+    cluster, config, out = run.cluster, run.config, run.out
     cluster.barrier()  # best.pt is complete before any rank reads it
+    best_path = out / "best.pt"
     best_model = model_from_checkpoint(cluster.from_main(lambda: read_checkpoint(best_path)), best_path).to(cluster.device)
-    test = evaluate(best_model, tasks["test"], config.eval_policy, config.eval_batch_size, references=True,
-                    progress=progress, seed=config.seed, cluster=cluster)
-    results = {**run_info, "train_minutes": minutes(), "images_seen": images_seen, "skipped_steps": skipped_total,
-               "epochs_completed": record["epoch"], "best_validation": best, "test": test,
-               "checkpoint": str(best_path)}
+    test = evaluate(best_model, run.tasks["test"], config.eval_policy, config.eval_batch_size, references=True,
+                    progress=run.progress, seed=config.seed, cluster=cluster)
+    results = {**run.run_info, "train_minutes": run.minutes(), "images_seen": run.images_seen,
+               "skipped_steps": run.skipped_total, "epochs_completed": run.record["epoch"], "best_validation": run.best,
+               "test": test, "checkpoint": str(best_path)}
     if cluster.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         if (out / "metrics.jsonl").exists():
             from .show import plot_curves
 
             plot_curves(out / "metrics.jsonl", out / "curves.png")
-    log(f"test ({test['samples']} images, best validation checkpoint): {summary_line(test)}")
+    run.log(f"test ({test['samples']} images, best validation checkpoint): {summary_line(test)}")
     return results
 
 
