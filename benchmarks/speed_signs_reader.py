@@ -62,7 +62,7 @@ def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -
         return torch.load(cache)
     from vsaccade.model.glimpse_sampler import sample_glimpses
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import box_windows, fitted_windows
+    from vsaccade.box_supervision import box_windows, fitted_windows
     from vsaccade.tasks import collate, make_task
 
     c, data = model_config, {}

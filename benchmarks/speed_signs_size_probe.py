@@ -40,7 +40,7 @@ def features_at_signs(model, task, count: int, objective) -> dict:
     """Per image with a sign (of the first `count`): the cell features, log sign side, and the model's log side, and
     the offset head's inputs (cell features and first state)."""
     from vsaccade.model.locations import as_normal
-    from vsaccade.objective import box_cells, fitted_windows
+    from vsaccade.box_supervision import box_cells, fitted_windows
     from vsaccade.tasks import collate
 
     c = model.config
@@ -77,7 +77,8 @@ def offset_head_gradients(model, objective, task, count: int = 32) -> dict:
     drawn as in training: of the whole loss, of the window loss, of beta * KL, and of the rest (the likelihood,
     through the reparameterised windows into the glimpses)."""
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import box_supervision, negative_elbo, window_loss
+    from vsaccade.box_supervision import box_supervision, window_loss
+    from vsaccade.objective import negative_elbo
     from vsaccade.tasks import collate
 
     c = model.config
@@ -129,7 +130,8 @@ def fit_head_alone(model, data: dict, steps: int, lr: float) -> dict:
 def train_steps(model, objective, task, steps: int, lr: float, variant: str) -> torch.nn.Module:
     """`steps` training steps as vsaccade train takes them (batches of 16 drawn at random)."""
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import box_supervision, negative_elbo
+    from vsaccade.box_supervision import box_supervision
+    from vsaccade.objective import negative_elbo
     from vsaccade.tasks import collate
 
     if variant == "prior-sees-cell":

@@ -85,7 +85,7 @@ def test_train_and_predict_from_prepared_files(tmp_path):
     assert len(rows) == 8 and {r["label"] for r in rows} <= {"left", "right"} and "label_p_left" in rows[0]
 
 
-def test_the_box_supervised_speed_sign_preset_trains_on_a_folder_with_boxes(tmp_path):
+def test_the_box_supervised_speed_sign_preset_trains_on_a_folder_with_boxes(tmp_path, capsys):
     # speed-signs-search: box cells for the first and the later glimpses, windows fitted to the boxes and owned by
     # the window loss (detached), box glimpses, readout=any with the `none` folder as background; scaled down.
     root = make_folder(tmp_path / "data", per_class=8, size=320, with_none=True)
@@ -98,6 +98,10 @@ def test_the_box_supervised_speed_sign_preset_trains_on_a_folder_with_boxes(tmp_
     results = json.loads((run / "results.json").read_text())
     assert results["model_config"]["detach_windows"] and results["objective_config"]["search_weight"] == 1.0
     assert results["test"]["samples"] == 12 and results["model_config"]["heads"][0]["classes"] == ["left", "none", "right"]
+    for split in ("train", "test"):  # without boxes, box supervision is refused before training
+        (root / split / "boxes.csv").unlink()
+    assert main(argv[:4] + [str(tmp_path / "run2")] + argv[5:]) == 2
+    assert "needs boxes" in capsys.readouterr().err
 
 
 def test_file_images_survive_pickling_for_dataloader_workers(tmp_path):

@@ -298,7 +298,7 @@ def test_location_loss_teaches_the_first_glimpse_which_of_two_blobs_is_the_objec
     # Every proxy holds two 2x2 blobs in different cells: the object (value 1.0) and a decoy (0.6), equally
     # bright to the intensity anchor's eye once noise is added. Trained with the box loss alone (no labels to
     # tell them apart), the mode's first glimpse lands on the object's cell.
-    from vsaccade.objective import box_cells
+    from vsaccade.box_supervision import box_cells
 
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=2, glimpse_size=16, hidden=32,
@@ -381,7 +381,7 @@ def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_i
     # One bright square per proxy, of a random size and anywhere: trained with the box losses alone (cell, then offset
     # and side towards the window twice the box's side around it), the mode's first window moves onto the box's
     # centre from its cell's centre and takes the box's size, which no fixed side could.
-    from vsaccade.objective import box_cells, fitted_windows
+    from vsaccade.box_supervision import box_cells, fitted_windows
 
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=1, glimpse_size=8, hidden=32, s_min=0.05,
@@ -432,7 +432,7 @@ def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_i
 def test_detached_windows_learn_only_from_the_window_loss_and_kl():
     # With detach_windows the likelihood's gradient reaches the cell choice's and the glimpse reader's parameters
     # but not the offset head's (the windows' offset and side); the window loss's still does.
-    from vsaccade.objective import fitted_windows
+    from vsaccade.box_supervision import fitted_windows
 
     def offset_gradient(detach, window_weight):
         torch.manual_seed(0)

@@ -94,7 +94,7 @@ def test_per_glimpse_weights_need_glimpse_heads():
 def test_box_cells_are_the_cells_that_hold_the_box_centres():
     from vsaccade.geometry import cell_centres_normalised, centre_pixels
     from vsaccade.images import UpsampledImage
-    from vsaccade.objective import box_cells
+    from vsaccade.box_supervision import box_cells
 
     generator = torch.Generator().manual_seed(0)
     image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)  # landscape: the grid's lower rows are padding
@@ -138,7 +138,7 @@ def test_box_windows_sit_on_the_box_within_the_jitter_and_anywhere_without_one()
     from vsaccade.geometry import centre_pixels
     from vsaccade.images import UpsampledImage
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import box_windows
+    from vsaccade.box_supervision import box_windows
 
     image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
     box = torch.tensor([[1000.0, 500.0, 1100.0, 600.0]])
@@ -171,7 +171,7 @@ def test_box_supervision_needs_the_saccader_its_mixture_and_glimpse_heads(tmp_pa
 def test_fitted_windows_frame_the_box_at_scale_times_its_side_within_the_side_range():
     from vsaccade.geometry import glimpse_boxes
     from vsaccade.images import UpsampledImage
-    from vsaccade.objective import fitted_windows
+    from vsaccade.box_supervision import fitted_windows
 
     image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
     boxes = [torch.tensor([[1000.0, 500.0, 1040.0, 540.0]]), torch.tensor([[0.0, 0.0, 2000.0, 1000.0]]), torch.zeros(0, 4)]
@@ -186,7 +186,7 @@ def test_box_windows_with_a_scale_vary_around_the_fitted_window_and_keep_the_box
     from vsaccade.geometry import glimpse_boxes
     from vsaccade.images import UpsampledImage
     from vsaccade.model.noise import Noise
-    from vsaccade.objective import FITTED_SIDE_SPREAD, box_windows, fitted_windows
+    from vsaccade.box_supervision import FITTED_SIDE_SPREAD, box_windows, fitted_windows
 
     image = UpsampledImage(torch.zeros(3, 30, 40), 3000, 4000)
     box = torch.tensor([[1000.0, 500.0, 1040.0, 540.0]])
@@ -202,7 +202,7 @@ def test_box_windows_with_a_scale_vary_around_the_fitted_window_and_keep_the_box
 
 
 def test_window_loss_counts_only_where_the_first_cell_holds_the_box_and_is_zero_on_the_fitted_window():
-    from vsaccade.objective import FittedWindows, window_loss
+    from vsaccade.box_supervision import FittedWindows, window_loss
 
     fitted = FittedWindows(torch.tensor([[0.05, 0.0, 0.0], [0.05, 0.5, 0.5], [0.0, 0.0, 0.0]]),
                            torch.tensor([[0.1, 0.1], [0.1, 0.1], [1.0, 1.0]]), torch.tensor([True, True, False]))
@@ -232,7 +232,7 @@ def test_window_loss_counts_only_where_the_first_cell_holds_the_box_and_is_zero_
 
 def test_search_loss_trains_later_glimpses_towards_the_box_until_one_holds_it():
     from vsaccade.model.locations import MASKED
-    from vsaccade.objective import search_loss
+    from vsaccade.box_supervision import search_loss
 
     targets = torch.zeros(3, 4, dtype=torch.bool)
     targets[:, 2] = True

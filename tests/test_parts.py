@@ -15,7 +15,8 @@ from vsaccade.model import create_model
 from vsaccade.model.locations import CellMixture, mixture_kl
 from vsaccade.model.noise import Noise
 from vsaccade.model.saccader import VariationalSaccader
-from vsaccade.objective import box_supervision, negative_elbo
+from vsaccade.box_supervision import box_supervision
+from vsaccade.objective import negative_elbo
 from vsaccade.presets import PRESETS
 
 

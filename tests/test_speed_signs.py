@@ -34,13 +34,46 @@ def test_scenes_are_deterministic_and_the_box_holds_the_sign():
     assert red.mean() > 0.05  # the ring
 
 
-def test_generate_writes_a_resumable_folder_dataset(tmp_path):
-    root = generate(tmp_path / "signs", {"train": 2}, progress=False)
+def test_the_default_scenes_are_those_of_before_sizes_became_options():
+    import hashlib
+
+    # sha256 of the pixels, computed at 704c464, before --size and --sign-sides existed
+    expected = {("train", 0): "6e3fbf3b0b7bf1523901c3f38f242c6f214415609fc2cd1aab23024a422cc79b",
+                ("test", 5): "3c3836a1344b865b54cc0bd4588a82e40a1a81fe7b0a09d5e61be5fba686548b"}
+    for (split, index), digest in expected.items():
+        assert hashlib.sha256(scene(0, split, index)[0].tobytes()).hexdigest() == digest
+
+
+def test_generate_writes_a_resumable_folder_dataset_with_its_boxes_beside_it(tmp_path):
+    from vsaccade.tasks.speed_signs import SceneSize, boxes_folder
+
+    size = SceneSize(400, 300, (12, 30))
+    root = generate(tmp_path / "signs", {"train": 2}, progress=False, size=size)
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.jpg"))
     assert len(files) == 2 and all(f.split("/")[1] in CLASSES for f in files)
-    generate(tmp_path / "signs", {"train": 3}, progress=False)  # continues: only index 2 is new
+    generate(tmp_path / "signs", {"train": 3}, progress=False, size=size)  # continues: only index 2 is new
     assert len(list(root.rglob("*.jpg"))) == 3
-    assert (root / "train" / "index.csv").read_text().count("\n") == 4
+    assert sorted(p.name for p in root.rglob("*") if p.is_file() and p.suffix != ".jpg") == []  # images only
+    boxes = boxes_folder(root)
+    assert (boxes / "train-index.csv").read_text().count("\n") == 4 and (boxes / "train.csv").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        generate(tmp_path / "signs", {"train": 3}, progress=False)  # the default size: not this folder's
+
+
+def test_smaller_scenes_scale_their_clutter_and_hold_signs_of_the_sides_asked():
+    from vsaccade.tasks.speed_signs import SceneSize
+
+    size = SceneSize(1280, 960, (24, 80))
+    boxes = []
+    for index in range(12):
+        image, label, box = scene(0, "train", index, size)
+        assert image.size == (1280, 960)
+        if box:
+            boxes.append(box)
+            assert 24 * 0.9 <= box[2] - box[0] <= 80 and 0 <= box[0] and box[2] <= 1280 and box[3] <= 960
+    assert boxes
+    with pytest.raises(ValueError, match="sign sides"):
+        SceneSize(400, 300, (40, 400))
 
 
 def test_window_crops_are_deterministic_and_hold_the_sign_in_its_box_near_their_centre():

@@ -149,11 +149,29 @@ def command_prepare(args):
 
 
 def command_generate(args):
-    from .tasks.speed_signs import generate
+    if args.benchmark == "megapixel":
+        from .tasks.megapixel import write_files
 
-    sizes = {"train": args.train, "test": args.test, **({"validation": args.validation} if args.validation else {})}
-    root = generate(args.destination, sizes, seed=args.seed, progress=not args.no_progress)
-    print(f"speed-sign benchmark in {root} (folder dataset: vsaccade train --preset folder --set task.root={root})")
+        sizes = {"train": args.train or 4500, "validation": args.validation or 500, "test": args.test or 1000}
+        root = write_files(args.destination, sizes, seed=args.seed, digit_source=args.digits or "auto",
+                           data_dir=args.data_dir, progress=not args.no_progress)
+        print(f"Megapixel MNIST in {root} (labels of all four heads in {root}-labels, digit boxes in {root}-boxes; "
+              f"vsaccade train --preset folder --set task.root={root} --set task.channels=1 --set task.boxes={root}-boxes)")
+        return root
+    from .config import ConfigError
+    from .tasks.speed_signs import SceneSize, boxes_folder, generate
+
+    width, _, height = args.size.partition("x")
+    if not (width.isdigit() and height.isdigit()):
+        raise ConfigError(f"--size must be WIDTHxHEIGHT, e.g. 1280x960; got {args.size!r}")
+    try:
+        size = SceneSize(int(width), int(height), tuple(args.sign_sides))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    sizes = {"train": args.train or 3000, "test": args.test or 1000, **({"validation": args.validation} if args.validation else {})}
+    root = generate(args.destination, sizes, seed=args.seed, progress=not args.no_progress, size=size)
+    print(f"speed-sign benchmark in {root}, its boxes in {boxes_folder(root)} (folder dataset: vsaccade train "
+          f"--preset folder --set task.root={root}; box-supervised presets also --set task.boxes={boxes_folder(root)})")
     return root
 
 
@@ -251,13 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_prepare)
 
-    p = sub.add_parser("generate", help="write a synthetic benchmark as a folder dataset (speed-signs)")
-    p.add_argument("benchmark", choices=("speed-signs",))
+    p = sub.add_parser("generate", help="write a synthetic benchmark as a folder dataset (speed-signs, megapixel)")
+    p.add_argument("benchmark", choices=("speed-signs", "megapixel"))
     p.add_argument("destination")
-    p.add_argument("--train", type=int, default=3000)
-    p.add_argument("--test", type=int, default=1000)
-    p.add_argument("--validation", type=int, default=0, help="default 0: hold out every 10th training image")
+    p.add_argument("--train", type=int, default=0, help="images (default: speed-signs 3000, megapixel 4500)")
+    p.add_argument("--test", type=int, default=0, help="images (default 1000)")
+    p.add_argument("--validation", type=int, default=0,
+                   help="images (default: speed-signs 0, every 10th training image held out; megapixel 500)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="4000x3000", help="speed-signs: WIDTHxHEIGHT of each scene (default 4000x3000)")
+    p.add_argument("--sign-sides", type=int, nargs=2, default=[40, 120], metavar=("LO", "HI"),
+                   help="speed-signs: sides of signs and decoys in pixels (default 40 120)")
+    add_data_arguments(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_generate)
 

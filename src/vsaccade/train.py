@@ -38,9 +38,10 @@ from .distributed import Cluster
 from .evaluate import evaluate, localisation_counts, summary_line
 from .images import ImageError
 from .model.glimpse_sampler import glimpse_boxes_pixels
-from .model import create_model
+from .model import create_model, model_outputs
 from .model.noise import Noise, sample_key
-from .objective import beta_at, box_supervision, negative_elbo
+from .box_supervision import box_inputs
+from .objective import Objective, beta_at
 from .tasks import collate, make_task
 
 CHECKPOINT_EVERY_SECONDS = 300  # mid-epoch checkpoints, so a killed run loses at most this much work
@@ -160,12 +161,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
 
 def check_run(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainConfig, cluster: Cluster) -> None:
     """The combinations of configs a run refuses, before any data is read."""
-    if objective.box_supervised:
-        if model_config.architecture != "saccader" or model_config.posterior != "mixture":
-            raise ConfigError("objective.location_weight, search_weight, box_glimpse_weight and window_weight (box "
-                              "supervision) need model.architecture=saccader with model.posterior=mixture")
-        if objective.box_glimpse_weight and not model_config.glimpse_heads:
-            raise ConfigError("objective.box_glimpse_weight (box supervision) needs model.glimpse_heads=true")
+    Objective(objective, model_config.estimator).check(model_outputs(model_config))
     if model_config.detach_windows and not objective.window_weight:
         raise ConfigError("model.detach_windows leaves the windows' offset and side only the window loss and the KL to "
                           "learn from: set objective.window_weight (with objective.box_window_scale)")
@@ -189,6 +185,7 @@ class Run:
         self.best, self.minutes_before, self.skipped_total, self.consecutive_skips = -math.inf, 0.0, 0, 0
         self.sums = dict.fromkeys(EPOCH_SUMS, 0.0)
         self.out_of_time, self.record, self.beta = False, {"epoch": 0}, objective.beta
+        self.loss = Objective(objective, model_config.estimator)
         self.started = self.last_save = time.time()
         self.run_info: dict = {}
         self.batches_per_epoch = math.ceil(len(tasks["train"]) / config.batch_size)
@@ -234,6 +231,10 @@ def start_run(model_config, objective, config, out, resume, digit_source, data_d
     seed_everything(config.seed)
     tasks = build_tasks(config, digit_source, data_dir)
     bad_files = scan_tasks(tasks, config.skip_bad_files, log)
+    if objective.box_supervised and getattr(tasks["train"], "boxes", None) == {}:
+        raise ConfigError("box supervision (objective.location_weight, search_weight, box_glimpse_weight, window_weight) "
+                          "needs boxes, and this folder's training split has none: set task.boxes=DIR, the folder "
+                          "`vsaccade generate` writes beside the images (DST-boxes)")
     model_config = model_config_for(tasks["train"], model_config)
     model, last_path, payload = create_model(**model_config.to_dict()), out / "last.pt", None
     if resume and cluster.from_main(last_path.exists):
@@ -298,12 +299,10 @@ def step_loss(run: Run, model, batch, indices, epoch: int, step: int):
     run.beta = beta_at(objective, epoch + step / run.batches_per_epoch)
     noise = Noise.keyed([sample_key(config.seed, epoch, i) for i in indices], run.cluster.device)
     with run.autocast:
-        box_z, targets, fitted = box_supervision(batch.images, batch.boxes, run.model_config, objective, noise,
-                                                 run.cluster.device)
+        box = box_inputs(batch.images, batch.boxes, run.model_config, objective, noise, run.cluster.device)
         output = model(batch.images, batch.proxy, batch.proxy_mask, noise=noise,  # only the saccader reads boxes
-                       **({"box_z": box_z} if box_z is not None else {}))
-        parts = negative_elbo(output, batch.labels, run.model_config.heads, objective, run.beta,
-                              run.model_config.estimator, run.cluster.mean, targets, fitted)
+                       **({"box_z": box.box_z} if box.box_z is not None else {}))
+        parts = run.loss(output, batch.labels, run.model_config.heads, run.beta, run.cluster.mean, box)
     return parts["loss"].float(), parts, output
 
 

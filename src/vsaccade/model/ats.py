@@ -176,6 +176,6 @@ class AttentionSampling(nn.Module):
                              glimpses=glimpses.view(batch, n, *glimpses.shape[1:]), attention_entropy=entropy)
 
 
-@register_model("ats")
+@register_model("ats", outputs=lambda config: {"attention_entropy"})
 def build_ats(config: ModelConfig) -> AttentionSampling:
     return AttentionSampling(config)

@@ -16,14 +16,26 @@ from torch import nn
 from ..config import ModelConfig
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+OUTPUTS: dict[str, Callable[[ModelConfig], set]] = {}
+EVERY_MODEL_GIVES = {"logits", "z", "kl", "glimpses"}
 
 
-def register_model(name: str):
+def register_model(name: str, outputs: Callable[[ModelConfig], set] = lambda config: set()):
+    """Register a builder; `outputs(config)` names the SaccadeOutput fields the model fills beyond EVERY_MODEL_GIVES
+    (what loss terms may need: objective.Objective.check)."""
     def decorate(builder):
         MODELS[name] = builder
+        OUTPUTS[name] = outputs
         return builder
 
     return decorate
+
+
+def model_outputs(config: ModelConfig) -> set:
+    """The SaccadeOutput fields a model built from `config` fills (not None)."""
+    if config.architecture not in MODELS:
+        raise ValueError(f"unknown model {config.architecture!r}; registered models: {sorted(MODELS)}")
+    return EVERY_MODEL_GIVES | OUTPUTS[config.architecture](config)
 
 
 def create_model(name: str | None = None, **config) -> nn.Module:

@@ -217,6 +217,15 @@ class VariationalSaccader(nn.Module):
         )
 
 
-@register_model("saccader")
+def saccader_outputs(c: ModelConfig) -> set:
+    """The SaccadeOutput fields a saccader built from `c` fills beyond every model's (model/registry.py)."""
+    given = {"log_q_cells", "cell_log_probs", "cells"} if c.posterior == "mixture" else set()
+    for field, flag in (({"glimpse_logits", "box_glimpse_logits"}, c.glimpse_heads), ({"proxy_logits"}, c.proxy_attention),
+                        ({"reconstruction"}, c.reconstruct_proxy), ({"glimpse_counts"}, c.readout == "count")):
+        given |= field if flag else set()
+    return given
+
+
+@register_model("saccader", outputs=saccader_outputs)
 def build_saccader(config: ModelConfig) -> VariationalSaccader:
     return VariationalSaccader(config)

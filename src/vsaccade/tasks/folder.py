@@ -5,8 +5,13 @@ TIFF including tiled pyramidal, WebP), grey or colour, read lazily (`FileImage`)
 
 Classes are the sorted sub-folders of `root/train`, the same for every split. Splits are `train`, `validation`
 and `test`; without a `validation` folder, every 10th training image (in sorted order) is held out as the
-validation split and never trained on. Optional object boxes (for hit rates) come from `root/<split>/boxes.csv`
-with columns `path,x0,y0,x1,y1`, the path relative to the split folder, in pixels of the upright image.
+validation split and never trained on.
+
+Optional object boxes (hit rates; the box-supervised variant) come from `task.boxes`, a folder beside the root
+holding `<split>.csv` (what `vsaccade generate` writes as `DST-boxes`), or else from `root/<split>/boxes.csv` (the
+layout `vsaccade prepare` keeps). Columns `path,x0,y0,x1,y1`: the path relative to the split folder, matched
+without its extension (so boxes written for JPEGs hold for the TIFFs `prepare` makes of them), in pixels of the
+upright image.
 """
 
 from __future__ import annotations
@@ -27,15 +32,20 @@ def list_images(folder: Path) -> list[Path]:
                   and not p.name.endswith(".tmp.jpg"))  # a generator's unfinished file
 
 
-def read_boxes(split_dir: Path) -> dict[str, list[list[float]]]:
-    path = split_dir / "boxes.csv"
+def box_key(relative_path: str) -> str:
+    """Boxes are matched by the image's path relative to its split folder, without the extension."""
+    return Path(relative_path).with_suffix("").as_posix()
+
+
+def read_boxes(path: Path) -> dict[str, list[list[float]]]:
+    """{box_key(path): [[x0, y0, x1, y1], ...]} from a boxes CSV; {} where there is none."""
     if not path.exists():
         return {}
     boxes: dict[str, list[list[float]]] = {}
     with open(path, newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
             try:
-                boxes.setdefault(row["path"], []).append([float(row[k]) for k in ("x0", "y0", "x1", "y1")])
+                boxes.setdefault(box_key(row["path"]), []).append([float(row[k]) for k in ("x0", "y0", "x1", "y1")])
             except (KeyError, TypeError, ValueError):
                 raise ImageError(f"{path}, line {line}: expected columns path,x0,y0,x1,y1 with numbers") from None
     return boxes
@@ -46,9 +56,11 @@ class FolderTask(Task):
     name = "folder"
 
     def __init__(self, split: str = "train", root: str | None = None, proxy_size: int = 256, channels: int = 3,
-                 size: int | None = None, seed: int = 0, max_pixels: int = 10**10, **ignored):
+                 size: int | None = None, seed: int = 0, max_pixels: int = 10**10, boxes: str = "", **ignored):
         if not root:
             raise ImageError("the folder task needs a root: --set task.root=/path/holding/train/<class>/<image>")
+        if boxes and not Path(boxes).is_dir():
+            raise ImageError(f"task.boxes: {boxes} is not a folder (it holds <split>.csv files of boxes)")
         self.root, self.split, self.seed = Path(root), split, seed
         train_dir = self.root / "train"
         if not train_dir.is_dir():
@@ -77,7 +89,8 @@ class FolderTask(Task):
             raise ImageError(f"no images found for split {split!r} under {split_dir}")
         self.items = items[:size] if size else items
         self.split_dir = split_dir
-        self.boxes = read_boxes(split_dir)
+        self.boxes_source = Path(boxes) / f"{split_dir.name}.csv" if boxes else split_dir / "boxes.csv"
+        self.boxes = read_boxes(self.boxes_source)
 
     def __len__(self):
         return len(self.items)
@@ -109,11 +122,12 @@ class FolderTask(Task):
 
         path, label = self.items[index]
         image = FileImage(path, channels=self.image_channels, max_pixels=self.max_pixels)
-        boxes = self.boxes.get(path.relative_to(self.split_dir).as_posix(), [])
+        boxes = self.boxes.get(box_key(path.relative_to(self.split_dir).as_posix()), [])
         return Sample(image=image, proxy=image.proxy(self.proxy_size), labels={"label": label},
                       boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
 
     def describe(self):
         return {"name": self.name, "root": str(self.root), "split": self.split, "classes": self.classes,
                 "size": len(self), "proxy_size": self.proxy_size, "channels": self.image_channels,
+                "boxes": str(self.boxes_source) if self.boxes else "",
                 "proxy_source": "vips thumbnail (shrink-on-load or pyramid level), area-averaged"}

@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,6 +66,7 @@ from ..geometry import proxy_extent
 from ..images import LargeImage, _block_mean
 from .base import Head, Sample, Task, register_task
 from .digit_pool import SPLIT_IDS, digit_pool, sample_rng, tight_box
+from tqdm import tqdm
 
 PATCH = 28  # side of a digit and of a noise pattern
 DEFAULT_SIZES = {"train": 4500, "validation": 500, "test": 1000}
@@ -344,3 +346,54 @@ class MegapixelMNIST(Task):
             "noise_patches": self.noise_patches, "noise_patterns": self.noise_patterns_count,
             "noise_first": self.noise_first, "size": self.size, "digit_source": self.pool.source,
         }
+
+
+def write_files(destination, sizes: dict[str, int], seed: int = 0, digit_source: str = "auto", data_dir=None,
+                compression: str = "deflate", progress: bool = True, **task_options) -> Path:
+    """Megapixel MNIST as a folder dataset (`vsaccade generate megapixel DST`): root/<split>/<majority class>/
+    <index>.tif, tiled pyramidal grey TIFFs (lossless by default), each the canvas `MegapixelMNIST` composes lazily,
+    in 8 bits. Beside the root, never inside it: DST-labels/<split>.csv (all four heads: majority, max, top, multi
+    as the classes present) and DST-boxes/<split>.csv (the digits' boxes, for hit rates: task.boxes). Files already
+    written are kept, so a stopped run continues; every file is written atomically."""
+    from ..prepare import write_pyramidal_tiff
+    from ..file_images import require_pyvips
+
+    pyvips = require_pyvips()
+    root = Path(destination)
+    labels_dir, boxes_dir = root.with_name(root.name + "-labels"), root.with_name(root.name + "-boxes")
+    for split, count in sizes.items():
+        if count < 1:
+            continue
+        task = MegapixelMNIST(split, seed=seed, size=count, digit_source=digit_source, data_dir=data_dir, **task_options)
+        label_rows, box_rows = [], []
+        for index in tqdm(range(count), desc=f"megapixel ({split})", unit="image", disable=not progress):
+            scene = task.scene(index)
+            labels = task.labels(scene)
+            relative = f"{labels['majority']}/{index:05d}.tif"
+            path = root / split / relative
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = (task.image(scene).render()[0].numpy() * 255).round().astype(np.uint8)
+                image = pyvips.Image.new_from_memory(pixels.tobytes(), pixels.shape[1], pixels.shape[0], 1, "uchar")
+                write_pyramidal_tiff(image.copy(interpretation="b-w"), path, compression)
+            present = ";".join(str(k) for k in np.flatnonzero(labels["multi"].numpy()))
+            label_rows.append({"path": relative, "majority": labels["majority"], "max": labels["max"],
+                               "top": labels["top"], "multi": present})
+            box_rows += [{"path": relative, **dict(zip(("x0", "y0", "x1", "y1"), b))} for b in task.boxes(scene).tolist()]
+        write_csv(labels_dir / f"{split}.csv", label_rows)
+        write_csv(boxes_dir / f"{split}.csv", box_rows, ["path", "x0", "y0", "x1", "y1"])
+    return root
+
+
+def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
+    """Write rows as CSV atomically (a temporary file renamed into place)."""
+    import csv
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields or list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)

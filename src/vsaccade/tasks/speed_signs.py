@@ -11,16 +11,23 @@ Per image (a pure function of (seed, split, index)):
     well the proxy shows where the sign is);
   * the sign: white disc, red ring, black number (Pillow's bundled font), side 40-120 px, rotated by up to 20
     degrees, blurred (Gaussian, radius 0-1.5 px), lit by a brightness factor in [0.6, 1.2], anywhere in the image;
-  * labels from the folder name; the sign's box in `boxes.csv`.
+  * labels from the folder name; the sign's box in `DST-boxes/<split>.csv`, beside the training root and never
+    inside it, so a label-only run cannot read it (the folder task reads boxes only from `task.boxes`).
 At the 256x192 proxy (a 15.6x reduction) a sign is 3-8 px and its number illegible: the class needs a glimpse.
 
-    vsaccade generate speed-signs DST [--train 3000] [--test 1000]
+Other sizes (`--size WxH`, `--sign-sides LO HI`): shape and decoy counts scale with the image's area, shape sizes
+and stroke widths with its side (the square root of the area ratio), decoys take the signs' sides; at the default
+4000x3000 with sides 40-120 every image is the same as before these options existed (tests/test_speed_signs.py).
+
+    vsaccade generate speed-signs DST [--train 3000] [--test 1000] [--size 1280x960 --sign-sides 24 80]
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +41,34 @@ SIGN_SIDES = (40, 120)
 SIDE_BINS = {"under 60": (0, 60), "60-79": (60, 80), "80-99": (80, 100), "100 and over": (100, 10_000)}  # sign box sides (px) that reports break down by
 NONE_PROBABILITY = 1 / 3
 QUALITY = 90
+
+
+@dataclass(frozen=True)
+class SceneSize:
+    """A scene's size and its signs' sides; counts scale with area and shapes with side, relative to 4000x3000."""
+
+    width: int = WIDTH
+    height: int = HEIGHT
+    sign_sides: tuple = SIGN_SIDES
+
+    def __post_init__(self):
+        low, high = self.sign_sides
+        if not 4 <= low <= high or high >= min(self.width, self.height):
+            raise ValueError(f"sign sides must satisfy 4 <= LO <= HI < the image's shorter side, got {low} {high} for "
+                             f"{self.width}x{self.height}")
+
+    @property
+    def area(self) -> float:
+        return self.width * self.height / (WIDTH * HEIGHT)
+
+    def count(self, n: int) -> int:
+        return n if self.area == 1 else max(1, round(n * self.area))
+
+    def length(self, n: int) -> int:
+        return n if self.area == 1 else max(1, round(n * self.area ** 0.5))
+
+
+DEFAULT_SIZE = SceneSize()
 
 
 def font(size: int):
@@ -67,11 +102,13 @@ def lit(patch: Image.Image, factor: float) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, np.asarray(patch)[..., 3]]), "RGBA")
 
 
-def draw_shapes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int, x_range, y_range) -> None:
-    """`count` random rectangles, ellipses and strokes (20-600 px) with top-left corners in the given ranges."""
+def draw_shapes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int, x_range, y_range,
+                size: SceneSize = DEFAULT_SIZE) -> None:
+    """`count` random rectangles, ellipses and strokes (20-600 px at 4000x3000, scaled by `size`'s side) with
+    top-left corners in the given ranges."""
     for _ in range(count):
         x, y = rng.integers(*x_range), rng.integers(*y_range)
-        w, h = rng.integers(20, 600, 2)
+        w, h = (size.length(int(v)) for v in rng.integers(20, 600, 2))
         colour = tuple(int(c) for c in rng.integers(0, 256, 3))
         kind = rng.integers(3)
         if kind == 0:
@@ -79,13 +116,13 @@ def draw_shapes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, count: int,
         elif kind == 1:
             draw.ellipse([x, y, x + w, y + h], fill=colour)
         else:
-            draw.line([x, y, x + w * rng.choice([-1, 1]), y + h], fill=colour, width=int(rng.integers(2, 25)))
+            draw.line([x, y, x + w * rng.choice([-1, 1]), y + h], fill=colour, width=size.length(int(rng.integers(2, 25))))
 
 
-def background(rng: np.random.Generator) -> Image.Image:
+def background(rng: np.random.Generator, size: SceneSize = DEFAULT_SIZE) -> Image.Image:
     coarse = rng.uniform(40, 200, (6, 8, 3)).astype(np.uint8)
-    image = Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
-    draw_shapes(ImageDraw.Draw(image), rng, int(rng.integers(60, 121)), (0, WIDTH), (0, HEIGHT))
+    image = Image.fromarray(coarse).resize((size.width, size.height), Image.Resampling.BICUBIC)
+    draw_shapes(ImageDraw.Draw(image), rng, size.count(int(rng.integers(60, 121))), (0, size.width), (0, size.height), size)
     return image
 
 
@@ -115,22 +152,22 @@ def sign_box(x: int, y: int, side: int) -> list[float]:
     return [x + inset, y + inset, x + side - inset, y + side - inset]
 
 
-def scene(seed: int, split: str, index: int) -> tuple[Image.Image, str, list[float] | None]:
+def scene(seed: int, split: str, index: int, size: SceneSize = DEFAULT_SIZE) -> tuple[Image.Image, str, list[float] | None]:
     """One image, its class name and the sign's box (x0, y0, x1, y1), or None without a sign."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-    image = background(rng)
-    low, high = SIGN_SIDES
-    for make in (ring_decoy, number_decoy):  # 6-12 of each
-        for _ in range(int(rng.integers(6, 13))):
+    image = background(rng, size)
+    low, high = size.sign_sides
+    for make in (ring_decoy, number_decoy):  # 6-12 of each at 4000x3000
+        for _ in range(size.count(int(rng.integers(6, 13)))):
             side = int(rng.integers(low, high + 1))
             decoy = make(rng, side)
-            image.paste(decoy, (int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))), decoy)
+            image.paste(decoy, (int(rng.integers(0, size.width - side)), int(rng.integers(0, size.height - side))), decoy)
     if rng.random() < NONE_PROBABILITY:
         return image, "none", None
     label = str(rng.choice(CLASSES[:-1]))
     side = int(rng.integers(low, high + 1))
     patch = sign(rng, label, side)
-    x, y = int(rng.integers(0, WIDTH - side)), int(rng.integers(0, HEIGHT - side))
+    x, y = int(rng.integers(0, size.width - side)), int(rng.integers(0, size.height - side))
     image.paste(patch, (x, y), patch)
     return image, label, sign_box(x, y, side)
 
@@ -179,40 +216,32 @@ def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 
     return np.asarray(Image.open(encoded).convert("RGB")), label, box
 
 
-def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool = True) -> Path:
-    """Write root/<split>/<class>/<index>.jpg and root/<split>/boxes.csv. Each written image is logged in
-    root/<split>/index.csv at once, so a stopped run continues where it left off."""
-    root = Path(destination)
+def boxes_folder(root) -> Path:
+    """Where a generated folder dataset keeps its boxes and its generation log: beside the root, never inside it."""
+    root = Path(root)
+    return root.with_name(root.name + "-boxes")
+
+
+def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool = True,
+             size: SceneSize = DEFAULT_SIZE) -> Path:
+    """Write root/<split>/<class>/<index>.jpg; the signs' boxes go to boxes_folder(root)/<split>.csv. Each written
+    image is logged in boxes_folder(root)/<split>-index.csv at once, so a stopped run continues where it left off
+    (refused if it was started with other settings)."""
+    root, boxes = Path(destination), boxes_folder(destination)
+    boxes.mkdir(parents=True, exist_ok=True)
+    settings = {"generator": "speed-signs", "seed": seed, **asdict(size), "sign_sides": list(size.sign_sides)}
+    settings_file = boxes / "generator.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise ValueError(f"{root} was generated with other settings ({settings_file}); use a new destination")
+    settings_file.write_text(json.dumps(settings, indent=2))
     fields = ["index", "path", "label", "x0", "y0", "x1", "y1"]
     for split, count in sizes.items():
         if count < 1:
             continue
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
-        log = split_dir / "index.csv"
-        done = {}
-        if log.exists():
-            with open(log, newline="") as handle:
-                done = {int(row["index"]): row for row in csv.DictReader(handle)}
-        with open(log, "a", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fields)
-            if handle.tell() == 0:
-                writer.writeheader()
-            for index in tqdm(range(count), desc=f"speed signs ({split})", unit="image", disable=not progress):
-                if index in done:
-                    continue
-                image, label, box = scene(seed, split, index)
-                path = split_dir / label / f"{index:05d}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.stem + ".tmp.jpg")
-                image.save(tmp, quality=QUALITY)
-                tmp.replace(path)
-                row = {"index": index, "path": path.relative_to(split_dir).as_posix(), "label": label,
-                       **dict(zip(("x0", "y0", "x1", "y1"), [f"{v:.1f}" for v in box] if box else [""] * 4))}
-                writer.writerow(row)
-                handle.flush()
-                done[index] = row
-        with open(split_dir / "boxes.csv", "w", newline="") as handle:
+        done = write_split(split_dir, boxes / f"{split}-index.csv", fields, seed, split, count, size, progress)
+        with open(boxes / f"{split}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=["path", "x0", "y0", "x1", "y1"])
             writer.writeheader()
             for index in sorted(done):
@@ -220,3 +249,31 @@ def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool =
                 if row["x0"]:
                     writer.writerow({k: row[k] for k in ("path", "x0", "y0", "x1", "y1")})
     return root
+
+
+def write_split(split_dir: Path, log: Path, fields: list, seed: int, split: str, count: int, size: SceneSize,
+                progress: bool) -> dict:
+    """The images of one split not yet in `log`, each logged as soon as it is written; returns every logged row."""
+    done = {}
+    if log.exists():
+        with open(log, newline="") as handle:
+            done = {int(row["index"]): row for row in csv.DictReader(handle)}
+    with open(log, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        if handle.tell() == 0:
+            writer.writeheader()
+        for index in tqdm(range(count), desc=f"speed signs ({split})", unit="image", disable=not progress):
+            if index in done:
+                continue
+            image, label, box = scene(seed, split, index, size)
+            path = split_dir / label / f"{index:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + ".tmp.jpg")
+            image.save(tmp, quality=QUALITY)
+            tmp.replace(path)
+            row = {"index": index, "path": path.relative_to(split_dir).as_posix(), "label": label,
+                   **dict(zip(("x0", "y0", "x1", "y1"), [f"{v:.1f}" for v in box] if box else [""] * 4))}
+            writer.writerow(row)
+            handle.flush()
+            done[index] = row
+    return done
