@@ -37,8 +37,9 @@ def test_fullres_reads_every_pixel_and_proxy_reads_none():
     reads = []
     original = images[0].read_region
     images[0].read_region = lambda *args, **kw: reads.append(args) or original(*args, **kw)
+    before = images[0].pixels_requested
     fullres(images, proxy, mask)
-    assert reads == [(0, 0, 96, 128)] and fullres.pixels_read(96, 128) == 96 * 128
+    assert reads == [(0, 0, 96, 128)] and images[0].pixels_requested - before == 96 * 128
     reads.clear()
     create_model("proxy", proxy_size=16, hidden=32)(images, proxy, mask)
     assert reads == []
@@ -57,10 +58,12 @@ def test_create_model_refuses_two_names():
 def test_baselines_train_and_evaluate_through_the_cli(tmp_path, needs_mnist):
     tiny = ["--preset", "tiny", "--no-progress", "--set", "train.train_size=64", "--set", "train.validation_size=32",
             "--set", "train.test_size=32", "--epochs", "1", "--set", "model.backbone_stages=3"]
+    read = {}
     for architecture in ("fullres", "proxy"):
         out = tmp_path / architecture
         assert main(["train", "--out", str(out), "--set", f"model.architecture={architecture}"] + tiny) == 0
         assert main(["evaluate", str(out / "best.pt"), "--limit", "16", "--json", str(tmp_path / "e.json")]) == 0
         result = json.loads((tmp_path / "e.json").read_text())
         assert result["architecture"] == architecture and "random_glimpses" not in result
-        assert result["sampled_pixels"] == (64 * 64 if architecture == "fullres" else 0)
+        read[architecture] = result["pixels_read"]
+    assert read["fullres"] - read["proxy"] == 64 * 64  # the whole image, once, beyond the proxy both make

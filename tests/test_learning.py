@@ -42,6 +42,6 @@ def test_no_glimpse_control_stays_far_below(runs):
 def test_results_record_the_digit_source_and_settings(runs):
     result = runs["glimpses"]
     assert result["digit_source"]["source"] == "mnist"
-    for key in ("glimpses", "glimpse_size", "s_min", "s_max", "fraction_of_pixels_sampled"):
+    for key in ("glimpses", "glimpse_size", "s_min", "s_max", "pixels_read_fraction"):
         assert key in result["test"]
     assert result["images_seen"] == 6 * 4000

@@ -76,8 +76,11 @@ Measurements, per (model, size, kind):
     pyramid level a file read uses, 1 in memory); area resizing (C x max(source, output) pixels); the file proxy
     (C x pixels of the pyramid level vips thumbnails from); bilinear glimpse sampling, 8 per output pixel per channel
     (4 multiply-adds); plain copies (a read at d = 1) count 0. Decoding (JPEG tiles) is not counted;
-  * parameters (sum of numel), and the fraction of full-resolution pixels read: model.pixels_read(H, W) / (H W)
-    (T W^2 sampled glimpse pixels for ours, 1.0 for fullres), with the area the region reads cover beside it;
+  * parameters (sum of numel), and pixels read by the project's one definition (images.LargeImage: the source
+    pixels each request covers at the level it reads, proxy and margins included; tiles decoded where tiled),
+    counted by the images during the FLOPs call, and as a fraction of H W, with the area region reads cover beside
+    it. An in-memory canvas has no pyramid, so its proxy alone reads every pixel (fraction >= 1); a file's proxy
+    reads a pyramid level;
   * load: the 1-minute load average when each (size, kind, threads) block starts, and the CPU time other processes
     used during the block (/proc/stat busy time minus this process's own CPU time, in cores). A row is flagged busy
     when other processes used more than 0.5 core during its block (where /proc/stat is unavailable: when the load
@@ -398,6 +401,7 @@ class Instrument:
         self.ops: dict[str, int] = defaultdict(int)  # analytic resize/pooling ops
         self.region_area = 0  # full-resolution area covered by region reads (proxy construction excluded)
         self._images: list = []
+        self._counts: list = []  # (image, pixels_requested, tiles_decoded) when attached
         self._undo: list = []
         self._in_proxy = threading.local()
 
@@ -428,10 +432,16 @@ class Instrument:
     def _stage(self, name):
         return self.clock.stage(name) if self.clock is not None else contextlib.nullcontext()
 
+    def reads(self) -> tuple[int, int]:
+        """Pixels requested and tiles decoded by the attached images since they were attached (images.LargeImage)."""
+        return (sum(image.pixels_requested - pixels for image, pixels, _ in self._counts),
+                sum(image.tiles_decoded - tiles for image, _, tiles in self._counts))
+
     def attach(self, images) -> None:
         from .file_images import FileImage
 
         for image in {id(i): i for i in images}.values():
+            self._counts.append((image, image.pixels_requested, image.tiles_decoded))
             read, proxy = image.read_region, image.proxy
 
             def read_region(top, left, height, width, downsample=1, _read=read, _image=image):
@@ -875,11 +885,11 @@ def bench(sizes=DEFAULT_SIZES, models=DEFAULT_MODELS, kinds=KINDS, threads=(1, 2
                     with Instrument(model) as instrument:
                         flops, _ = count_flops(lambda: run_inference(model, name, kind, sources[kind], 1, device, instrument))
                     analytic = analytic_flops(instrument)
-                    read = model.pixels_read(size, size)
+                    read, tiles = instrument.reads()
                     entry.update(flops={"conv_matmul": flops, "analytic_resize": sum(analytic.values()),
                                         "analytic_breakdown": analytic, "total": flops + sum(analytic.values()),
                                         "note": FLOPS_NOTE},
-                                 pixels_read=read, pixels_read_fraction=None if read is None else read / pixels,
+                                 pixels_read=read, pixels_read_fraction=read / pixels, tiles_decoded=tiles,
                                  region_area_fraction=instrument.region_area / pixels)
                     bar.update(1)
                     per_model[(name, kind)] = entry

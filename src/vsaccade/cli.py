@@ -55,7 +55,8 @@ def command_train(args):
     if (out / "last.pt").exists() and not args.resume and is_main:
         raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     results = train(model, objective, config, out, resume=args.resume, digit_source=args.digits or "auto",
-                    data_dir=args.data_dir, progress=not args.no_progress)
+                    data_dir=args.data_dir, progress=not args.no_progress,
+                    provenance={"preset": args.preset, "command": command_line(args)})
     if is_main:
         print(f"checkpoint: {results['checkpoint']}\nresults: {out / 'results.json'}")
     return results
@@ -123,7 +124,8 @@ def command_demo(args):
     model_config, objective, config = resolve("demo", args.set or [])
     out = Path(args.out)
     results = train(model_config, objective, config, out, resume=(out / "last.pt").exists(),
-                    digit_source=args.digits or "auto", data_dir=args.data_dir, progress=not args.no_progress)
+                    digit_source=args.digits or "auto", data_dir=args.data_dir, progress=not args.no_progress,
+                    provenance={"preset": "demo", "command": command_line(args)})
     model = load(results["checkpoint"])
     test = build_tasks(config, args.digits or "auto", args.data_dir)["test"]
     path = show_samples(model, [test[i] for i in range(4)], out / "glimpses.png")
@@ -184,15 +186,13 @@ def command_export(args):
 
 
 def command_bench(args):
-    import shlex
-
     from .bench import bench
 
     report = bench(sizes=args.sizes, models=args.models, kinds=args.kinds, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, batch=args.batch, device=args.device, out=args.out, cache=args.cache,
                    seed=args.seed, digit_source=args.digits or "auto", data_dir=args.data_dir,
                    memory=not args.no_memory, progress=not args.no_progress,
-                   command="vsaccade " + shlex.join(args.argv))
+                   command=command_line(args))
     out = Path(args.out)
     print((out / "bench.md").read_text())
     print(f"results: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
@@ -310,10 +310,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.set_defaults(handler=command_bench)
 
+    p = sub.add_parser("results", help="render the results page from a folder of run summaries (results.py)")
+    p.add_argument("folder", nargs="?", default="docs/results", help="summary JSONs (default docs/results)")
+    p.add_argument("--out", default="docs/results.md")
+    p.add_argument("--check", action="store_true", help="exit 1 if OUT is not the regeneration")
+    p.set_defaults(handler=command_results)
+
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(handler=command_presets)
     return parser
+
+
+def command_line(args) -> str:
+    """The command as typed (quoted where needed), for run records."""
+    import shlex
+
+    return "vsaccade " + shlex.join(args.argv)
+
+
+def command_results(args):
+    from .results import read_summaries, render
+
+    page = render(read_summaries(args.folder), args.folder)
+    out = Path(args.out)
+    if args.check:
+        if not out.exists() or out.read_text() != page:
+            print(f"{out} is not the regeneration of {args.folder}: run vsaccade results {args.folder} --out {out}",
+                  file=sys.stderr)
+            return 1
+        return 0
+    out.write_text(page)
+    print(f"results page: {out}")
+    return 0
 
 
 def one_line(error: Exception) -> str:

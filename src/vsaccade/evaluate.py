@@ -153,12 +153,15 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
     sources = ["posterior"] + (list(model.reference_sources) if references else [])
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
+    reads = {"pixels": 0, "tiles": 0, "image_pixels": 0}  # the model's own pass, proxy included (images.LargeImage)
     starts = range(mine.start, mine.stop, batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         indices = range(start, min(start + batch_size, mine.stop))
         batch = collate([task[i] for i in indices]).to(device)
         for source in sources:
             probs, output = predict_batch(model, batch, policy if source == "posterior" else "mode", source, indices, seed)
+            if source == "posterior":  # fresh images: what they counted so far is the proxy and this pass
+                reads = add_reads(reads, batch.images)
             scores[source].add(probs, batch.labels)
             found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.cpu()))
             counts[source] = {k: counts[source][k] + found[k] for k in found}
@@ -168,8 +171,9 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
         totals = cluster.sum(torch.tensor([counts[source][k] for k in keys], dtype=torch.float64))
         counts[source] = {k: int(v) for k, v in zip(keys, totals)}
     c = model.config
-    image_pixels = task.image_height * task.image_width
-    read = model.pixels_read(task.image_height, task.image_width)  # None: depends on an image size the task lacks
+    pixels, tiles, image_pixels = (float(v) for v in cluster.sum(torch.tensor(
+        [reads["pixels"], reads["tiles"], reads["image_pixels"]], dtype=torch.float64)))
+    samples = max(scores["posterior"].count, 1)
     result = {
         "samples": scores["posterior"].count,
         "policy": policy,
@@ -179,8 +183,9 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
         "s_min": c.s_min,
         "s_max": c.s_max,
         "no_glimpses": c.no_glimpses,
-        "sampled_pixels": read,
-        "fraction_of_pixels_sampled": read / image_pixels if image_pixels and read is not None else None,
+        "pixels_read": pixels / samples,  # per image, by images.LargeImage's definition (proxy and margins included)
+        "pixels_read_fraction": pixels / image_pixels if image_pixels else None,
+        "tiles_decoded": tiles / samples,  # per image, where files are tiled (else 0)
     }
     for source in sources:
         n = counts[source]
@@ -191,6 +196,15 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
         }
         result["model" if source == "posterior" else f"{source}_glimpses"] = entry
     return result
+
+
+def add_reads(reads: dict, images) -> dict:
+    """Add a batch's pixels requested, tiles decoded and image pixels (each image counted once: a batch may hold
+    one image twice)."""
+    unique = {id(image): image for image in images}.values()
+    return {"pixels": reads["pixels"] + sum(i.pixels_requested for i in unique),
+            "tiles": reads["tiles"] + sum(i.tiles_decoded for i in unique),
+            "image_pixels": reads["image_pixels"] + sum(i.height * i.width for i in unique)}
 
 
 def summary_line(result: dict) -> str:

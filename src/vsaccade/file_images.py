@@ -117,6 +117,7 @@ class FileImage(LargeImage):
         self._stored = stored
         self._decoded = None  # the converted source of region reads (see _source)
         self.pyramid = self._pyramid_levels(stored)  # [(factor, page)], reduced levels a downsampled read may use
+        self.tile = stored.get("tile-width") if stored.get_typeof("tile-width") else None  # tiled TIFF
         self._levels: dict[int, object] = {}
         self._lock = threading.Lock()  # one decode per image, even when a thread pool reads its glimpses
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
@@ -193,13 +194,25 @@ class FileImage(LargeImage):
                 raise ImageError(f"{self.path}: cannot read pixels ({_first_line(error)})") from None
         return F.interpolate(out[None], size=(rows, cols), mode="area")[0]
 
+    def usable_levels(self, downsample: int) -> list[tuple[int, int]]:
+        """A reduced pyramid level, so the read costs about the glimpse's size, not the window's: exact when its
+        factor divides d (block means of block means); from d >= APPROXIMATE_FROM, the largest level of at most
+        d / 2, area-resampled by the non-integer rest (approximate at sharp edges). The last is used."""
+        d = downsample
+        return [(f, page) for f, page in self.pyramid if d % f == 0 or (d >= APPROXIMATE_FROM and 2 * f <= d)]
+
+    def level_factor(self, downsample: int) -> int:
+        usable = self.usable_levels(downsample)
+        return usable[-1][0] if usable else 1
+
+    def tile_side(self, factor: int) -> int | None:
+        return self.tile
+
     def read_region(self, top, left, height, width, downsample=1):
         pyvips = require_pyvips()
         d = downsample
-        # A reduced pyramid level, so the read costs about the glimpse's size, not the window's: exact when its
-        # factor divides d (block means of block means); from d >= APPROXIMATE_FROM, the largest level of at
-        # most d / 2, area-resampled by the non-integer rest (approximate at sharp edges).
-        usable = [(f, page) for f, page in self.pyramid if d % f == 0 or (d >= APPROXIMATE_FROM and 2 * f <= d)]
+        self.count_read(top, left, height, width, d)
+        usable = self.usable_levels(d)
         if usable:
             return self._read_from_level(top, left, height, width, d, *usable[-1])
         rows, cols = math.ceil(height / d) * d, math.ceil(width / d) * d
@@ -227,12 +240,20 @@ class FileImage(LargeImage):
             out = out.flip(1)
         return _block_mean(out, d)  # rows, cols are multiples of d: exactly ceil(height / d) x ceil(width / d)
 
+    def shrink_on_load(self, rows: int, cols: int) -> int:
+        """The factor of the level a thumbnail of rows x cols is shrunk from: the largest pyramid level at least that
+        large (tiled TIFF), or JPEG's shrink-on-load (1, 2, 4 or 8, by the same rule); 1 for other formats."""
+        factors = [f for f, _ in self.pyramid] if self.pyramid else [2, 4, 8] if self.loader == "jpegload" else []
+        fits = [f for f in factors if self.height // f >= rows and self.width // f >= cols]
+        return max(fits, default=1)
+
     def proxy(self, size):
         """Shrink-on-load (JPEG, WebP) or the nearest pyramid level (tiled TIFF) via vips thumbnail, upright, to
         PROXY_OVERSAMPLE x the proxy's size, then area-averaged to it (as the in-memory images' proxies are)."""
         pyvips = require_pyvips()
         rows, cols = proxy_extent(self.height, self.width, size)
         k = max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
+        self.count_read(0, 0, self.height, self.width, factor=self.shrink_on_load(rows * k, cols * k))
         try:
             small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False)
             pixels = to_tensor(to_channels(small, self.channels))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import math
+import threading
 
 import numpy as np
 import torch
@@ -24,12 +25,54 @@ class ImageError(ValueError):
     """An image that cannot be used (wrong shape, non-finite pixels, too small...)."""
 
 
+_COUNTING = threading.Lock()
+
+
 class LargeImage(abc.ABC):
-    """An image of `channels` x `height` x `width` float pixels in [0, 1], read lazily."""
+    """An image of `channels` x `height` x `width` float pixels in [0, 1], read lazily.
+
+    Pixels read, the project's one definition (every model, `evaluate`, `vsaccade bench` and run summaries use it):
+    the source pixels each request covers at the level it is read from, counted per image as requests are made
+    (`pixels_requested`), the proxy's and the glimpses' margins included. A region read covers its rectangle
+    clipped to the image; at a pyramid level of factor f it covers that level's pixels (about 1/f^2 as many). A
+    proxy costs the read it makes: a full-resolution pass for an image without levels (every pixel), the level a
+    file's thumbnail shrinks from otherwise. Where a file is tiled, `tiles_decoded` counts the tiles those
+    requests touch (a tile touched twice counts twice: no cache is assumed)."""
 
     height: int
     width: int
     channels: int
+    pixels_requested = 0  # per instance, from its first read on (count_read)
+    tiles_decoded = 0
+
+    def level_factor(self, downsample: int) -> int:
+        """The factor of the stored level a read at `downsample` comes from (1: full resolution)."""
+        return 1
+
+    def tile_side(self, factor: int) -> int | None:
+        """The tile side of the level of `factor`, where the image is stored in tiles."""
+        return None
+
+    def count_read(self, top: int, left: int, height: int, width: int, downsample: int = 1,
+                   factor: int | None = None) -> None:
+        """Add one request to `pixels_requested` (and `tiles_decoded`), by the definition above; `factor`: the level
+        read, where it is not the one `level_factor(downsample)` gives (a file's thumbnail)."""
+        factor = factor or self.level_factor(downsample)
+        y0, x0 = max(top, 0) // factor, max(left, 0) // factor
+        y1 = math.ceil(min(top + height, self.height) / factor)
+        x1 = math.ceil(min(left + width, self.width) / factor)
+        if y1 <= y0 or x1 <= x0:
+            return
+        tile = self.tile_side(factor)
+        with _COUNTING:
+            self.pixels_requested += (y1 - y0) * (x1 - x0)
+            if tile:
+                self.tiles_decoded += (math.ceil(y1 / tile) - y0 // tile) * (math.ceil(x1 / tile) - x0 // tile)
+
+    def count_proxy(self, size: int) -> None:
+        """Count the proxy's read: the whole image at the level a proxy of `size` is made from."""
+        rows, cols = proxy_extent(self.height, self.width, size)
+        self.count_read(0, 0, self.height, self.width, max(1, min(self.height // rows, self.width // cols)))
 
     @abc.abstractmethod
     def read_region(self, top: int, left: int, height: int, width: int, downsample: int = 1) -> torch.Tensor:
@@ -40,7 +83,8 @@ class LargeImage(abc.ABC):
         """
 
     def proxy(self, size: int) -> torch.Tensor:
-        """(channels, size, size): the whole image, aspect kept, top-left placed, zero padding."""
+        """(channels, size, size): the whole image, aspect kept, top-left placed, zero padding. (The read it makes is
+        counted by read_region, as every subclass's read_region counts itself.)"""
         rows, cols = proxy_extent(self.height, self.width, size)
         step = max(1, min(self.height // rows, self.width // cols))
         coarse = self.read_region(0, 0, self.height, self.width, downsample=step)
@@ -72,6 +116,7 @@ class ArrayImage(LargeImage):
         self.channels, self.height, self.width = self.pixels.shape
 
     def read_region(self, top, left, height, width, downsample=1):
+        self.count_read(top, left, height, width, downsample)
         if top >= 0 and left >= 0 and top + height <= self.height and left + width <= self.width:
             region = self.pixels[:, top : top + height, left : left + width]  # a view: pooled or copied, never a zero canvas
             return _block_mean(region, downsample) if downsample > 1 else region.clone()
@@ -84,6 +129,7 @@ class ArrayImage(LargeImage):
 
     def proxy(self, size):
         # Area-average the pixels straight into the proxy: O(pixels) reads, no full-size copy.
+        self.count_proxy(size)
         rows, cols = proxy_extent(self.height, self.width, size)
         out = torch.zeros(self.channels, size, size)
         out[:, :rows, :cols] = F.adaptive_avg_pool2d(self.pixels[None], (rows, cols))[0]
@@ -104,6 +150,7 @@ class UpsampledImage(LargeImage):
         self.height, self.width = int(height), int(width)
 
     def read_region(self, top, left, height, width, downsample=1):
+        self.count_read(top, left, height, width, downsample)
         d = downsample
         ys = top + (torch.arange(math.ceil(height / d)) + 0.5) * d
         xs = left + (torch.arange(math.ceil(width / d)) + 0.5) * d
@@ -114,6 +161,7 @@ class UpsampledImage(LargeImage):
         return out * inside
 
     def proxy(self, size):
+        self.count_proxy(size)
         rows, cols = proxy_extent(self.height, self.width, size)
         out = torch.zeros(self.channels, size, size)
         out[:, :rows, :cols] = F.interpolate(self.base[None], size=(rows, cols), mode="area")[0]

@@ -42,6 +42,7 @@ from .model import create_model, model_outputs
 from .model.noise import Noise, sample_key
 from .box_supervision import box_inputs
 from .objective import Objective, beta_at
+from .results import summary_of_run, write_summary
 from .tasks import collate, make_task
 
 CHECKPOINT_EVERY_SECONDS = 300  # mid-epoch checkpoints, so a killed run loses at most this much work
@@ -130,8 +131,9 @@ EPOCH_SUMS = ("loss", "nll", "kl", "accuracy", "hit_rate", "steps", "images", "s
 
 
 def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainConfig, out_dir, resume: bool = False,
-          digit_source: str = "auto", data_dir=None, progress: bool = True, log=print) -> dict:
-    """Train, select on validation, evaluate the test split once; returns the results (also in results.json).
+          digit_source: str = "auto", data_dir=None, progress: bool = True, log=print, provenance: dict | None = None) -> dict:
+    """Train, select on validation, evaluate the test split once; returns the results (also in results.json, and
+    summarised in summary.json: results.py). provenance: {"preset", "command"} for the summary.
     Under torchrun each process calls this; rank 0 writes the run directory."""
     cluster = Cluster.from_environment(config.device)
     stop = {"signal": None}
@@ -146,7 +148,7 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
                         progress and cluster.is_main, log if cluster.is_main else (lambda *a, **k: None), cluster, stop)
         while run.epoch < config.epochs and not run.out_of_time:
             run_epoch(run)
-        results = finish_run(run)
+        results = finish_run(run, provenance or {})
         cluster.barrier()  # no rank tears down its process group while another still writes or evaluates
         return results
     finally:
@@ -436,8 +438,8 @@ def end_epoch(run: Run, step: int, seconds: dict) -> None:
         run.log(f"time limit of {config.max_minutes} minutes reached")
 
 
-def finish_run(run: Run) -> dict:
-    """The test split evaluated once with best.pt; results.json and curves.png."""
+def finish_run(run: Run, provenance: dict) -> dict:
+    """The test split evaluated once with best.pt; results.json, summary.json and curves.png."""
     cluster, config, out = run.cluster, run.config, run.out
     cluster.barrier()  # best.pt is complete before any rank reads it
     best_path = out / "best.pt"
@@ -449,6 +451,8 @@ def finish_run(run: Run) -> dict:
                "test": test, "checkpoint": str(best_path)}
     if cluster.is_main:
         (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_summary(summary_of_run(results, out.name, provenance.get("preset", ""), provenance.get("command", "")),
+                      out / "summary.json")
         if (out / "metrics.jsonl").exists():
             from .show import plot_curves
 

@@ -124,9 +124,6 @@ class AttentionSampling(nn.Module):
     def glimpses_per_image(self) -> int:
         return self.config.glimpses
 
-    def pixels_read(self, height: int, width: int) -> int:
-        return self.config.glimpses * self.config.glimpse_size**2
-
     def cell_centres(self, images, device) -> torch.Tensor:
         """(B, c^2, 2) cell centres (u, v) of each image, cached by image shape and grid."""
         c, centres = self.config, []

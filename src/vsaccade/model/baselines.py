@@ -81,9 +81,6 @@ class FullResolutionCNN(nn.Module):
         self.trunk = StridedCNN(config.image_channels, 16, config.backbone_stages, config.hidden, stem_stride=4)
         self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
 
-    def pixels_read(self, height: int, width: int) -> int | None:
-        return height * width or None  # None: size unknown (folder tasks of mixed sizes)
-
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
         for image in images:
             if image.channels != self.config.image_channels:
@@ -107,9 +104,6 @@ class ProxyCNN(nn.Module):
         self.config = config
         self.trunk = StridedCNN(config.proxy_channels, 16, halvings(config.proxy_size, 8), config.hidden, stem_stride=1)
         self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
-
-    def pixels_read(self, height: int, width: int) -> int:
-        return 0
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
         c = self.config

@@ -25,9 +25,6 @@ class GlimpseReader(nn.Module):
         self.encoder, self.size = encoder, size
         self.separate = separate  # the per-glimpse heads' own encoder (ModelConfig.separate_reader)
 
-    def pixels_read(self, glimpses: int) -> int:
-        return glimpses * self.size**2
-
     def forward(self, images, z: torch.Tensor) -> Seen:
         glimpse = sample_glimpses(images, z, self.size)
         features = self.encoder(glimpse)
@@ -44,9 +41,6 @@ class NoGlimpses(nn.Module):
     def __init__(self, channels: int, size: int, hidden: int):
         super().__init__()
         self.channels, self.size, self.hidden = channels, size, hidden
-
-    def pixels_read(self, glimpses: int) -> int:
-        return 0
 
     def forward(self, images, z: torch.Tensor) -> Seen:
         glimpse = z.new_zeros(len(z), self.channels, self.size, self.size)

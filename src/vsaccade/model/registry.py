@@ -3,9 +3,9 @@
 Every registered model takes `forward(images, proxy, proxy_mask, source="posterior", sample=True, noise=None)` and
 returns a SaccadeOutput (model/saccader.py); `noise` (model/noise.py) supplies every random draw. `reference_sources`
 lists the other values of `source` it accepts ("random": uniform glimpses, "prior": glimpses from its prior), which
-evaluation reports beside the model's own glimpses; models that choose no locations return T = 0 glimpses and have none. `glimpses_per_image` is T, and
-`pixels_read(height, width)` says how many full-resolution pixels one image costs the model (None where that
-needs a size the caller lacks)."""
+evaluation reports beside the model's own glimpses; models that choose no locations return T = 0 glimpses and have
+none. `glimpses_per_image` is T. What a model reads is counted by the images it reads (images.LargeImage: the
+project's one definition of pixels read), not declared by the model."""
 
 from __future__ import annotations
 

@@ -138,10 +138,6 @@ class VariationalSaccader(nn.Module):
     def glimpses_per_image(self) -> int:
         return self.config.glimpses
 
-    def pixels_read(self, height: int, width: int) -> int:
-        """Full-resolution pixels sampled per image (T W x W glimpses; none for the no-glimpse control)."""
-        return self.reader.pixels_read(self.config.glimpses)
-
     def policy(self, source: str, sample: bool) -> tuple[str, bool]:
         """The (source, sample) a call looks with: as asked, unless the model was trained with a fixed
         `location_policy`, which replaces the posterior."""

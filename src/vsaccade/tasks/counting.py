@@ -147,6 +147,7 @@ class CountingImage(LargeImage):
         return (out * (inside_rows[:, None] & inside_cols[None, :])).astype(np.float32)
 
     def read_region(self, top, left, height, width, downsample=1):
+        self.count_read(top, left, height, width, downsample)
         top, left, height, width, d = int(top), int(left), int(height), int(width), int(downsample) * self.scale
         if self.scale == 1:
             return _block_mean(torch.from_numpy(self._compose(top, left, height, width)), d)

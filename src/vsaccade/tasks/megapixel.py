@@ -127,6 +127,7 @@ class MegapixelImage(LargeImage):
                 out[y0 - top : y1 - top, x0 - left : x1 - left] = self._patches[k, y0 - r : y1 - r, x0 - c : x1 - c]
 
     def read_region(self, top, left, height, width, downsample=1):
+        self.count_read(top, left, height, width, downsample)
         out = np.zeros((height, width), np.float32)
         self._compose(out, int(top), int(left))
         return _block_mean(torch.from_numpy(out)[None], downsample)
@@ -164,6 +165,7 @@ class MegapixelImage(LargeImage):
         object adds R_k V_k C_k^T to the few output bins it touches. Equal to pooling the dense render up to
         float rounding (~1e-7); the dense path is used when the proxy would upsample or objects stick out.
         """
+        self.count_proxy(size)  # as a plain image's proxy: composed from the description, it reads no pixels
         rows, cols = proxy_extent(self.height, self.width, size)
         pos = self._positions
         inside = len(pos) == 0 or (
