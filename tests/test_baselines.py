@@ -66,4 +66,8 @@ def test_baselines_train_and_evaluate_through_the_cli(tmp_path, needs_mnist):
         result = json.loads((tmp_path / "e.json").read_text())
         assert result["architecture"] == architecture and "random_glimpses" not in result
         read[architecture] = result["pixels_read"]
-    assert read["fullres"] - read["proxy"] == 64 * 64  # the whole image, once, beyond the proxy both make
+        summary = json.loads((out / "summary.json").read_text())  # what the results page is made of (results.py)
+        assert summary["preset"] == "tiny" and summary["supervision"] == "labels" and summary["seeds"] == [0]
+        assert summary["command"].startswith("vsaccade train --out") and summary["pixels_read"] > 0
+    assert read["proxy"] == 64 * 64  # the proxy is made from the 64x64 canvas
+    assert read["fullres"] == 2 * 64 * 64  # the same proxy (made, unused), and the whole image once

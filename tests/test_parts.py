@@ -99,3 +99,16 @@ def test_one_backward_reaches_every_parameter_of_every_preset(name):
     negative_elbo(output, labels, config.heads, objective, objective.beta, config.estimator, location_targets=targets,
                   fitted=fitted)["loss"].backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None]
+
+
+def test_no_function_in_the_package_is_longer_than_sixty_lines():
+    from pathlib import Path
+
+    import vsaccade
+
+    long = []
+    for path in Path(vsaccade.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 60:
+                long.append(f"{path.name}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long

@@ -785,163 +785,48 @@ def bench(sizes=DEFAULT_SIZES, models=DEFAULT_MODELS, kinds=KINDS, threads=(1, 2
     """Run the bench (see the module docstring) and write OUT/bench.json, bench.md and bench.png; returns the report."""
     from tqdm import tqdm
 
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine (torch "
-                          f"{torch.__version__}); use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu or cuda, got {device}")
+    device = checked_device(device)
     for kind in kinds:
         if kind not in KINDS:
             raise ConfigError(f"unknown input kind {kind!r}; choose from {KINDS}")
     if repeats < 1 or warmup < 0 or batch < 1 or not threads or min(threads) < 1 or not sizes:
         raise ConfigError("need repeats >= 1, warmup >= 0, batch >= 1, threads >= 1 and at least one size")
-    throughput_repeats = throughput_repeats or max(1, min(5, repeats // 4))
-    stage_repeats = stage_repeats or min(repeats, 5)
+    settings = {"sizes": [int(s) for s in sizes], "models": list(models), "kinds": list(dict.fromkeys(kinds)),
+                "threads": [int(t) for t in threads], "repeats": repeats, "warmup": warmup, "batch": batch,
+                "throughput_repeats": throughput_repeats or max(1, min(5, repeats // 4)),
+                "stage_repeats": stage_repeats or min(repeats, 5), "device": str(device), "proxy_size": PROXY_SIZE,
+                "location_cells": LOCATION_CELLS, "seed": seed, "digit_source": digit_source,
+                "task_options": task_options or {}, "weights": WEIGHTS_NOTE,
+                "memory_subprocess_threads": int(threads[0]), "memory_measured": memory, "vips_operation_cache": VIPS_NOTE}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache) if cache else out / "cache"
-    sizes, kinds, threads = [int(s) for s in sizes], list(dict.fromkeys(kinds)), [int(t) for t in threads]
     initial_threads = torch.get_num_threads()
-
-    report = {
-        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(device),
-        "settings": {"sizes": sizes, "models": list(models), "kinds": kinds, "threads": threads, "repeats": repeats,
-                     "warmup": warmup, "batch": batch, "throughput_repeats": throughput_repeats,
-                     "stage_repeats": stage_repeats, "device": str(device),
-                     "proxy_size": PROXY_SIZE, "location_cells": LOCATION_CELLS, "seed": seed,
-                     "digit_source": digit_source, "task_options": task_options or {}, "weights": WEIGHTS_NOTE,
-                     "memory_subprocess_threads": threads[0], "memory_measured": memory,
-                     "vips_operation_cache": "off (pyvips.cache_set_max(0)): every call opens and decodes the file as "
-                                             "if never seen before; the OS page cache still holds the file"},
-        "methods": {
-            "latency": "wall time of open + proxy + forward at batch 1 (CUDA: events); warm-up, then repeats with the "
-                       "models interleaved round-robin; median and inter-quartile range",
-            "stages": "exclusive times on a stage stack, by patching image.proxy / image.read_region, the model "
-                      "module's sample_glimpses and hooks on GlimpseEncoder modules (model code unchanged), in "
-                      f"{stage_repeats} extra instrumented calls per model interleaved with the first latency repeats "
-                      "(latency itself comes from the uninstrumented calls)",
-            "throughput": f"images/s at batch {batch} or the largest power of two below that runs; OOM recorded",
-            "peak_tensor": "fresh subprocess; CPU: TensorTracker (TorchDispatchMode, storages created during one "
-                           "inference, freed via weakref); CUDA: torch.cuda.max_memory_allocated",
-            "peak_rss": "fresh subprocess; VmHWM after /proc/self/clear_refs minus VmRSS after imports, model load "
-                        "and input load; first (cold) inference",
-            "flops": FLOPS_NOTE,
-            "busy": f"flagged when other processes used > {BUSY_CORES} core during the row's block (/proc/stat minus "
-                    "own CPU time); without /proc/stat, when the 1-min load at the block's start > threads + 0.5",
-        },
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "models": {}, "skipped": {}, "canvases": {}, "rows": [],
-    }
-
-    first_info, first_task = prepare_canvas(sizes[0], cache, seed, digit_source, data_dir, task_options)
-    configs, skipped = model_configs(models, first_task)
-    report["skipped"].update(skipped)
-    if not configs:
-        raise ConfigError(f"no model to bench among {list(models)}")
-    names = list(configs)
-    built = {name: build_model(config.to_dict(), device, seed) for name, config in configs.items()}
-    for name, model in built.items():
-        report["models"][name] = {"config": configs[name].to_dict(), "params": count_parameters(model),
-                                  "glimpses": getattr(model, "glimpses_per_image", None)}
-    if "ats" in configs:
-        report["models"]["ats"]["note"] = (f"{ATS_PATCHES} patches of {ATS_PATCH}x{ATS_PATCH} at s = {ATS_PATCH}/"
-                                           f"{ATS_REFERENCE_SIDE} of the image side (a {ATS_PATCH}-px window at "
-                                           f"{ATS_REFERENCE_SIDE} px): ATS's own Megapixel MNIST setting")
-
-    blocks = len(kinds) * len(threads)
-    per_size = len(names) * len(kinds) * (2 if memory else 1) + blocks * len(names) * (warmup + repeats + 1)
-    bar = tqdm(total=per_size * len(sizes), desc="bench", unit="step", disable=not progress, dynamic_ncols=True)
+    report = new_report(command, device, settings)
+    first = prepare_canvas(settings["sizes"][0], cache, seed, digit_source, data_dir, task_options)
+    configs, built = build_models(report, models, first[1], device, seed)
+    names, kinds, threads = list(configs), settings["kinds"], settings["threads"]
+    per_kind = len(names) * ((2 if memory else 1) + len(threads) * (warmup + repeats + 1))  # progress steps
+    bar = tqdm(total=per_kind * len(kinds) * len(sizes), desc="bench", unit="step", disable=not progress, dynamic_ncols=True)
     stack = contextlib.ExitStack()
     stack.enter_context(vips_cache_off())
     try:
-        for size in sizes:
-            info, task = (first_info, first_task) if size == sizes[0] else prepare_canvas(
-                size, cache, seed, digit_source, data_dir, task_options)
+        for size in settings["sizes"]:
+            info, _ = first if size == settings["sizes"][0] else prepare_canvas(size, cache, seed, digit_source,
+                                                                                data_dir, task_options)
             report["canvases"][str(size)] = info
             size_kinds = [k for k in kinds if k != "file" or info["tiff"]]
             if "file" in kinds and not info["tiff"]:
                 report["skipped"][f"file rows at {size}"] = info["file_error"]
                 bar.update(len(names) * (2 if memory else 1) + len(threads) * len(names) * (warmup + repeats + 1))
-            array_image = load_canvas(info["npy"]) if "memory" in size_kinds else None
-            sources = {"memory": array_image, "file": info["tiff"]}
-            pixels = size * size
-
-            per_model: dict = {}
+            sources = {"memory": load_canvas(info["npy"]) if "memory" in size_kinds else None, "file": info["tiff"]}
+            costs = {(name, kind): measure_costs(built[name], name, configs[name], kind, info, sources[kind], size,
+                                                 device, settings, bar)
+                     for kind in size_kinds for name in names}
             for kind in size_kinds:
-                for name in names:
-                    model, entry = built[name], {}
-                    bar.set_postfix_str(f"{size}px {kind} {name}: memory")
-                    if memory:
-                        entry["memory"] = measure_memory({"name": name, "config": configs[name].to_dict(), "kind": kind,
-                                                          "npy": info["npy"], "tiff": info["tiff"], "device": str(device),
-                                                          "threads": threads[0], "seed": seed})
-                        bar.update(1)
-                    else:
-                        entry["memory"] = {"skipped": "memory not measured (memory=False)"}
-                    bar.set_postfix_str(f"{size}px {kind} {name}: FLOPs")
-                    torch.set_num_threads(threads[0])
-                    with Instrument(model) as instrument:
-                        flops, _ = count_flops(lambda: run_inference(model, name, kind, sources[kind], 1, device, instrument))
-                    analytic = analytic_flops(instrument)
-                    read, tiles = instrument.reads()
-                    entry.update(flops={"conv_matmul": flops, "analytic_resize": sum(analytic.values()),
-                                        "analytic_breakdown": analytic, "total": flops + sum(analytic.values()),
-                                        "note": FLOPS_NOTE},
-                                 pixels_read=read, pixels_read_fraction=read / pixels, tiles_decoded=tiles,
-                                 region_area_fraction=instrument.region_area / pixels)
-                    bar.update(1)
-                    per_model[(name, kind)] = entry
-
-            for kind in size_kinds:
-                source = sources[kind]
                 for n_threads in threads:
-                    torch.set_num_threads(n_threads)
-                    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-                    meter = CpuMeter()
-                    bar.set_postfix_str(f"{size}px {kind} {n_threads}t: warm-up")
-                    for name in names:
-                        for _ in range(warmup):
-                            run_inference(built[name], name, kind, source, 1, device)
-                            bar.update(1)
-                    samples = {name: [] for name in names}
-                    staged = {name: [] for name in names}
-                    stages = {name: defaultdict(list) for name in names}
-                    bar.set_postfix_str(f"{size}px {kind} {n_threads}t: latency")
-                    for r in range(repeats):
-                        for name in names[r % len(names):] + names[: r % len(names)]:
-                            model = built[name]
-                            samples[name].append(wall_time(lambda: run_inference(model, name, kind, source, 1, device),
-                                                           device))
-                            if r < stage_repeats:  # the same call again, instrumented, for its stages
-                                clock = StageClock(device)
-                                with Instrument(model, clock) as instrument:
-                                    staged[name].append(wall_time(
-                                        lambda: run_inference(model, name, kind, source, 1, device, instrument), device))
-                                for stage, seconds in clock.totals.items():
-                                    stages[name][stage].append(seconds)
-                            bar.update(1)
-                    foreign = meter.foreign_cores()
-                    load_rule = load is not None and load > n_threads + 0.5
-                    busy = foreign > BUSY_CORES if foreign is not None else load_rule
-                    for name in names:
-                        bar.set_postfix_str(f"{size}px {kind} {n_threads}t {name}: throughput")
-                        estimate = None
-                        mem = per_model[(name, kind)]["memory"]
-                        if mem.get("peak_tensor_bytes") is not None:
-                            estimate = max(mem["peak_tensor_bytes"], mem.get("peak_rss_above_baseline_bytes") or 0)
-                        thru = throughput(built[name], name, kind, source, device, batch, throughput_repeats, estimate)
-                        bar.update(1)
-                        stage_ms = {k: 1000 * statistics.median(v) for k, v in sorted(stages[name].items())}
-                        row = {"model": name, "size": size, "pixels": pixels, "kind": kind, "threads": n_threads,
-                               "device": str(device), "latency_ms": summary_ms(samples[name]),
-                               "instrumented_latency_ms": summary_ms(staged[name]), "stages_ms": stage_ms,
-                               "named_stages_ms": named_stages(name, stage_ms), "throughput": thru,
-                               **per_model[(name, kind)], "params": report["models"][name]["params"],
-                               "load_1min_at_start": load, "foreign_cpu_cores": foreign, "busy": bool(busy),
-                               "busy_by_load_rule": bool(load_rule)}
-                        report["rows"].append(row)
+                    report["rows"] += measure_block(report, built, kind, sources[kind], n_threads, size, device,
+                                                    settings, costs, bar)
             report["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
             write_json(report, out / "bench.json")
     finally:
@@ -952,6 +837,145 @@ def bench(sizes=DEFAULT_SIZES, models=DEFAULT_MODELS, kinds=KINDS, threads=(1, 2
     (out / "bench.md").write_text(markdown(report))
     plot(report, out / "bench.png")
     return report
+
+
+VIPS_NOTE = ("off (pyvips.cache_set_max(0)): every call opens and decodes the file as if never seen before; the OS "
+             "page cache still holds the file")
+
+
+def checked_device(device: str) -> torch.device:
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine (torch "
+                          f"{torch.__version__}); use --device cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu or cuda, got {device}")
+    return device
+
+
+def new_report(command, device, settings: dict) -> dict:
+    """The report's header: command, date, machine, settings and how each figure is measured; rows come later."""
+    return {
+        "command": command, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(device), "settings": settings,
+        "methods": {
+            "latency": "wall time of open + proxy + forward at batch 1 (CUDA: events); warm-up, then repeats with the "
+                       "models interleaved round-robin; median and inter-quartile range",
+            "stages": "exclusive times on a stage stack, by patching image.proxy / image.read_region, the glimpse "
+                      "reader module's sample_glimpses and hooks on GlimpseEncoder modules (model code unchanged), in "
+                      f"{settings['stage_repeats']} extra instrumented calls per model interleaved with the first "
+                      "latency repeats (latency itself comes from the uninstrumented calls)",
+            "throughput": f"images/s at batch {settings['batch']} or the largest power of two below that runs; OOM recorded",
+            "peak_tensor": "fresh subprocess; CPU: TensorTracker (TorchDispatchMode, storages created during one "
+                           "inference, freed via weakref); CUDA: torch.cuda.max_memory_allocated",
+            "peak_rss": "fresh subprocess; VmHWM after /proc/self/clear_refs minus VmRSS after imports, model load "
+                        "and input load; first (cold) inference",
+            "flops": FLOPS_NOTE,
+            "pixels_read": "counted by the images during the FLOPs call (images.LargeImage's definition)",
+            "busy": f"flagged when other processes used > {BUSY_CORES} core during the row's block (/proc/stat minus "
+                    "own CPU time); without /proc/stat, when the 1-min load at the block's start > threads + 0.5",
+        },
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "models": {}, "skipped": {}, "canvases": {}, "rows": [],
+    }
+
+
+def build_models(report: dict, models, task, device, seed: int) -> tuple[dict, dict]:
+    """The benched models' configs and built models (randomly initialised); their sizes go into the report."""
+    configs, skipped = model_configs(models, task)
+    report["skipped"].update(skipped)
+    if not configs:
+        raise ConfigError(f"no model to bench among {list(models)}")
+    built = {name: build_model(config.to_dict(), device, seed) for name, config in configs.items()}
+    for name, model in built.items():
+        report["models"][name] = {"config": configs[name].to_dict(), "params": count_parameters(model),
+                                  "glimpses": getattr(model, "glimpses_per_image", None)}
+    if "ats" in configs:
+        report["models"]["ats"]["note"] = (f"{ATS_PATCHES} patches of {ATS_PATCH}x{ATS_PATCH} at s = {ATS_PATCH}/"
+                                           f"{ATS_REFERENCE_SIDE} of the image side (a {ATS_PATCH}-px window at "
+                                           f"{ATS_REFERENCE_SIDE} px): ATS's own Megapixel MNIST setting")
+    return configs, built
+
+
+def measure_costs(model, name, config, kind, info, source, size, device, settings, bar) -> dict:
+    """One model on one input kind: peak memory (a fresh subprocess), FLOPs and pixels read of one call."""
+    entry = {}
+    bar.set_postfix_str(f"{size}px {kind} {name}: memory")
+    if settings["memory_measured"]:
+        entry["memory"] = measure_memory({"name": name, "config": config.to_dict(), "kind": kind, "npy": info["npy"],
+                                          "tiff": info["tiff"], "device": str(device),
+                                          "threads": settings["threads"][0], "seed": settings["seed"]})
+        bar.update(1)
+    else:
+        entry["memory"] = {"skipped": "memory not measured (memory=False)"}
+    bar.set_postfix_str(f"{size}px {kind} {name}: FLOPs")
+    torch.set_num_threads(settings["threads"][0])
+    with Instrument(model) as instrument:
+        flops, _ = count_flops(lambda: run_inference(model, name, kind, source, 1, device, instrument))
+    analytic = analytic_flops(instrument)
+    read, tiles = instrument.reads()
+    pixels = size * size
+    entry.update(flops={"conv_matmul": flops, "analytic_resize": sum(analytic.values()), "analytic_breakdown": analytic,
+                        "total": flops + sum(analytic.values()), "note": FLOPS_NOTE},
+                 pixels_read=read, pixels_read_fraction=read / pixels, tiles_decoded=tiles,
+                 region_area_fraction=instrument.region_area / pixels)
+    bar.update(1)
+    return entry
+
+
+def measure_latency(built, kind, source, device, settings, bar, label) -> tuple[dict, dict, dict]:
+    """Warm-up, then `repeats` batch-1 calls per model interleaved round-robin, the first `stage_repeats` of each
+    repeated instrumented for its stages: ({model: seconds}, {model: instrumented seconds}, {model: {stage: [s]}})."""
+    names = list(built)
+    bar.set_postfix_str(f"{label}: warm-up")
+    for name in names:
+        for _ in range(settings["warmup"]):
+            run_inference(built[name], name, kind, source, 1, device)
+            bar.update(1)
+    samples, staged = {name: [] for name in names}, {name: [] for name in names}
+    stages = {name: defaultdict(list) for name in names}
+    bar.set_postfix_str(f"{label}: latency")
+    for r in range(settings["repeats"]):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            model = built[name]
+            samples[name].append(wall_time(lambda: run_inference(model, name, kind, source, 1, device), device))
+            if r < settings["stage_repeats"]:  # the same call again, instrumented, for its stages
+                clock = StageClock(device)
+                with Instrument(model, clock) as instrument:
+                    staged[name].append(wall_time(
+                        lambda: run_inference(model, name, kind, source, 1, device, instrument), device))
+                for stage, seconds in clock.totals.items():
+                    stages[name][stage].append(seconds)
+            bar.update(1)
+    return samples, staged, stages
+
+
+def measure_block(report, built, kind, source, n_threads, size, device, settings, costs, bar) -> list[dict]:
+    """The rows of one (size, kind, threads) block: latency, stages and throughput of every model, with the load."""
+    torch.set_num_threads(n_threads)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    meter = CpuMeter()
+    samples, staged, stages = measure_latency(built, kind, source, device, settings, bar, f"{size}px {kind} {n_threads}t")
+    foreign = meter.foreign_cores()
+    load_rule = load is not None and load > n_threads + 0.5
+    busy = foreign > BUSY_CORES if foreign is not None else load_rule
+    rows = []
+    for name, model in built.items():
+        bar.set_postfix_str(f"{size}px {kind} {n_threads}t {name}: throughput")
+        estimate = None
+        mem = costs[(name, kind)]["memory"]
+        if mem.get("peak_tensor_bytes") is not None:
+            estimate = max(mem["peak_tensor_bytes"], mem.get("peak_rss_above_baseline_bytes") or 0)
+        thru = throughput(model, name, kind, source, device, settings["batch"], settings["throughput_repeats"], estimate)
+        bar.update(1)
+        stage_ms = {k: 1000 * statistics.median(v) for k, v in sorted(stages[name].items())}
+        rows.append({"model": name, "size": size, "pixels": size * size, "kind": kind, "threads": n_threads,
+                     "device": str(device), "latency_ms": summary_ms(samples[name]),
+                     "instrumented_latency_ms": summary_ms(staged[name]), "stages_ms": stage_ms,
+                     "named_stages_ms": named_stages(name, stage_ms), "throughput": thru, **costs[(name, kind)],
+                     "params": report["models"][name]["params"], "load_1min_at_start": load,
+                     "foreign_cpu_cores": foreign, "busy": bool(busy), "busy_by_load_rule": bool(load_rule)})
+    return rows
 
 
 def write_json(report: dict, path: Path) -> None:
@@ -1007,12 +1031,20 @@ def markdown(report: dict) -> str:
         lines.append(f"- ats: {report['models']['ats']['note']}")
     lines.append("")
 
-    def find(model, size, kind, threads):
-        for row in rows:
-            if (row["model"], row["size"], row["kind"], row["threads"]) == (model, size, kind, threads):
-                return row
-        return None
+    lines += comparison_section(report) + rows_section(report) + stages_section(report)
+    return "\n".join(lines)
 
+
+def find_row(rows: list, model, size, kind, threads):
+    for row in rows:
+        if (row["model"], row["size"], row["kind"], row["threads"]) == (model, size, kind, threads):
+            return row
+    return None
+
+
+def comparison_section(report: dict) -> list[str]:
+    """Ours vs fullres, the same run: latency and memory ratios per size, kind and thread count."""
+    s, rows, lines = report["settings"], report["rows"], []
     if "saccader" in report["models"] and "fullres" in report["models"]:
         lines += ["## Ours (saccader) vs fullres, same run", ""]
         for t in s["threads"]:
@@ -1022,7 +1054,7 @@ def markdown(report: dict) -> str:
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             for size in s["sizes"]:
                 for kind in s["kinds"]:
-                    ours, full = find("saccader", size, kind, t), find("fullres", size, kind, t)
+                    ours, full = find_row(rows, "saccader", size, kind, t), find_row(rows, "fullres", size, kind, t)
                     if ours is None or full is None:
                         continue
                     lo, lf = ours["latency_ms"], full["latency_ms"]
@@ -1035,7 +1067,12 @@ def markdown(report: dict) -> str:
             lines.append("")
         lines += ["Ratios are fullres / ours (higher: ours cheaper).", ""]
 
-    lines += ["## Every row", "",
+    return lines
+
+
+def rows_section(report: dict) -> list[str]:
+    s, rows = report["settings"], report["rows"]
+    lines = ["## Every row", "",
               "| model | size | kind | threads | latency ms [IQR] | throughput img/s (batch) | peak tensor MiB | "
               "peak RSS +MiB | conv/matmul FLOPs | + analytic resize | params | pixels read | busy |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -1056,7 +1093,12 @@ def markdown(report: dict) -> str:
     for model, size, kind, error in dict.fromkeys(errors):
         lines.append(f"- memory of {model} at {size} ({kind}) not measured: {error}")
 
-    lines += ["", f"## Stages (median ms per call, {s['stage_repeats']} instrumented calls per row)", "",
+    return lines
+
+
+def stages_section(report: dict) -> list[str]:
+    s, rows = report["settings"], report["rows"]
+    lines = ["", f"## Stages (median ms per call, {s['stage_repeats']} instrumented calls per row)", "",
               "open: FileImage; proxy: proxy construction; read: full-resolution region reads (glimpses; the whole "
               "image for fullres); resample: the rest of the glimpse sampler; encode: glimpse encoder; rest: the rest of "
               "the network (ours: location inference; baselines: the CNN). Ours: glimpse reading = read + resample.", "",
@@ -1070,7 +1112,7 @@ def markdown(report: dict) -> str:
                      f"{sum(st.values()):.2f} | {row['instrumented_latency_ms']['median']:.2f} | "
                      f"{row['latency_ms']['median']:.2f} |")
     lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 def plot(report: dict, path: Path) -> Path:

@@ -205,10 +205,7 @@ def command_presets(args):
     print(json.dumps(PRESETS if args.verbose else sorted(PRESETS), indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vsaccade", description="Variational Saccading for huge images.")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train a model from a preset",
                        epilog="Several processes or machines: torchrun ... -m vsaccade.cli train ... (docs/distributed.md)")
     p.add_argument("--preset", default="cluttered-pair", help="see `vsaccade presets`")
@@ -225,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.set_defaults(handler=command_train)
 
+
+def add_evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy and localisation of a checkpoint")
     add_checkpoint_arguments(p)
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
@@ -236,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     p.set_defaults(handler=command_evaluate)
 
+
+def add_show_command(sub) -> None:
     p = sub.add_parser("show", help="PNG of the proxy, the glimpse windows and the glimpses")
     add_checkpoint_arguments(p)
     p.add_argument("--index", type=int, default=0)
@@ -244,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG path")
     p.set_defaults(handler=command_show)
 
+
+def add_demo_command(sub) -> None:
     p = sub.add_parser("demo", help="train the embedded default for a few minutes, evaluate, draw the glimpses")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
@@ -251,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.set_defaults(handler=command_demo)
 
+
+def add_predict_command(sub) -> None:
     p = sub.add_parser("predict", help="classify image files/folders/globs into a CSV (glimpse boxes included)")
     p.add_argument("checkpoint", help="a checkpoint file or the name of a bundled one")
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
@@ -261,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_predict)
 
+
+def add_prepare_command(sub) -> None:
     p = sub.add_parser("prepare", help="convert a folder of images to tiled pyramidal TIFFs (same layout)")
     p.add_argument("source")
     p.add_argument("destination")
@@ -269,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_prepare)
 
+
+def add_generate_command(sub) -> None:
     p = sub.add_parser("generate", help="write a synthetic benchmark as a folder dataset (speed-signs, megapixel)")
     p.add_argument("benchmark", choices=("speed-signs", "megapixel"))
     p.add_argument("destination")
@@ -284,12 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_generate)
 
+
+def add_export_command(sub) -> None:
     p = sub.add_parser("export", help="copy a checkpoint without its optimiser/RNG state (to ship or predict)")
     p.add_argument("checkpoint")
     p.add_argument("out")
     add_test_time_arguments(p)
     p.set_defaults(handler=command_export)
 
+
+def add_bench_command(sub) -> None:
     p = sub.add_parser("bench", help="latency, throughput, memory and FLOPs of every model vs image size (JSON, "
                        "Markdown, PNG)", description="See the docstring of vsaccade/bench.py for what is measured and how.")
     p.add_argument("--sizes", nargs="+", type=int, default=[500, 1000, 1500, 3000, 6000], help="canvas sides in pixels")
@@ -310,15 +323,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(p)
     p.set_defaults(handler=command_bench)
 
+
+def add_results_command(sub) -> None:
     p = sub.add_parser("results", help="render the results page from a folder of run summaries (results.py)")
     p.add_argument("folder", nargs="?", default="docs/results", help="summary JSONs (default docs/results)")
     p.add_argument("--out", default="docs/results.md")
     p.add_argument("--check", action="store_true", help="exit 1 if OUT is not the regeneration")
     p.set_defaults(handler=command_results)
 
+
+def add_presets_command(sub) -> None:
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--verbose", action="store_true")
     p.set_defaults(handler=command_presets)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vsaccade", description="Variational Saccading for huge images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_command(sub)
+    add_evaluate_command(sub)
+    add_show_command(sub)
+    add_demo_command(sub)
+    add_predict_command(sub)
+    add_prepare_command(sub)
+    add_generate_command(sub)
+    add_export_command(sub)
+    add_bench_command(sub)
+    add_results_command(sub)
+    add_presets_command(sub)
     return parser
 
 

@@ -37,7 +37,9 @@ class LargeImage(abc.ABC):
     clipped to the image; at a pyramid level of factor f it covers that level's pixels (about 1/f^2 as many). A
     proxy costs the read it makes: a full-resolution pass for an image without levels (every pixel), the level a
     file's thumbnail shrinks from otherwise. Where a file is tiled, `tiles_decoded` counts the tiles those
-    requests touch (a tile touched twice counts twice: no cache is assumed)."""
+    requests touch (a tile touched twice counts twice: no cache is assumed). A proxy a task makes from a stored
+    low-resolution level counts that level's pixels (Cluttered MNIST's canvas); a proxy of another modality that a
+    task supplies (the counting task's mini-map) is not a read of the image."""
 
     height: int
     width: int
@@ -64,10 +66,14 @@ class LargeImage(abc.ABC):
         if y1 <= y0 or x1 <= x0:
             return
         tile = self.tile_side(factor)
+        self.count_pixels((y1 - y0) * (x1 - x0),
+                          (math.ceil(y1 / tile) - y0 // tile) * (math.ceil(x1 / tile) - x0 // tile) if tile else 0)
+
+    def count_pixels(self, pixels: int, tiles: int = 0) -> None:
+        """Add pixels (and tiles) read another way: a proxy a task makes from a stored low-resolution level."""
         with _COUNTING:
-            self.pixels_requested += (y1 - y0) * (x1 - x0)
-            if tile:
-                self.tiles_decoded += (math.ceil(y1 / tile) - y0 // tile) * (math.ceil(x1 / tile) - x0 // tile)
+            self.pixels_requested += pixels
+            self.tiles_decoded += tiles
 
     def count_proxy(self, size: int) -> None:
         """Count the proxy's read: the whole image at the level a proxy of `size` is made from."""

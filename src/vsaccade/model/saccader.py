@@ -164,7 +164,7 @@ class VariationalSaccader(nn.Module):
         source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
         the mode. A model trained with a `location_policy` other than "learned" always looks that way.
         noise: where random draws come from (model/noise.py); default torch's global generator.
-        box_z: (B, 3) windows (objective.box_windows) read only by the per-glimpse heads, for box supervision.
+        box_z: (B, 3) windows (box_supervision.box_windows) read only by the per-glimpse heads, for box supervision.
         """
         source, sample = self.policy(source, sample)
         check_inputs(self.config, images, proxy, proxy_mask)

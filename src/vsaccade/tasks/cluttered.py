@@ -99,6 +99,7 @@ class ClutteredMNIST(Task):
         scale = self.image_height / self.canvas_size
         image = ArrayImage(base) if scale == 1 else UpsampledImage(base, self.image_height, self.image_width)
         proxy = F.interpolate(base[None], size=(self.proxy_size,) * 2, mode="area")[0]
+        image.count_pixels(base.shape[-2] * base.shape[-1])  # the proxy reads the canvas (images.LargeImage)
         return Sample(
             image=image,
             proxy=proxy,

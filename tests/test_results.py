@@ -1,0 +1,19 @@
+"""Results as pages: docs/results.md is the regeneration of the summaries in docs/results/, and every summary holds
+the fields a reader needs."""
+
+from pathlib import Path
+
+from vsaccade.cli import main
+from vsaccade.results import FIELDS, read_summaries, render
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_the_results_page_is_the_regeneration_of_its_summaries(tmp_path):
+    summaries = read_summaries(ROOT / "docs" / "results")
+    assert summaries and all(set(FIELDS) <= set(s) for s in summaries)
+    assert (ROOT / "docs" / "results.md").read_text() == render(summaries, "docs/results")
+    assert main(["results", str(ROOT / "docs" / "results"), "--out", str(tmp_path / "page.md")]) == 0
+    assert main(["results", str(ROOT / "docs" / "results"), "--out", str(tmp_path / "page.md"), "--check"]) == 0
+    (tmp_path / "page.md").write_text("edited by hand\n")
+    assert main(["results", str(ROOT / "docs" / "results"), "--out", str(tmp_path / "page.md"), "--check"]) == 1
