@@ -17,3 +17,14 @@ def test_the_results_page_is_the_regeneration_of_its_summaries(tmp_path):
     assert main(["results", str(ROOT / "docs" / "results"), "--out", str(tmp_path / "page.md"), "--check"]) == 0
     (tmp_path / "page.md").write_text("edited by hand\n")
     assert main(["results", str(ROOT / "docs" / "results"), "--out", str(tmp_path / "page.md"), "--check"]) == 1
+
+
+def test_the_public_api_is_what_the_readme_lists():
+    import re
+
+    import vsaccade
+
+    section = (ROOT / "README.md").read_text().split("## Python API")[1].split("\n## ")[0]
+    listed = {name for cell in re.findall(r"^\| ([^|]+) \|", section, flags=re.M) for name in re.findall(r"`(\w+)`", cell)}
+    assert listed == set(vsaccade.__all__)
+    assert all(hasattr(vsaccade, name) for name in vsaccade.__all__)

@@ -18,3 +18,20 @@ from .tasks import folder as _folder  # noqa: F401
 from .tasks import counting as _counting  # noqa: F401
 
 __version__ = "0.1.0"
+
+# The public API (README, "Python API"): what experiments and users build on. Everything else may change.
+from .config import ModelConfig, ObjectiveConfig, TrainConfig  # noqa: E402
+from .evaluate import evaluate  # noqa: E402
+from .file_images import FileImage  # noqa: E402  (pyvips is needed only to open a file)
+from .images import UpsampledImage  # noqa: E402
+from .model.locations import CellMixture, mixture_kl  # noqa: E402
+from .objective import Objective  # noqa: E402
+from .presets import resolve  # noqa: E402
+from .results import render as render_results, summary_of_run  # noqa: E402
+from .tasks import make_task  # noqa: E402
+from .train import train  # noqa: E402
+
+__all__ = ["ArrayImage", "CellMixture", "CheckpointError", "ConfigError", "FileImage", "ImageError", "LargeImage",
+           "ModelConfig", "Objective", "ObjectiveConfig", "Prediction", "TrainConfig", "UpsampledImage",
+           "create_model", "evaluate", "load", "make_task", "mixture_kl", "predict", "render_results", "resolve",
+           "summary_of_run", "train"]
