@@ -332,6 +332,30 @@ def add_results_command(sub) -> None:
     p.set_defaults(handler=command_results)
 
 
+def add_recipe_command(sub) -> None:
+    p = sub.add_parser("recipe", help="train named stages in order, resumable (recipes.py): seeds of a preset and "
+                       "its no-glimpse control, summarised as mean and each seed")
+    p.add_argument("recipe", choices=("seeds",))
+    p.add_argument("--preset", required=True, help="see `vsaccade presets`")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--control", action="store_true", help="also train the no-glimpse control (first seed)")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (every stage)")
+    p.add_argument("--out", required=True, help="the recipe's run directory (a folder per stage)")
+    p.add_argument("--no-progress", action="store_true")
+    add_data_arguments(p)
+    p.set_defaults(handler=command_recipe)
+
+
+def command_recipe(args):
+    from .recipes import run_recipe, seeds_recipe
+
+    recipe = seeds_recipe(args.preset, tuple(args.seeds), args.control, tuple(args.set or []))
+    summary = run_recipe(recipe, args.out, command_line(args), args.digits or "auto", args.data_dir,
+                         progress=not args.no_progress)
+    print(f"summary: {Path(args.out) / 'summary.json'}")
+    return summary
+
+
 def add_presets_command(sub) -> None:
     p = sub.add_parser("presets", help="list the presets")
     p.add_argument("--verbose", action="store_true")
@@ -351,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     add_bench_command(sub)
     add_results_command(sub)
+    add_recipe_command(sub)
     add_presets_command(sub)
     return parser
 
