@@ -40,12 +40,12 @@ ROWS = {
     "fullres": ("CNN over every full-resolution pixel", {"*": NO_GLIMPSE_TERMS + ["model.architecture=fullres"]}),
     "proxy": ("the same kind of CNN on the proxy alone", {"*": NO_GLIMPSE_TERMS + ["model.architecture=proxy"]}),
     "ats": ("Attention Sampling (faithful re-implementation)", ATS),
-    "grid": ("ours, glimpses at fixed grid places", {"*": ["model.location_policy=grid"]}),
-    "random": ("ours, uniformly random glimpses", {"*": ["model.location_policy=random"]}),
-    "prior": ("ours, glimpses from the prior alone", {"*": ["model.location_policy=prior"]}),
+    "grid": ("ours, glimpses at fixed grid places", {"*": ["model.policy=grid"]}),
+    "random": ("ours, uniformly random glimpses", {"*": ["model.policy=random"]}),
+    "prior": ("ours, glimpses from the prior alone", {"*": ["model.policy=prior"]}),
     "beta0": ("ours, beta = 0, sampled locations", {"*": ["objective.beta=0"]}),
-    "deterministic": ("ours, deterministic locations (posterior mode), no KL", {"*": ["model.location_policy=mode", "objective.beta=0"]}),
-    "no-glimpses": ("ours, no-glimpse control (nothing read)", {"*": ["model.no_glimpses=true"]}),
+    "deterministic": ("ours, deterministic locations (posterior mode), no KL", {"*": ["model.policy=mode", "objective.beta=0"]}),
+    "no-glimpses": ("ours, no-glimpse control (nothing read)", {"*": ["model.reader=none"]}),
 }
 
 

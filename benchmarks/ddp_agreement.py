@@ -2,7 +2,7 @@
 (tests/training_runs.SMALL_RUN, 1 epoch of N training images in global batches of 32) under torchrun and alone,
 then the largest absolute difference of any weight or Adam tensor.
 
-    python benchmarks/ddp_agreement.py --images 640 --set model.posterior=gaussian --set train.lr=5e-4
+    python benchmarks/ddp_agreement.py --images 640 --set model.locator=gaussian --set train.lr=5e-4
     python benchmarks/ddp_agreement.py --images 160          # the mixture posterior after 5 steps
 """
 

@@ -41,11 +41,11 @@ def untrained_model(preset, task, overrides=()):
 def prior_hits(args, task):
     batch = collate([task[i] for i in range(256)])
     for weight in args.weights:
-        model = untrained_model(args.preset, task, [*args.set, f"model.proxy_prior_weight={weight}"])
+        model = untrained_model(args.preset, task, [*args.set, f"model.anchor_weight={weight}"])
         with torch.no_grad():
             output = model(batch.images, batch.proxy, batch.proxy_mask, sample=True)
         found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z))
-        yield {"proxy_prior_weight": weight, "overrides": args.set, "hit_rate": found["hits"] / found["glimpses"],
+        yield {"anchor_weight": weight, "overrides": args.set, "hit_rate": found["hits"] / found["glimpses"],
                "coverage": found["covered"] / found["objects"]}
 
 

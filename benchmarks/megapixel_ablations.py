@@ -21,7 +21,7 @@ from pathlib import Path
 
 SPEED = ["model.proxy_encoder=strided", "model.cell_score_width=32"]
 WINDOW64 = ["model.s_min=0.0427", "model.s_max=0.0427"]  # 64-px windows read at level 2 into W=32
-CENTROID = ["model.proxy_centroid=true"]
+CENTROID = ["model.centroid=true"]
 GLIMPSE_LOSS = ["model.glimpse_heads=true", "objective.glimpse_loss_weight=1"]
 GLIMPSE_REWARD = ["objective.glimpse_reward_weight=1"]
 FULL = SPEED + WINDOW64 + CENTROID + GLIMPSE_LOSS + GLIMPSE_REWARD  # the megapixel preset, but for window inhibition
@@ -37,14 +37,14 @@ ROWS = {
     "full": ("+ per-glimpse score-function reward, weight 1", FULL),
     "no-centroid": ("full, offsets from cell centres", SPEED + WINDOW64 + GLIMPSE_LOSS + GLIMPSE_REWARD),
     "reward-only": ("full, no per-glimpse loss", SPEED + WINDOW64 + CENTROID + ["model.glimpse_heads=true"] + GLIMPSE_REWARD),
-    "no-anchor": ("full, proxy anchor weight 0", FULL + ["model.proxy_prior_weight=0"]),
-    "anchor4": ("full, proxy anchor weight 4", FULL + ["model.proxy_prior_weight=4"]),
+    "no-anchor": ("full, proxy anchor weight 0", FULL + ["model.anchor_weight=0"]),
+    "anchor4": ("full, proxy anchor weight 4", FULL + ["model.anchor_weight=4"]),
     "beta0": ("full, beta = 0 (no KL)", FULL + ["objective.beta=0"]),
     "ats": ("full, Attention Sampling estimator instead of the sequence-level score function", FULL + ["model.estimator=ats"]),
-    "gaussian": ("Gaussian posterior (the paper's), 64-px windows, per-glimpse loss", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.posterior=gaussian"]),
-    "window-ior": ("full, + inhibition of return over whole windows (= megapixel preset since it was added)", FULL + ["model.inhibit_window=true"]),
+    "gaussian": ("Gaussian posterior (the paper's), 64-px windows, per-glimpse loss", SPEED + WINDOW64 + GLIMPSE_LOSS + ["model.locator=gaussian"]),
+    "window-ior": ("full, + inhibition of return over whole windows (= megapixel preset since it was added)", FULL + ["model.inhibit=cell+window"]),
     "w64": ("full, W = 64 (the 64-px window read at full resolution; T*W^2 = 24,576)", FULL + ["model.glimpse_size=64"]),
-    "no-glimpses": ("full, no-glimpse control (glimpse features zeroed, nothing read)", FULL + ["model.no_glimpses=true"]),
+    "no-glimpses": ("full, no-glimpse control (glimpse features zeroed, nothing read)", FULL + ["model.reader=none"]),
 }
 
 

@@ -20,7 +20,7 @@
 #            from the same reader, 10 epochs, the same budget;
 #   search1  the same with train.seed=1 (the second seed);
 #   polish   each search run's reader polished (benchmarks/speed_signs_polish.py): a copy of its glimpse encoder read only by
-#            the per-glimpse heads (model.separate_reader), trained 3 epochs on its own glimpses of the training
+#            the per-glimpse heads (model.reader=separate), trained 3 epochs on its own glimpses of the training
 #            scenes and 30,000 drawn crops at windows like its own; where it looks does not change. Then
 #            validation and test; files.md reports the one of the two that reads validation best.
 # Needs the data first (about 25 minutes on 2 cores):

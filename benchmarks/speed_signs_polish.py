@@ -1,7 +1,7 @@
 """Polish a trained speed-sign model's reader on many more signs than the benchmark's scenes hold
 (docs/benchmarks/files.md). With `readout=any` the image's class comes from each glimpse read alone (the
 per-glimpse heads), so reading can be trained apart from looking. The model is rebuilt with
-`model.separate_reader=true`: a copy of its glimpse encoder, used only by the per-glimpse heads, while the core
+`model.reader=separate`: a copy of its glimpse encoder, used only by the per-glimpse heads, while the core
 keeps reading the original's features, so where the model looks does not change. Only the copy and the heads
 are then trained, on:
 
@@ -150,15 +150,16 @@ def measure(model, own: dict, drawn: dict, none: int) -> dict:
 
 
 def with_reader(payload: dict, path):
-    """The checkpoint's model with separate_reader=true, its reader a copy of its glimpse encoder."""
+    """The checkpoint's model with reader=separate, its separate encoder a copy of its glimpse encoder."""
     from vsaccade.checkpoint import model_from_checkpoint, upgrade_state_dict
+    from vsaccade.config import upgrade_model_fields
 
     state = upgrade_state_dict(dict(payload["state_dict"]))
-    if not payload["model_config"].get("separate_reader"):
+    config = upgrade_model_fields(payload["model_config"])
+    if config.get("reader") != "separate":
         state.update({"reader.separate." + k[len("reader.encoder."):]: v for k, v in state.items()
                       if k.startswith("reader.encoder.")})
-    return model_from_checkpoint({**payload, "model_config": {**payload["model_config"], "separate_reader": True},
-                                  "state_dict": state}, path)
+    return model_from_checkpoint({**payload, "model_config": {**config, "reader": "separate"}, "state_dict": state}, path)
 
 
 def main(argv=None):

@@ -125,9 +125,11 @@ def test_test_time_settings_change_where_it_looks_not_its_weights(tmp_path):
 
     model = small_model()
     write(model, tmp_path / "m.pt")
-    export_checkpoint(tmp_path / "m.pt", tmp_path / "w.pt", ["model.inhibit_window=true"])
+    export_checkpoint(tmp_path / "m.pt", tmp_path / "w.pt", ["model.inhibit=cell+window"])
     loaded = vsaccade.load(tmp_path / "w.pt")
-    assert loaded.config.inhibit_window and loaded.checkpoint["test_time_settings"] == {"inhibit_window": True}
+    assert loaded.config.inhibit == "cell+window" and loaded.checkpoint["test_time_settings"] == {"inhibit": "cell+window"}
+    with pytest.raises(ConfigError, match="model.inhibit_window was removed: use model.inhibit=cell"):
+        with_test_time_settings(loaded, ["model.inhibit_window=true"])
     assert all(torch.equal(t, loaded.state_dict()[n]) for n, t in model.state_dict().items())
     with pytest.raises(ConfigError, match="cannot set 'model.hidden=8' on a trained model"):
         with_test_time_settings(loaded, ["model.hidden=8"])

@@ -16,7 +16,7 @@ from training_runs import SMALL_RUN, finish, free_port, torchrun, training_state
 # test checks the distributed arithmetic; the mixture's rank-independent draws are checked exactly by the
 # evaluation test below (docs/distributed.md).
 RUN = SMALL_RUN + ["--epochs", "1", "--set", "train.train_size=640", "--set", "train.validation_size=64",
-                   "--set", "train.test_size=64", "--set", "model.posterior=gaussian",
+                   "--set", "train.test_size=64", "--set", "model.locator=gaussian",
                    "--set", "train.lr=5e-4"]
 
 
@@ -90,7 +90,7 @@ def test_ddp_trains_without_searching_for_unused_parameters(tmp_path, variant):
                 "--set", "train.batch_size=8", "--set", "train.threads=1"]
     else:
         args = SMALL_RUN + ["--epochs", "1"] + (["--no-glimpses"] if variant == "no-glimpses" else
-                                                ["--set", "model.location_policy=random"])
+                                                ["--set", "model.policy=random"])
     log = finish(torchrun(["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())],
                           args + ["--out", str(tmp_path / "run")]))
     assert ("frozen" in log) == (variant == "random-glimpses"), log[-2000:]

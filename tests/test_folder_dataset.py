@@ -96,7 +96,7 @@ def test_the_box_supervised_speed_sign_preset_trains_on_a_folder_with_boxes(tmp_
             "--set", "model.s_max=0.3", "--set", "train.batch_size=8", "--set", "train.threads=1"]
     assert main(argv) == 0
     results = json.loads((run / "results.json").read_text())
-    assert results["model_config"]["detach_windows"] and results["objective_config"]["search_weight"] == 1.0
+    assert results["model_config"]["window_gradient"] == "detached" and results["objective_config"]["search_weight"] == 1.0
     assert results["test"]["samples"] == 12 and results["model_config"]["heads"][0]["classes"] == ["left", "none", "right"]
     for split in ("train", "test"):  # without boxes, box supervision is refused before training
         (root / split / "boxes.csv").unlink()

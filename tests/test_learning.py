@@ -12,7 +12,7 @@ from vsaccade.train import train
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, needs_mnist_module):
     results = {}
-    for name, overrides in (("glimpses", []), ("control", ["model.no_glimpses=true"])):
+    for name, overrides in (("glimpses", []), ("control", ["model.reader=none"])):
         model, objective, config = resolve("tiny", overrides + ["train.threads=1"])
         results[name] = train(model, objective, config, tmp_path_factory.mktemp(name), progress=False, log=lambda *_: None)
     return results

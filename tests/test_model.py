@@ -85,7 +85,7 @@ def test_gradient_reaches_the_coordinates_through_the_glimpses(posterior):
             return super().forward(images, z)
 
     torch.manual_seed(0)
-    model = create_model("saccader", posterior=posterior, proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
+    model = create_model("saccader", locator=posterior, proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
     model.reader = RecordingReader(model.reader.encoder, model.reader.size)
     with torch.no_grad():  # cut the z -> core path, so any gradient on z must come through the glimpse pixels
         for parameter in model.core.embed_z.parameters():
@@ -101,7 +101,7 @@ def test_gradient_reaches_the_coordinates_through_the_glimpses(posterior):
 
 def test_no_glimpses_control_zeroes_what_the_glimpses_contribute():
     torch.manual_seed(0)
-    model = create_model("saccader", no_glimpses=True, proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
+    model = create_model("saccader", reader="none", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
     images, proxy, mask = batch_of(2)
     output = model(images, proxy, mask, sample=False)
     bright = [UpsampledImage(torch.ones(1, 20, 30), 400, 600) for _ in range(2)]
@@ -118,7 +118,7 @@ def test_shapes_are_checked_at_the_boundary():
         model(images, proxy, mask, source="oracle")
 
 
-@pytest.mark.parametrize("bad", [{"posterior": "beta"}, {"s_min": 0.5, "s_max": 0.2}, {"glimpses": 0}, {"colour": 3},
+@pytest.mark.parametrize("bad", [{"locator": "beta"}, {"s_min": 0.5, "s_max": 0.2}, {"glimpses": 0}, {"colour": 3},
                                  {"glimpses": "4"}])
 def test_bad_model_configs_get_clear_errors(bad):
     with pytest.raises(ConfigError):
@@ -180,7 +180,7 @@ def test_proxy_centroid_centres_glimpses_on_an_isolated_object():
     for centroid in (False, True):
         torch.manual_seed(0)
         model = create_model("saccader", proxy_size=180, location_cells=45, glimpses=1, glimpse_size=32, s_min=0.0427,
-                             s_max=0.0427, proxy_prior_weight=8.0, proxy_centroid=centroid, proxy_encoder="strided")
+                             s_max=0.0427, anchor_weight=8.0, centroid=centroid, proxy_encoder="strided")
         z = model([image], proxy, mask, sample=False).z[0, 0]
         centres[centroid] = torch.stack([(z[1] + 1) * 750, (z[2] + 1) * 750]).detach()
     errors = {k: float((c - torch.tensor([919.0, 624.0])).abs().max()) for k, c in centres.items()}
@@ -212,7 +212,7 @@ def test_window_inhibition_sends_each_glimpse_to_a_new_object():
     for window, expected in ((False, 1), (True, 2)):
         torch.manual_seed(0)
         model = create_model("saccader", proxy_size=180, location_cells=45, glimpses=2, glimpse_size=32, s_min=0.0427,
-                             s_max=0.0427, proxy_prior_weight=8.0, proxy_centroid=True, inhibit_window=window,
+                             s_max=0.0427, anchor_weight=8.0, centroid=True, inhibit="cell+window" if window else "cell",
                              proxy_encoder="strided")
         z = model([image], proxy, mask, sample=False).z[0]
         centres = (z[:, 1:] + 1) * 750
@@ -225,7 +225,7 @@ def test_proxy_attention_learns_where_the_evidence_is_and_anchors_the_posterior(
     # loss alone, the attention concentrates on the blob's cell, and the mode glimpse goes there.
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=1, glimpse_size=16, hidden=32,
-                         proxy_encoder="strided", proxy_attention=True, proxy_prior_weight=1.0,
+                         proxy_encoder="strided", anchor="attention", anchor_weight=1.0,
                          heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
@@ -265,17 +265,17 @@ def test_proxy_loss_needs_proxy_attention():
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
     images, proxy, mask = batch_of(2)
     out = model(images, proxy, mask)
-    with pytest.raises(ValueError, match="proxy_attention"):
+    with pytest.raises(ValueError, match="anchor=attention"):
         negative_elbo(out, {"label": torch.tensor([1, 2])}, model.config.heads, ObjectiveConfig(proxy_loss_weight=1.0), beta=1.0)
     with pytest.raises(ConfigError, match="mixture"):
-        create_model("saccader", posterior="gaussian", proxy_attention=True)
+        create_model("saccader", locator="gaussian", anchor="attention")
 
 
 @pytest.mark.parametrize("policy", ["random", "prior", "grid", "mode"])
 def test_location_policy_ablations_train_and_look_where_they_say(policy):
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=4, glimpse_size=16, hidden=32,
-                         location_policy=policy)
+                         policy=policy)
     images, proxy, mask = batch_of(3)
     out = model(images, proxy, mask)
     parts = negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, ObjectiveConfig(beta=0.0), beta=0.0)
@@ -290,8 +290,10 @@ def test_location_policy_ablations_train_and_look_where_they_say(policy):
         assert torch.equal(out.z, again) and out.log_q_cells is None
     else:  # random or prior: sampled afresh, no KL
         assert not torch.equal(out.z, again) and float(out.kl.abs().sum()) == 0.0
-    with pytest.raises(ConfigError, match="location_policy"):
-        create_model("saccader", location_policy="everywhere")
+    with pytest.raises(ConfigError, match="policy"):
+        create_model("saccader", policy="everywhere")
+    with pytest.raises(ConfigError, match="model.location_policy was removed: use model.policy"):
+        create_model("saccader", location_policy="random")
 
 
 def test_location_loss_teaches_the_first_glimpse_which_of_two_blobs_is_the_object():
@@ -302,7 +304,7 @@ def test_location_loss_teaches_the_first_glimpse_which_of_two_blobs_is_the_objec
 
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=2, glimpse_size=16, hidden=32,
-                         proxy_encoder="wide", proxy_prior_weight=0.0, heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
+                         proxy_encoder="wide", anchor_weight=0.0, heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
     def scenes(count, generator):
@@ -385,7 +387,7 @@ def test_window_loss_teaches_the_first_glimpse_to_centre_on_the_object_and_fit_i
 
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=1, glimpse_size=8, hidden=32, s_min=0.05,
-                         s_max=0.4, proxy_encoder="wide", proxy_prior_weight=0.0,
+                         s_max=0.4, proxy_encoder="wide", anchor_weight=0.0,
                          heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
@@ -437,7 +439,8 @@ def test_detached_windows_learn_only_from_the_window_loss_and_kl():
     def offset_gradient(detach, window_weight):
         torch.manual_seed(0)
         model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=2, glimpse_size=8, hidden=32,
-                             s_min=0.05, s_max=0.4, proxy_prior_weight=0.0, detach_windows=detach,
+                             s_min=0.05, s_max=0.4, anchor_weight=0.0,
+                             window_gradient="detached" if detach else "through",
                              heads=[{"name": "label", "num_classes": 2, "kind": "class"}])
         proxy = torch.rand(4, 1, 16, 16)
         images = [UpsampledImage(p, 160, 160) for p in proxy]
@@ -465,7 +468,7 @@ def test_a_separate_reader_reads_for_the_glimpse_heads_and_leaves_looking_alone(
     heads = [{"name": "label", "num_classes": 3, "kind": "class", "classes": ["a", "b", "none"]}]
     torch.manual_seed(0)
     model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=3, glimpse_size=8, hidden=32, s_min=0.05,
-                         s_max=0.4, glimpse_heads=True, readout="any", background="none", separate_reader=True, detach_windows=True,
+                         s_max=0.4, glimpse_heads=True, readout="any", background="none", reader="separate", window_gradient="detached",
                          heads=heads)
     proxy = torch.rand(2, 1, 16, 16)
     images = [UpsampledImage(p, 160, 160) for p in proxy]
@@ -480,8 +483,8 @@ def test_a_separate_reader_reads_for_the_glimpse_heads_and_leaves_looking_alone(
         changed = model(images, proxy, mask, sample=False)
     assert torch.equal(changed.z, out.z)
     assert not torch.allclose(changed.logits["label"], out.logits["label"])
-    with pytest.raises(ConfigError, match="separate_reader"):
-        ModelConfig(separate_reader=True).validate()
+    with pytest.raises(ConfigError, match="reader=separate"):
+        ModelConfig(reader="separate").validate()
 
 
 def test_the_offset_prior_sees_the_chosen_cell_only_when_asked():

@@ -157,15 +157,15 @@ def test_box_supervision_needs_the_saccader_its_mixture_and_glimpse_heads(tmp_pa
 
     with pytest.raises(ConfigError, match="box supervision"):
         train(ModelConfig(architecture="fullres"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="posterior=mixture"):
-        train(ModelConfig(posterior="gaussian"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="locator=mixture"):
+        train(ModelConfig(locator="gaussian"), ObjectiveConfig(location_weight=1.0), TrainConfig(), tmp_path, progress=False)
     with pytest.raises(ConfigError, match="glimpse_heads"):
         train(ModelConfig(), ObjectiveConfig(box_glimpse_weight=1.0), TrainConfig(), tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="posterior=mixture"):
-        train(ModelConfig(posterior="gaussian"), ObjectiveConfig(box_window_scale=2.0, window_weight=1.0), TrainConfig(),
+    with pytest.raises(ConfigError, match="locator=mixture"):
+        train(ModelConfig(locator="gaussian"), ObjectiveConfig(box_window_scale=2.0, window_weight=1.0), TrainConfig(),
               tmp_path, progress=False)
-    with pytest.raises(ConfigError, match="detach_windows"):
-        train(ModelConfig(detach_windows=True), ObjectiveConfig(), TrainConfig(), tmp_path, progress=False)
+    with pytest.raises(ConfigError, match="window_gradient=detached"):
+        train(ModelConfig(window_gradient="detached"), ObjectiveConfig(), TrainConfig(), tmp_path, progress=False)
 
 
 def test_fitted_windows_frame_the_box_at_scale_times_its_side_within_the_side_range():

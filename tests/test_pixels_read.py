@@ -34,7 +34,7 @@ def test_the_saccader_reads_its_proxy_and_each_window_with_its_margin():
         top, bottom = (math.floor((y - side / 2) / level) - MARGIN) * level, (math.ceil((y + side / 2) / level) + MARGIN) * level
         expected += (min(bottom, 600) - max(top, 0)) * (min(right, 800) - max(left, 0))
     assert image.pixels_requested == expected
-    control = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32, no_glimpses=True)
+    control = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32, reader="none")
     fresh = ArrayImage(torch.rand(1, 600, 800))
     control([fresh], fresh.proxy(16)[None], torch.ones(1, 16, 16, dtype=torch.bool))
     assert fresh.pixels_requested == 600 * 800  # the proxy, nothing else

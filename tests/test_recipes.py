@@ -23,7 +23,7 @@ def test_the_seeds_recipe_trains_each_seed_and_the_control_then_summarises(tmp_p
     assert summary["metrics"]["digit"]["mean"] == pytest.approx(sum(each) / 2)
     assert "no-glimpse control" in summary["controls"] and summary["command"].startswith("vsaccade recipe seeds")
     control = json.loads((out / "no-glimpses" / "results.json").read_text())
-    assert control["model_config"]["no_glimpses"] and control["train_config"]["seed"] == 0
+    assert control["model_config"]["reader"] == "none" and control["train_config"]["seed"] == 0
     assert json.loads((out / "seed1" / "results.json").read_text())["train_config"]["seed"] == 1
     capsys.readouterr()
     assert main(argv) == 0  # everything done: every stage skipped

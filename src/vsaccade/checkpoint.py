@@ -120,11 +120,12 @@ def upgrade_state_dict(state: dict) -> dict:
 
 def model_from_checkpoint(payload: dict, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights."""
-    from .config import ConfigError
+    from .config import ConfigError, upgrade_model_fields
     from .model import create_model
 
     try:
-        model = create_model(**{"architecture": payload.get("model_name", "saccader"), **payload["model_config"]})
+        model = create_model(**{"architecture": payload.get("model_name", "saccader"),
+                                **upgrade_model_fields(payload["model_config"])})
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot rebuild its model: {error}") from None
     state = {k: v for k, v in upgrade_state_dict(payload["state_dict"]).items() if k not in REMOVED_PARAMETERS}
@@ -166,20 +167,21 @@ def load_initial_weights(model, path) -> int:
 
 TRAINING_ONLY = ("optimizer", "rng")
 # Model fields that change where the model looks but not its weights: settable on a trained model.
-TEST_TIME_FIELDS = ("inhibition_of_return", "inhibit_window", "proxy_centroid", "proxy_prior_weight", "s_min", "s_max",
-                    "readout", "background")
+TEST_TIME_FIELDS = ("inhibit", "centroid", "anchor_weight", "s_min", "s_max", "readout", "background")
 SWAPPABLE_READOUTS = ("mean", "any")  # these two share the trained weights; "count" builds other parameters
 
 
 def with_test_time_settings(model, overrides: list[str]):
     """Apply `model.FIELD=VALUE` overrides of TEST_TIME_FIELDS to a loaded model; returns the model."""
-    from .config import ConfigError
+    from .config import REMOVED_MODEL_FIELDS, ConfigError
     from .presets import parse_value
 
     changes = {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         section, _, name = key.partition(".")
+        if section == "model" and name in REMOVED_MODEL_FIELDS:
+            raise ConfigError(f"model.{name} was removed: use {REMOVED_MODEL_FIELDS[name]}")
         if not sep or section != "model" or name not in TEST_TIME_FIELDS:
             raise ConfigError(f"cannot set {item!r} on a trained model; settable: "
                               f"{', '.join('model.' + f for f in TEST_TIME_FIELDS)}")
@@ -197,12 +199,15 @@ def with_test_time_settings(model, overrides: list[str]):
 
 def export_checkpoint(source, destination, overrides: list[str] = ()) -> Path:
     """Copy a checkpoint without its training-only state (optimiser, RNG), e.g. to ship it, optionally with
-    test-time settings (`model.inhibit_window=true`, recorded under test_time_settings); returns the path."""
+    test-time settings (`model.inhibit=cell+window`, recorded under test_time_settings); returns the path."""
     payload = read_checkpoint(source)
     model = with_test_time_settings(model_from_checkpoint(payload, source), list(overrides))
     slim = {k: v for k, v in payload.items() if k not in TRAINING_ONLY and k != "schema_version"}
     if overrides:
-        changed = {k: v for k, v in model.config.to_dict().items() if payload["model_config"].get(k) != v}
+        from .config import upgrade_model_fields
+
+        saved = upgrade_model_fields(payload["model_config"])
+        changed = {k: v for k, v in model.config.to_dict().items() if saved.get(k) != v}
         slim["model_config"] = model.config.to_dict()
         slim["test_time_settings"] = {**payload.get("test_time_settings", {}), **changed}
     save_checkpoint(slim, destination)

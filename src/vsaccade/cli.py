@@ -27,7 +27,7 @@ def add_checkpoint_arguments(parser):
 
 def add_test_time_arguments(parser):
     parser.add_argument("--set", action="append", metavar="model.FIELD=VALUE",
-                        help="a test-time setting of the trained model (e.g. model.inhibit_window=true)")
+                        help="a test-time setting of the trained model (e.g. model.inhibit=cell+window)")
 
 
 def load_model(args):
@@ -43,7 +43,7 @@ def command_train(args):
 
     overrides = list(args.set or [])
     if args.no_glimpses:
-        overrides.append("model.no_glimpses=true")
+        overrides.append("model.reader=none")
     if args.skip_bad:
         overrides.append("train.skip_bad_files=true")
     for flag, key in (("epochs", "train.epochs"), ("max_minutes", "train.max_minutes"), ("seed", "train.seed")):

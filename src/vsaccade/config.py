@@ -13,6 +13,8 @@ class ConfigError(ValueError):
 
 
 class PlainConfig:
+    removed: dict = {}  # field -> its replacement, named in the error a removed field gets (a class attribute)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -22,6 +24,9 @@ class PlainConfig:
             raise ConfigError(f"{cls.__name__} must be a mapping, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
+        removed = [name for name in unknown if name in cls.removed]
+        if removed:
+            raise ConfigError(f"model.{removed[0]} was removed: use {cls.removed[removed[0]]}")
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(known)}")
         config = cls(**data)
@@ -57,15 +62,15 @@ class ModelConfig(PlainConfig):
     glimpse_size: int = 32  # W: each glimpse is W x W pixels
     s_min: float = 0.2  # window side, as a fraction of the shorter image side
     s_max: float = 0.35
-    posterior: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
+    locator: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
     estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
-    proxy_prior_weight: float = 1.0  # weight of the proxy-intensity location prior (mixture only)
-    proxy_attention: bool = False  # mixture: a proxy-only attention classifier's attention is the anchor instead
-    proxy_centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
+    anchor: str = "intensity"  # the mixture's location anchor: "intensity" (of the proxy) or "attention" (learned)
+    anchor_weight: float = 1.0  # weight of the anchor's logits in the cell distributions (mixture only)
+    centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
-    location_policy: str = "learned"  # or an ablation: "random", "prior", "grid", "mode" (model/saccader.py)
-    inhibition_of_return: bool = True  # a cell chosen once is masked for the remaining steps (mixture)
-    inhibit_window: bool = False  # also mask every cell whose glimpse would be centred inside a chosen window
+    policy: str = "learned"  # or an ablation: "random", "prior", "grid", "mode" (model/saccader.py)
+    inhibit: str = "cell"  # "none", "cell" (a chosen cell is masked for the remaining steps), "window" (every cell
+    # whose glimpse would be centred inside a chosen window) or "cell+window" (mixture)
     prior_sees_proxy: bool = True  # Gaussian prior p(z_t | x~, h_{t-1}) instead of p(z_t | h_{t-1})
     # mixture: the offset prior p(offset | cell features, h_{t-1}) instead of p(offset | h_{t-1}), so the KL does not
     # hold every window to one side whatever its cell shows
@@ -77,25 +82,28 @@ class ModelConfig(PlainConfig):
     hidden: int = 128
     rnn: str = "gru"  # "gru" or "lstm"
     core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
-    no_glimpses: bool = False  # control: glimpse features zeroed, everything else equal
-    reconstruct_proxy: bool = False  # optional log p(x~ | z_t, h_{t-1}) term (continuous Bernoulli)
+    # "glimpses"; "none", the control (nothing read: glimpse features zero, everything else equal); or "separate":
+    # the per-glimpse heads read each glimpse through a glimpse encoder of their own, so reading can be trained
+    # (benchmarks/speed_signs_polish.py) without changing the features the core decides where to look from
+    reader: str = "glimpses"
+    decoder: str = "none"  # "proxy": the optional log p(x~ | z_t, h_{t-1}) term's decoder (continuous Bernoulli)
     backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
     glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
     readout: str = "mean"  # "mean" (an MLP over pooled features), "count" (count heads: summed counts) or "any" (class
     # heads: what the per-glimpse heads most sure of an object say, `background` where none is; model/classifier.py)
     background: str = ""  # readout="any": the class that means "no object", by name (e.g. the folder "none")
-    # True: glimpses and the core see each window z_t detached, so its offset and side learn only from box supervision
-    # (objective.window_weight) and the KL, not from the likelihood through the glimpse (whose gradient drowned it)
-    detach_windows: bool = False
-    # True: the per-glimpse heads read each glimpse through a glimpse encoder of their own (`reader`), so reading can
-    # be trained (benchmarks/speed_signs_polish.py) without changing the features the core decides where to look from
-    separate_reader: bool = False
+    # "detached": glimpses and the core see each window z_t detached, so its offset and side learn only from box
+    # supervision (objective.window_weight) and the KL, not from the likelihood through the glimpse (which drowned it)
+    window_gradient: str = "through"
 
     def validate(self):
         super().validate()
-        choices = {"posterior": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
+        choices = {"locator": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
                    "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
-                   "location_policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any")}
+                   "policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any"),
+                   "anchor": ("intensity", "attention"), "inhibit": ("none", "cell", "window", "cell+window"),
+                   "reader": ("glimpses", "none", "separate"), "decoder": ("none", "proxy"),
+                   "window_gradient": ("through", "detached")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -111,8 +119,8 @@ class ModelConfig(PlainConfig):
             raise ConfigError(f"glimpse_size must be at least 8 pixels, got {self.glimpse_size}")
         if not self.heads or not all(isinstance(h, dict) and {"name", "num_classes", "kind"} <= set(h) for h in self.heads):
             raise ConfigError(f"heads must be a non-empty list of {{name, num_classes, kind}} dicts, got {self.heads!r}")
-        if self.separate_reader and not self.glimpse_heads:
-            raise ConfigError("separate_reader is read by the per-glimpse heads: it needs glimpse_heads=true")
+        if self.reader == "separate" and not self.glimpse_heads:
+            raise ConfigError("reader=separate is read by the per-glimpse heads: it needs glimpse_heads=true")
         if self.readout == "any":
             if self.architecture != "saccader" or not self.glimpse_heads:
                 raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")
@@ -126,6 +134,45 @@ class ModelConfig(PlainConfig):
         if not any(h["kind"] == "class" and self.background in h.get("classes", ()) for h in self.heads):
             raise ConfigError(f"readout=any needs model.background set to a class of a class head; got {self.background!r}, "
                               "classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}" for h in self.heads))
+
+
+# Fields removed when the model was built from parts: a saved config (checkpoint, config.json) is upgraded
+# (`upgrade_model_fields`); anything else that names one (--set, create_model) gets this one-line answer.
+REMOVED_MODEL_FIELDS = {
+    "posterior": "model.locator (mixture or gaussian)", "proxy_attention": "model.anchor=attention (or intensity)",
+    "proxy_prior_weight": "model.anchor_weight", "proxy_centroid": "model.centroid",
+    "location_policy": "model.policy", "inhibition_of_return": "model.inhibit=cell (none: off)",
+    "inhibit_window": "model.inhibit=cell+window (or window)", "no_glimpses": "model.reader=none",
+    "separate_reader": "model.reader=separate", "reconstruct_proxy": "model.decoder=proxy",
+    "detach_windows": "model.window_gradient=detached",
+}
+
+
+def upgrade_model_fields(data: dict) -> dict:
+    """A saved model config in today's fields: each removed field becomes its replacement, with the same meaning."""
+    d = dict(data)
+    renames = {"posterior": "locator", "proxy_prior_weight": "anchor_weight", "proxy_centroid": "centroid",
+               "location_policy": "policy"}
+    for old, new in renames.items():
+        if old in d:
+            d[new] = d.pop(old)
+    if "proxy_attention" in d:
+        d["anchor"] = "attention" if d.pop("proxy_attention") else "intensity"
+    no_glimpses, separate = d.pop("no_glimpses", None), d.pop("separate_reader", None)
+    if no_glimpses is not None or separate is not None:
+        d["reader"] = "none" if no_glimpses else "separate" if separate else "glimpses"
+    if "reconstruct_proxy" in d:
+        d["decoder"] = "proxy" if d.pop("reconstruct_proxy") else "none"
+    if "detach_windows" in d:
+        d["window_gradient"] = "detached" if d.pop("detach_windows") else "through"
+    cell, window = d.pop("inhibition_of_return", None), d.pop("inhibit_window", None)
+    if cell is not None or window is not None:
+        rules = [name for name, on in (("cell", True if cell is None else cell), ("window", bool(window))) if on]
+        d["inhibit"] = "+".join(rules) or "none"
+    return d
+
+
+ModelConfig.removed = REMOVED_MODEL_FIELDS
 
 
 @dataclass

@@ -14,7 +14,7 @@ PRESETS: dict[str, dict] = {
     # The README's first command: a small single-digit cluttered task that trains in a few minutes on 2 cores.
     "demo": {
         "model": {"glimpses": 3, "glimpse_size": 24, "s_min": 0.35, "s_max": 0.5, "location_cells": 12,
-                  "proxy_prior_weight": 8.0, "hidden": 96},
+                  "anchor_weight": 8.0, "hidden": 96},
         "objective": {"beta": 0.1},
         "train": {"task": "cluttered", "epochs": 3, "batch_size": 64, "lr": 2e-3, "lr_schedule": "cosine",
                   "train_size": 12000, "validation_size": 500, "test_size": 1000, "max_minutes": 4.0,
@@ -24,7 +24,7 @@ PRESETS: dict[str, dict] = {
     # The paper's benchmark: Two-Digit Cluttered MNIST, pair task, 2528x2528, T=4 (the sum task below).
     "cluttered-pair": {
         "model": {"glimpses": 4, "glimpse_size": 32, "s_min": 0.25, "s_max": 0.4, "location_cells": 12,
-                  "proxy_prior_weight": 8.0},
+                  "anchor_weight": 8.0},
         "objective": {"beta": 0.1},
         "train": {"task": "cluttered", "epochs": 11, "batch_size": 64, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 30.0, "task_options": {"label": "pair", "proxy_factor": 8.0}},
@@ -33,7 +33,7 @@ PRESETS: dict[str, dict] = {
     # the ablations of docs/benchmarks/megapixel.md start from it.
     "megapixel-core": {
         "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.02, "s_max": 0.03, "location_cells": 45,
-                  "proxy_prior_weight": 8.0, "proxy_width": 32, "hidden": 128},
+                  "anchor_weight": 8.0, "proxy_width": 32, "hidden": 128},
         "objective": {"beta": 0.1},
         "train": {"task": "megapixel", "epochs": 20, "batch_size": 32, "lr": 1e-3, "max_minutes": 60.0},
     },
@@ -43,8 +43,8 @@ PRESETS: dict[str, dict] = {
     # 40 epochs, about 22 minutes on 2 cores (docs/benchmarks/megapixel.md).
     "megapixel": {
         "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.0427, "s_max": 0.0427, "location_cells": 45,
-                  "proxy_prior_weight": 8.0, "proxy_width": 32, "hidden": 128, "proxy_encoder": "strided",
-                  "cell_score_width": 32, "glimpse_heads": True, "proxy_centroid": True, "inhibit_window": True},
+                  "anchor_weight": 8.0, "proxy_width": 32, "hidden": 128, "proxy_encoder": "strided",
+                  "cell_score_width": 32, "glimpse_heads": True, "centroid": True, "inhibit": "cell+window"},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
         "train": {"task": "megapixel", "epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 60.0},
@@ -54,8 +54,8 @@ PRESETS: dict[str, dict] = {
     # W = 32, 25x25 cells of 20 px.
     "megapixel-500": {
         "model": {"glimpses": 6, "glimpse_size": 32, "s_min": 0.128, "s_max": 0.128, "location_cells": 25,
-                  "proxy_prior_weight": 8.0, "proxy_width": 32, "hidden": 128, "proxy_encoder": "strided",
-                  "cell_score_width": 32, "glimpse_heads": True, "proxy_centroid": True, "inhibit_window": True},
+                  "anchor_weight": 8.0, "proxy_width": 32, "hidden": 128, "proxy_encoder": "strided",
+                  "cell_score_width": 32, "glimpse_heads": True, "centroid": True, "inhibit": "cell+window"},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
         "train": {"task": "megapixel", "epochs": 40, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
                   "max_minutes": 30.0,
@@ -65,7 +65,7 @@ PRESETS: dict[str, dict] = {
     # result: no intensity anchor (natural photos are bright everywhere), per-glimpse heads and reward.
     "folder": {
         "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.2, "location_cells": 16,
-                  "proxy_prior_weight": 0.0, "proxy_encoder": "strided", "cell_score_width": 32, "glimpse_heads": True},
+                  "anchor_weight": 0.0, "proxy_encoder": "strided", "cell_score_width": 32, "glimpse_heads": True},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
         "train": {"task": "folder", "epochs": 20, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
                   "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
@@ -76,7 +76,7 @@ PRESETS: dict[str, dict] = {
     # not learned where the sign is (docs/benchmarks/files.md).
     "speed-signs": {
         "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.08, "location_cells": 64,
-                  "proxy_attention": True, "proxy_prior_weight": 1.0, "inhibit_window": True, "proxy_encoder": "strided",
+                  "anchor": "attention", "anchor_weight": 1.0, "inhibit": "cell+window", "proxy_encoder": "strided",
                   "cell_score_width": 32, "glimpse_heads": True},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0, "proxy_loss_weight": 1.0},
         "train": {"task": "folder", "epochs": 30, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
@@ -88,7 +88,7 @@ PRESETS: dict[str, dict] = {
     # sampling (inverse frequency, as the paper did).
     "counting-768": {
         "model": {"glimpses": 8, "glimpse_size": 64, "s_min": 0.065, "s_max": 0.065, "location_cells": 32,
-                  "proxy_prior_weight": 8.0, "proxy_centroid": True, "inhibit_window": True,
+                  "anchor_weight": 8.0, "centroid": True, "inhibit": "cell+window",
                   "proxy_encoder": "strided", "cell_score_width": 32, "hidden": 128, "readout": "count"},
         "objective": {"beta": 0.1},
         "train": {"task": "counting", "epochs": 20, "batch_size": 32, "lr": 1e-3, "lr_schedule": "cosine",
@@ -121,7 +121,7 @@ PRESETS["counting"]["train"]["task_options"] = {"scene_size": 2048, "max_targets
 # glimpses, most of which miss the sign but carry its label, they stayed at chance; and they give no per-glimpse
 # reward, which, from heads that read only box glimpses, undid the location loss (docs/benchmarks/files.md).
 PRESETS["speed-signs-boxes"] = copy.deepcopy(PRESETS["speed-signs"])
-PRESETS["speed-signs-boxes"]["model"].update(proxy_attention=False, proxy_prior_weight=0.0, proxy_encoder="wide")
+PRESETS["speed-signs-boxes"]["model"].update(anchor="intensity", anchor_weight=0.0, proxy_encoder="wide")
 PRESETS["speed-signs-boxes"]["objective"].update(proxy_loss_weight=0.0, location_weight=1.0, box_glimpse_weight=1.0,
                                                  glimpse_loss_weight=0.0, glimpse_reward_weight=0.0)
 
@@ -136,12 +136,12 @@ PRESETS["speed-signs-windows"] = copy.deepcopy(PRESETS["speed-signs-boxes"])
 PRESETS["speed-signs-windows"]["model"].update(s_min=0.03, s_max=0.1, readout="any", background="none")
 PRESETS["speed-signs-windows"]["objective"].update(box_window_scale=2.5, window_weight=1.0)
 
-# The window loss owning the windows (model.detach_windows: the likelihood's gradient no longer reaches their offset
+# The window loss owning the windows (model.window_gradient=detached: the likelihood's gradient no longer reaches their offset
 # and side, which drowned it) at 30 times the weight, and the later glimpses' cells supervised too while the sign
 # is not yet found (objective.search_weight): a first glimpse on a decoy is followed by one towards the sign.
 # Measured: 94.3% test; the first window's side follows the sign's (docs/benchmarks/files.md, last section).
 PRESETS["speed-signs-search"] = copy.deepcopy(PRESETS["speed-signs-windows"])
-PRESETS["speed-signs-search"]["model"].update(detach_windows=True)
+PRESETS["speed-signs-search"]["model"].update(window_gradient="detached")
 PRESETS["speed-signs-search"]["objective"].update(window_weight=30.0, search_weight=1.0)
 
 PRESETS["cluttered-sum"] = copy.deepcopy(PRESETS["cluttered-pair"])

@@ -45,7 +45,7 @@ def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=())
         raise ConfigError(f"a seeds recipe needs distinct seeds, got {list(seeds)}")
     stages = [Stage(f"seed{s}", preset, (*overrides, f"train.seed={s}")) for s in seeds]
     if control:
-        stages.append(Stage("no-glimpses", preset, (*overrides, f"train.seed={seeds[0]}", "model.no_glimpses=true")))
+        stages.append(Stage("no-glimpses", preset, (*overrides, f"train.seed={seeds[0]}", "model.reader=none")))
     return Recipe(f"seeds:{preset}", stages, tuple(f"seed{s}" for s in seeds), "no-glimpses" if control else "")
 
 

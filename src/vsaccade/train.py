@@ -33,7 +33,7 @@ from tqdm import tqdm
 from . import faults
 from .checkpoint import (CheckpointError, load_initial_weights, model_from_checkpoint, read_checkpoint,
                          remove_stale_temporaries, save_checkpoint)
-from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig
+from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, upgrade_model_fields
 from .distributed import Cluster
 from .evaluate import evaluate, localisation_counts, summary_line
 from .images import ImageError
@@ -164,8 +164,8 @@ def train(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainCo
 def check_run(model_config: ModelConfig, objective: ObjectiveConfig, config: TrainConfig, cluster: Cluster) -> None:
     """The combinations of configs a run refuses, before any data is read."""
     Objective(objective, model_config.estimator).check(model_outputs(model_config))
-    if model_config.detach_windows and not objective.window_weight:
-        raise ConfigError("model.detach_windows leaves the windows' offset and side only the window loss and the KL to "
+    if model_config.window_gradient == "detached" and not objective.window_weight:
+        raise ConfigError("model.window_gradient=detached leaves the windows' offset and side only the window loss and the KL to "
                           "learn from: set objective.window_weight (with objective.box_window_scale)")
     if config.init_weights and not Path(config.init_weights).is_file():
         raise CheckpointError(f"initial weights not found: {config.init_weights}")
@@ -246,7 +246,7 @@ def start_run(model_config, objective, config, out, resume, digit_source, data_d
                 log(f"removed {len(stale)} unfinished checkpoint write(s) of the killed run")
         payload = cluster.from_main(lambda: read_checkpoint(last_path))
         # compared through from_dict, so fields added to ModelConfig since the run started take their defaults
-        if ModelConfig.from_dict(payload["model_config"]).to_dict() != model_config.to_dict():
+        if ModelConfig.from_dict(upgrade_model_fields(payload["model_config"])).to_dict() != model_config.to_dict():
             raise CheckpointError(f"{last_path} was written by a run with another model config; use a new --out")
         model = model_from_checkpoint(payload, last_path)
     elif config.init_weights:
@@ -277,7 +277,7 @@ def distributed_model(run: Run):
     """The model under DDP. Parameters that no term of this run's loss reaches (found by one forward and backward on
     the first batch, which changes nothing) are frozen first, so DDP never waits for their gradients and needs no
     find_unused_parameters: every preset trains every parameter (tests/test_parts.py); ablations such as
-    location_policy=random leave some untrained."""
+    policy=random leave some untrained."""
     cluster, module = run.cluster, run.module
     indices = run.cluster.shard(epoch_order(run.config.seed, run.epoch, len(run.tasks["train"]))[:run.config.batch_size])
     module.zero_grad(set_to_none=True)

@@ -110,7 +110,7 @@ class AttentionSampling(nn.Module):
         if c.glimpses > c.location_cells**2:
             raise ConfigError(f"ats draws glimpses={c.glimpses} distinct cells but there are only "
                               f"location_cells^2 = {c.location_cells**2}")
-        if c.no_glimpses:
+        if c.reader == "none":
             raise ConfigError("ats has no no-glimpse control: its only features come from the patches")
         if c.readout != "mean":
             raise ConfigError("ats has no count readout: its features are an attention-weighted mean of patches")

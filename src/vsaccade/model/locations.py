@@ -1,6 +1,6 @@
 """Location posterior q(z_t | e, h_{t-1}) and learned prior p(z_t | h_{t-1}[, x~]), with torch.distributions.
 
-Two families (`ModelConfig.posterior`):
+Two families (`ModelConfig.locator`):
 
 * "gaussian" (the paper's): a diagonal Normal over unconstrained a = (a_s, a_u, a_v), mapped to
   z = (s_min + (s_max - s_min) * sigmoid(a_s), tanh(a_u), tanh(a_v)). Fully reparameterised; KL in closed form.
@@ -16,9 +16,9 @@ Two families (`ModelConfig.posterior`):
     - "ats": Attention Sampling's estimator, the glimpse features scaled by q(c)/stop_gradient(q(c)).
   KL: the Categorical part in closed form; the offset part in closed form given the sampled cell, so the
   expectation over cells is a one-sample Monte-Carlo estimate.
-  Both q and p add `proxy_prior_weight` x log(normalised mean proxy intensity per cell): "look where there is
+  Both q and p add `anchor_weight` x log(normalised mean proxy intensity per cell): "look where there is
   anything". The learned parts start at zero, so training starts from that proxy-derived prior.
-  With `proxy_centroid`, the offset of both q and p is measured from the proxy's intensity centroid around the
+  With `centroid`, the offset of both q and p is measured from the proxy's intensity centroid around the
   cell (the cell widened by half a cell each side) instead of the cell's centre: "look at the middle of what is
   there". An object smaller than a cell then sits near the middle of its glimpse from the first step.
 """

@@ -12,7 +12,7 @@ trained with `ObjectiveConfig.proxy_loss_weight * -log p(y | x~)`. The proxy can
 its gradient reaches every cell every step, where the location posterior's score-function gradient only
 reaches the cells it happened to sample. Each cell's features see only that cell and half a cell around it:
 with the proxy encoder's wide receptive field instead, every cell knew about the object and the attention
-learned to look anywhere but at it (tests/test_model.py holds the case). log a is added, with weight `proxy_prior_weight`, to the mixture's
+learned to look anywhere but at it (tests/test_model.py holds the case). log a is added, with weight `anchor_weight`, to the mixture's
 cell logits in place of the proxy-intensity anchor (which only suits dark backgrounds).
 
 The anchor is detached there: the attention learns from the proxy classifier's loss only, and the posterior's

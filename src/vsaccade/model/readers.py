@@ -23,7 +23,7 @@ class GlimpseReader(nn.Module):
     def __init__(self, encoder: nn.Module, size: int, separate: nn.Module | None = None):
         super().__init__()
         self.encoder, self.size = encoder, size
-        self.separate = separate  # the per-glimpse heads' own encoder (ModelConfig.separate_reader)
+        self.separate = separate  # the per-glimpse heads' own encoder (ModelConfig.reader=separate)
 
     def forward(self, images, z: torch.Tensor) -> Seen:
         glimpse = sample_glimpses(images, z, self.size)

@@ -35,7 +35,7 @@ from .search import (AttentionAnchor, CellGeometry, GaussianSearch, GridSearch, 
 from .wrappers import CELL_ESTIMATORS, WINDOW_GRADIENTS
 
 SOURCES = ("posterior", "prior", "random", "grid")
-# ModelConfig.location_policy -> what the model's own glimpses are, in training and at test (source, sample):
+# ModelConfig.policy -> what the model's own glimpses are, in training and at test (source, sample):
 # the ablations of docs/benchmarks/comparison.md. "mode" is deterministic (the posterior mode, no sampling, and no
 # score-function term for the cell); train it with beta=0 for "deterministic locations, no KL".
 LOCATION_POLICIES = {"learned": None, "random": ("random", True), "prior": ("prior", True), "grid": ("grid", False),
@@ -51,7 +51,7 @@ class SaccadeOutput:
     log_q_cells: torch.Tensor | None = None  # (B, T) log q(c_t) of the chosen cells (mixture posterior)
     reconstruction: torch.Tensor | None = None  # (B, T) log p(x~ | z_t, h_{t-1})
     glimpse_logits: dict | None = None  # head -> (B, T, classes), what each glimpse alone says (glimpse_heads)
-    proxy_logits: dict | None = None  # head -> (B, classes), the proxy attention classifier (proxy_attention)
+    proxy_logits: dict | None = None  # head -> (B, classes), the proxy attention classifier (anchor=attention)
     attention_entropy: torch.Tensor | None = None  # (B,) entropy of an attention over cells (ats), for its regulariser
     glimpse_counts: dict | None = None  # count head -> (B, T), what each glimpse counted (readout="count")
     cell_log_probs: torch.Tensor | None = None  # (B, T, c^2) log q(c_t) of every cell (mixture posterior)
@@ -86,26 +86,27 @@ class VariationalSaccader(nn.Module):
         super().__init__()
         if config.location_cells > config.proxy_size:
             raise ConfigError(f"location_cells ({config.location_cells}) cannot exceed proxy_size ({config.proxy_size})")
-        if config.proxy_attention and config.posterior != "mixture":
-            raise ConfigError("proxy_attention needs the mixture posterior")
+        if config.anchor == "attention" and config.locator != "mixture":
+            raise ConfigError("anchor=attention needs locator=mixture")
         c = config
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
                                           c.proxy_encoder)
+        mixture = c.locator == "mixture"
         self.anchor = (AttentionAnchor(ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads))
-                       if c.proxy_attention else IntensityAnchor(c.location_cells) if c.posterior == "mixture" else NoAnchor())
-        self.locations = (MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.proxy_prior_weight,
-                                           c.cell_score_width, c.offset_prior_sees_cell) if c.posterior == "mixture"
+                       if c.anchor == "attention" else IntensityAnchor(c.location_cells) if mixture else NoAnchor())
+        self.locations = (MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.anchor_weight,
+                                           c.cell_score_width, c.offset_prior_sees_cell) if mixture
                           else GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy))
-        self.reader = (NoGlimpses(c.image_channels, c.glimpse_size, c.hidden) if c.no_glimpses else
+        self.reader = (NoGlimpses(c.image_channels, c.glimpse_size, c.hidden) if c.reader == "none" else
                        GlimpseReader(GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool),
                                      c.glimpse_size))
         self.core = RecurrentCore(c.hidden, c.rnn, c.core_sees_glimpses)
         self.classifier = Classifier(c.hidden, c.heads, c.readout,
                                      frozenset(any_object_heads(c.heads, c.background)) if c.readout == "any" else frozenset())
         self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else NoGlimpseHeads()
-        if c.separate_reader and not c.no_glimpses:  # built here, after the heads, as before: same initial weights
+        if c.reader == "separate":  # built here, after the heads, as before: the same initial weights
             self.reader.separate = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
-        self.decoder = ProxyDecoder(c.hidden, c.proxy_channels, c.proxy_size) if c.reconstruct_proxy else NoDecoder()
+        self.decoder = ProxyDecoder(c.hidden, c.proxy_channels, c.proxy_size) if c.decoder == "proxy" else NoDecoder()
         self.cell_geometry = CellGeometry(c.proxy_size, c.location_cells)
         self.config = config
 
@@ -124,15 +125,15 @@ class VariationalSaccader(nn.Module):
             raise ConfigError(f"readout {config.readout!r} needs classifier heads {sorted(untrained)}, which a model built "
                               "with readout=any does not have")
         self._config = config
-        self.fixed_policy = LOCATION_POLICIES[config.location_policy]
-        self.look = Look(inhibit=("cell",) * config.inhibition_of_return + ("window",) * config.inhibit_window,
-                         centroid=config.proxy_centroid)
+        self.fixed_policy = LOCATION_POLICIES[config.policy]
+        self.look = Look(inhibit=tuple(rule for rule in config.inhibit.split("+") if rule != "none"),
+                         centroid=config.centroid)
         self.readout = AnyObjectReadout(config.heads, config.background) if config.readout == "any" else PooledReadout()
-        self.window_gradient = WINDOW_GRADIENTS[config.detach_windows]
+        self.window_gradient = WINDOW_GRADIENTS[config.window_gradient]
         self.cell_gradient = CELL_ESTIMATORS[config.estimator]
         self.locations.s_min, self.locations.s_max = config.s_min, config.s_max
         if isinstance(self.locations, MixtureLocations):
-            self.locations.proxy_prior_weight = config.proxy_prior_weight
+            self.locations.proxy_prior_weight = config.anchor_weight
 
     @property
     def glimpses_per_image(self) -> int:
@@ -140,7 +141,7 @@ class VariationalSaccader(nn.Module):
 
     def policy(self, source: str, sample: bool) -> tuple[str, bool]:
         """The (source, sample) a call looks with: as asked, unless the model was trained with a fixed
-        `location_policy`, which replaces the posterior."""
+        `policy`, which replaces the posterior."""
         if source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         return self.fixed_policy if self.fixed_policy is not None and source == "posterior" else (source, sample)
@@ -162,7 +163,7 @@ class VariationalSaccader(nn.Module):
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
 
         source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
-        the mode. A model trained with a `location_policy` other than "learned" always looks that way.
+        the mode. A model trained with a `policy` other than "learned" always looks that way.
         noise: where random draws come from (model/noise.py); default torch's global generator.
         box_z: (B, 3) windows (box_supervision.box_windows) read only by the per-glimpse heads, for box supervision.
         """
@@ -215,9 +216,10 @@ class VariationalSaccader(nn.Module):
 
 def saccader_outputs(c: ModelConfig) -> set:
     """The SaccadeOutput fields a saccader built from `c` fills beyond every model's (model/registry.py)."""
-    given = {"log_q_cells", "cell_log_probs", "cells"} if c.posterior == "mixture" else set()
-    for field, flag in (({"glimpse_logits", "box_glimpse_logits"}, c.glimpse_heads), ({"proxy_logits"}, c.proxy_attention),
-                        ({"reconstruction"}, c.reconstruct_proxy), ({"glimpse_counts"}, c.readout == "count")):
+    given = {"log_q_cells", "cell_log_probs", "cells"} if c.locator == "mixture" else set()
+    for field, flag in (({"glimpse_logits", "box_glimpse_logits"}, c.glimpse_heads),
+                        ({"proxy_logits"}, c.anchor == "attention"), ({"reconstruction"}, c.decoder == "proxy"),
+                        ({"glimpse_counts"}, c.readout == "count")):
         given |= field if flag else set()
     return given
 

@@ -1,6 +1,6 @@
 """Wrappers: choices that change where gradients flow, not which modules exist.
 
-* Window gradients (ModelConfig.detach_windows): whether the glimpses and the core read each window z_t with its
+* Window gradients (ModelConfig.window_gradient): whether the glimpses and the core read each window z_t with its
   gradient ("through", the method) or detached ("detached": the window's offset and side then learn only from
   terms on z itself, box supervision's window loss and the KL).
 * Cell estimators (ModelConfig.estimator): how the mixture's discrete cell gets a gradient. "score": the glimpse
@@ -31,5 +31,5 @@ def features_attention_weighted(features: torch.Tensor, log_q_cell: torch.Tensor
     return features * torch.exp(log_q_cell - log_q_cell.detach())[:, None]
 
 
-WINDOW_GRADIENTS = {False: windows_through, True: windows_detached}  # by ModelConfig.detach_windows
+WINDOW_GRADIENTS = {"through": windows_through, "detached": windows_detached}  # by ModelConfig.window_gradient
 CELL_ESTIMATORS = {"score": features_unchanged, "ats": features_attention_weighted}  # by ModelConfig.estimator
