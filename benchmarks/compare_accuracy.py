@@ -107,7 +107,7 @@ def table(rows, tasks, seeds, root: Path) -> str:
                 best = max(m["validation"]["model"]["heads"][first].get("accuracy", 0) for m in metrics)
                 note = "did not train in budget" if best < 1.5 * chance else ""
                 accs = ", ".join(f"{h} {100 * v.get('accuracy', v.get('exact_match', 0)):.1f}" for h, v in heads.items())
-                hit = lambda part: f"{100 * test[part]['hit_rate']:.1f}" if part in test and test.get("glimpses") and test.get("pixels_read") else "-"
+                hit = lambda part: f"{100 * test[part]['hit_rate']:.1f}" if part in test and test.get("glimpses") and test.get("reader", "glimpses") != "none" else "-"
                 lines.append(f"| {row} | {ROWS[row][0]} | {seed} | {accs} | {hit('model')} | {hit('random_glimpses')} | "
                              f"{hit('prior_glimpses')} | {r['train_minutes']:.1f} | {r['images_seen']} | "
                              f"{test.get('pixels_read')} | {note} |")

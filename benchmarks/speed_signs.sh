@@ -25,6 +25,7 @@
 #            validation and test; files.md reports the one of the two that reads validation best.
 # Needs the data first (about 25 minutes on 2 cores):
 #   vsaccade generate speed-signs runs/speed-signs && vsaccade prepare runs/speed-signs runs/speed-signs-tiff
+# (the generator writes the boxes beside the images, runs/speed-signs-boxes: BOXES, found from DATA by default)
 # Usage: bash benchmarks/speed_signs.sh [DATA [ROOT [OVERRIDES...]]] (defaults runs/speed-signs-tiff, runs);
 # STEPS="reader hard ours" runs only those steps.
 set -uo pipefail
@@ -32,6 +33,9 @@ data=${1:-runs/speed-signs-tiff}
 root=${2:-runs}
 shift 2 || shift $# || true
 common=("$@")
+boxes=${BOXES:-${data%-tiff}-boxes}
+box_args=(); [ -d "$boxes" ] && box_args=(--set task.boxes="$boxes")
+script_boxes=(); [ -d "$boxes" ] && script_boxes=(--boxes "$boxes")
 steps=${STEPS:-reader hard ours control windows search search1 polish}
 here=$(dirname "$0")
 mkdir -p "$root"
@@ -43,7 +47,7 @@ run() {  # name, preset, then vsaccade train arguments
   local resume=(); [ -f "$out/last.pt" ] && resume=(--resume)
   echo "$(date +%T) start $name"
   vsaccade train --preset "$preset" --set task.root="$data" --set train.threads=2 --no-progress --out "$out" \
-      "${resume[@]}" "$@" "${common[@]}" > "$root/$name.log" 2>&1
+      "${resume[@]}" "${box_args[@]}" "$@" "${common[@]}" > "$root/$name.log" 2>&1
   echo "$(date +%T) end $name (exit $?)"
 }
 
@@ -51,7 +55,7 @@ reader="$root/speed-signs-reader.pt"
 if [[ " $steps " == *" reader "* ]]; then
   if [ -f "$reader" ]; then echo "reader: done"; else
     echo "$(date +%T) start reader"
-    python "$here/speed_signs_reader.py" --root "$data" --synthetic 60000 --epochs 8 --cosine --batch-size 64 --threads 2 \
+    python "$here/speed_signs_reader.py" --root "$data" "${script_boxes[@]}" --synthetic 60000 --epochs 8 --cosine --batch-size 64 --threads 2 \
         --save "$reader" --json "$root/speed-signs-reader-pretrain.json" > "$root/speed-signs-reader.log" 2>&1
     echo "$(date +%T) end reader (exit $?)"
   fi
@@ -60,7 +64,7 @@ hard="$root/speed-signs-reader-hard.pt"
 if [[ " $steps " == *" hard "* ]]; then
   if [ -f "$hard" ]; then echo "hard: done"; else
     echo "$(date +%T) start hard"
-    python "$here/speed_signs_reader.py" --root "$data" --load "$reader" --synthetic 20000 --centred-decoys 1.0 --epochs 3 \
+    python "$here/speed_signs_reader.py" --root "$data" "${script_boxes[@]}" --load "$reader" --synthetic 20000 --centred-decoys 1.0 --epochs 3 \
         --cosine --lr 0.0003 --batch-size 64 --threads 2 --save "$hard" --json "$root/speed-signs-reader-hard.json" \
         > "$root/speed-signs-reader-hard.log" 2>&1
     echo "$(date +%T) end hard (exit $?)"
@@ -90,7 +94,7 @@ if [[ " $steps " == *" polish "* ]]; then
     [ -f "$root/$name/best.pt" ] || { echo "polish: $name not trained"; continue; }
     if [ -f "$polished" ]; then echo "polish $name: done"; continue; fi
     echo "$(date +%T) start polish $name"
-    python "$here/speed_signs_polish.py" "$root/$name/best.pt" --root "$data" --crops 30000 --held-out 3000 \
+    python "$here/speed_signs_polish.py" "$root/$name/best.pt" --root "$data" "${script_boxes[@]}" --crops 30000 --held-out 3000 \
         --epochs 3 --threads 2 --out "$polished" --json "$root/$name-polish.json" > "$root/$name-polish.log" 2>&1 &&
       vsaccade evaluate "$polished" --split validation --no-references --json "$root/$name-polished-validation.json" \
         >> "$root/$name-polish.log" 2>&1 &&

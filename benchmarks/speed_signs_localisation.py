@@ -71,7 +71,7 @@ def scorer(mode: str, classes: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
                              nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
     if mode == "mil-attention":
-        from vsaccade.model.anchor=attention import ProxyAttention
+        from vsaccade.model.proxy_attention import ProxyAttention
 
         return ProxyAttention(3, PROXY, CELLS, 32, [{"name": "label", "num_classes": classes, "kind": "class"}])
     cell = PROXY // CELLS

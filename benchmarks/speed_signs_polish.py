@@ -95,7 +95,7 @@ def labels_of_glimpses(windows: torch.Tensor, box: torch.Tensor | None, label: i
     return torch.where(holds, label, torch.where(touches, -1, none))
 
 
-def own_glimpses(model, root: str, split: str, cache: Path) -> dict:
+def own_glimpses(model, root: str, split: str, cache: Path, boxes: str = "") -> dict:
     """The model's glimpses (mode policy) of a split's scenes: (N, T, C, W, W) uint8, each glimpse's label
     (labels_of_glimpses) and the image's label."""
     if cache.exists():
@@ -107,7 +107,7 @@ def own_glimpses(model, root: str, split: str, cache: Path) -> dict:
 
     c = model.config
     none = c.heads[0]["classes"].index(c.background)
-    task = make_task("folder", split, root=root, proxy_size=c.proxy_size, channels=c.image_channels)
+    task = make_task("folder", split, root=root, proxy_size=c.proxy_size, channels=c.image_channels, boxes=boxes)
     glimpses, glimpse_labels, labels = [], [], []
     with torch.no_grad():
         for start in tqdm(range(0, len(task), 32), desc=f"the model's glimpses ({split})"):
@@ -166,6 +166,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a trained speed-sign model with readout=any")
     parser.add_argument("--root", required=True, help="the prepared folder dataset it was trained on")
+    parser.add_argument("--boxes", default="", help="the folder of boxes beside the root (vsaccade generate's DST-boxes); "
+                        "default: root/<split>/boxes.csv")
     parser.add_argument("--crops", type=int, default=30000, help="drawn crops to train on")
     parser.add_argument("--held-out", type=int, default=3000, help="drawn crops to measure on")
     parser.add_argument("--epochs", type=int, default=3)
@@ -193,7 +195,8 @@ def main(argv=None):
     root, name = Path(args.root), Path(args.checkpoint).parent.name + "-" + Path(args.checkpoint).stem
     if not (root / "train").is_dir():
         sys.exit(f"{root}: no train/ folder (a prepared speed-sign dataset: root/<split>/<class>/<image>, boxes.csv)")
-    own = {split: own_glimpses(model.eval(), args.root, split, root.parent / f"speed-signs-polish-own-{name}-{split}.pt")
+    own = {split: own_glimpses(model.eval(), args.root, split, root.parent / f"speed-signs-polish-own-{name}-{split}.pt",
+                             args.boxes)
            for split in ("train", "validation")}
     drawn = drawn_glimpses(TRAIN_SEED, args.crops, crops_cache(root, TRAIN_SEED, args.crops, c, scale), c, scale, classes, args.workers)
     held_out = drawn_glimpses(HELD_OUT_SEED, args.held_out, crops_cache(root, HELD_OUT_SEED, args.held_out, c, scale), c, scale,

@@ -57,7 +57,7 @@ def draw_glimpses(function, jobs: list, workers: int, classes: list[str], desc: 
             "label": torch.tensor([classes.index(n) for _, n in results])}
 
 
-def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -> dict:
+def cached_glimpses(root: str, cache: Path, model_config, window_scale: float, boxes: str = "") -> dict:
     if cache.exists():
         return torch.load(cache)
     from vsaccade.model.glimpse_sampler import sample_glimpses
@@ -67,7 +67,7 @@ def cached_glimpses(root: str, cache: Path, model_config, window_scale: float) -
 
     c, data = model_config, {}
     for split in ("train", "validation"):
-        task = make_task("folder", split, root=root, proxy_size=c.proxy_size, channels=3)
+        task = make_task("folder", split, root=root, proxy_size=c.proxy_size, channels=3, boxes=boxes)
         glimpses, labels, signs = [], [], []
         for start in range(0, len(task), 32):
             batch = collate([task[i] for i in range(start, min(start + 32, len(task)))])
@@ -114,12 +114,13 @@ def synthetic_glimpses(count: int, cache: Path, model_config, classes: list[str]
     return data
 
 
-def validation_sign_sides(root: str, model_config) -> torch.Tensor:
+def validation_sign_sides(root: str, model_config, boxes: str = "") -> torch.Tensor:
     """The side in pixels of each validation image's sign box (0 without one), in the cache's order."""
     from vsaccade.tasks import make_task
+    from vsaccade.tasks.folder import box_key
 
-    task = make_task("folder", "validation", root=root, proxy_size=model_config.proxy_size, channels=3)
-    boxes = [task.boxes.get(path.relative_to(task.split_dir).as_posix(), []) for path, _ in task.items]
+    task = make_task("folder", "validation", root=root, proxy_size=model_config.proxy_size, channels=3, boxes=boxes)
+    boxes = [task.boxes.get(box_key(path.relative_to(task.split_dir).as_posix()), []) for path, _ in task.items]
     return torch.tensor([box[0][2] - box[0][0] if box else 0.0 for box in boxes])
 
 
@@ -140,6 +141,8 @@ def saccader_names(net: nn.Module) -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
+    parser.add_argument("--boxes", default="", help="the folder of boxes beside the root (vsaccade generate's DST-boxes); "
+                        "default: root/<split>/boxes.csv")
     parser.add_argument("--preset", default="speed-signs-boxes")
     parser.add_argument("--set", action="append", default=[], metavar="model.FIELD=VALUE",
                         help="a preset override, e.g. model.glimpse_pool=mean (the cache holds the preset's windows)")
@@ -172,7 +175,7 @@ def main(argv=None):
     started = time.time()
     fitted = f"-fitted{objective.box_window_scale}-s{c.s_min}-{c.s_max}" if objective.box_window_scale else ""
     data = cached_glimpses(args.root, Path(args.cache or root.parent / f"{root.name}-box-glimpses{fitted}.pt"), c,
-                           objective.box_window_scale)
+                           objective.box_window_scale, args.boxes)
     train, validation = data["train"], data["validation"]
     classes = int(train["label"].max()) + 1
     if args.synthetic:
@@ -218,7 +221,7 @@ def main(argv=None):
                "accuracy_none": float(right[~validation["sign"]].float().mean()), "accuracy": float(right.float().mean()), "train_accuracy_while_training": right_in_training / seen}
         history.append(row)
         print(json.dumps(row), flush=True)
-    right, sides = read_right(net, validation), validation_sign_sides(args.root, c)
+    right, sides = read_right(net, validation), validation_sign_sides(args.root, c, args.boxes)
     by_side = {name: {"signs": int(inside.sum()), "read": float(right[inside].float().mean())}
                for name, (low, high) in SIDE_BINS.items() for inside in [(sides >= low) & (sides < high) & validation["sign"]]}
     print(json.dumps({"validation_signs_read_by_side_px": by_side}), flush=True)

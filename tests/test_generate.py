@@ -29,6 +29,10 @@ def test_megapixel_files_hold_the_lazy_canvases_and_their_four_labels(tmp_path):
         pixels = FileImage(root / "train" / row["path"], channels=1).read_region(0, 0, 300, 300)
         expected = (task.image(scene).render() * 255).round() / 255
         assert torch.allclose(pixels, expected, atol=1e-6)  # lossless, 8 bits
+    from vsaccade.config import ConfigError
+
+    with pytest.raises(ConfigError, match="other settings"):  # a rerun may continue, not mix settings
+        write_files(tmp_path / "mp", {"train": 4}, seed=1, digit_source="font", progress=False, **OPTIONS)
     folder = make_task("folder", "train", root=str(root), channels=1, proxy_size=60, boxes=str(tmp_path / "mp-boxes"))
     sample = folder[0]
     assert sample.image.height == 300 and len(sample.boxes) == 5  # the five digits' boxes, matched to the .tif

@@ -142,6 +142,30 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     return model
 
 
+def optimizer_state(payload: dict, model, path="checkpoint") -> dict:
+    """The saved optimiser state, mapped onto `model`'s parameters by name where their order changed: a run written
+    before the model was built from parts kept its parameters in another order, and some a model no longer builds
+    (the no-glimpse control's glimpse encoder; readout=any's classifier heads), whose state is dropped."""
+    state = payload["optimizer"]
+    saved = [name for name in upgrade_state_dict(payload["state_dict"])]
+    params = dict(model.named_parameters())
+    if saved == list(params):
+        return state
+    groups = state["param_groups"]
+    if len(groups) != 1 or len(groups[0]["params"]) != len(saved) or set(params) - set(saved):
+        raise CheckpointError(f"{path}: its optimiser state does not map onto this model's parameters; start a new run "
+                              f"from its weights (--set train.init_weights={path})")
+    index = {name: i for i, name in enumerate(saved)}
+    mapped = {}
+    for new, (name, parameter) in enumerate(params.items()):
+        old = state["state"].get(groups[0]["params"][index[name]])
+        if old is not None:
+            if any(torch.is_tensor(v) and v.dim() and v.shape != parameter.shape for v in old.values()):
+                raise CheckpointError(f"{path}: the optimiser state of {name} has another shape than the parameter")
+            mapped[new] = old
+    return {"state": mapped, "param_groups": [{**groups[0], "params": list(range(len(params)))}]}
+
+
 def load_initial_weights(model, path) -> int:
     """Copy a file's tensors into `model` before training (`train.init_weights`): a vsaccade checkpoint or a bare
     state dict in the model's names (e.g. `benchmarks/speed_signs_reader.py --save`: a pre-trained glimpse
@@ -168,7 +192,9 @@ def load_initial_weights(model, path) -> int:
 TRAINING_ONLY = ("optimizer", "rng")
 # Model fields that change where the model looks but not its weights: settable on a trained model.
 TEST_TIME_FIELDS = ("inhibit", "centroid", "anchor_weight", "s_min", "s_max", "readout", "background")
-SWAPPABLE_READOUTS = ("mean", "any")  # these two share the trained weights; "count" builds other parameters
+# mean -> any keeps the trained weights (the per-glimpse heads read instead); any -> mean is refused (a model built
+# with readout=any has no classifier heads for them); "count" builds other parameters
+SWAPPABLE_READOUTS = ("mean", "any")
 
 
 def with_test_time_settings(model, overrides: list[str]):

@@ -150,11 +150,16 @@ def command_prepare(args):
     return 1 if failed else 0
 
 
+def default(value, fallback):
+    return fallback if value is None else value
+
+
 def command_generate(args):
     if args.benchmark == "megapixel":
         from .tasks.megapixel import write_files
 
-        sizes = {"train": args.train or 4500, "validation": args.validation or 500, "test": args.test or 1000}
+        sizes = {"train": default(args.train, 4500), "validation": default(args.validation, 500),
+                 "test": default(args.test, 1000)}
         root = write_files(args.destination, sizes, seed=args.seed, digit_source=args.digits or "auto",
                            data_dir=args.data_dir, progress=not args.no_progress)
         print(f"Megapixel MNIST in {root} (labels of all four heads in {root}-labels, digit boxes in {root}-boxes; "
@@ -170,7 +175,8 @@ def command_generate(args):
         size = SceneSize(int(width), int(height), tuple(args.sign_sides))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    sizes = {"train": args.train or 3000, "test": args.test or 1000, **({"validation": args.validation} if args.validation else {})}
+    sizes = {"train": default(args.train, 3000), "test": default(args.test, 1000),
+             **({"validation": args.validation} if args.validation else {})}
     root = generate(args.destination, sizes, seed=args.seed, progress=not args.no_progress, size=size)
     print(f"speed-sign benchmark in {root}, its boxes in {boxes_folder(root)} (folder dataset: vsaccade train "
           f"--preset folder --set task.root={root}; box-supervised presets also --set task.boxes={boxes_folder(root)})")
@@ -281,9 +287,9 @@ def add_generate_command(sub) -> None:
     p = sub.add_parser("generate", help="write a synthetic benchmark as a folder dataset (speed-signs, megapixel)")
     p.add_argument("benchmark", choices=("speed-signs", "megapixel"))
     p.add_argument("destination")
-    p.add_argument("--train", type=int, default=0, help="images (default: speed-signs 3000, megapixel 4500)")
-    p.add_argument("--test", type=int, default=0, help="images (default 1000)")
-    p.add_argument("--validation", type=int, default=0,
+    p.add_argument("--train", type=int, help="images (default: speed-signs 3000, megapixel 4500; 0 skips the split)")
+    p.add_argument("--test", type=int, help="images (default 1000)")
+    p.add_argument("--validation", type=int,
                    help="images (default: speed-signs 0, every 10th training image held out; megapixel 500)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", default="4000x3000", help="speed-signs: WIDTHxHEIGHT of each scene (default 4000x3000)")

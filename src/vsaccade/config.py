@@ -185,7 +185,7 @@ class ObjectiveConfig(PlainConfig):
     reconstruction_weight: float = 0.0
     glimpse_loss_weight: float = 0.0  # weight of the per-glimpse heads' mean -log p(y | g_t) (needs glimpse_heads)
     glimpse_reward_weight: float = 0.0  # weight of the per-glimpse score-function term (needs glimpse_heads)
-    proxy_loss_weight: float = 0.0  # weight of the proxy attention classifier's -log p(y | x~) (needs proxy_attention)
+    proxy_loss_weight: float = 0.0  # weight of the proxy attention classifier's -log p(y | x~) (needs model.anchor=attention)
     attention_entropy_weight: float = 0.0  # ats: weight of -H(attention), the reference's entropy regulariser
     location_weight: float = 0.0  # box supervision (not the paper's method): -log q(c_1 = a box centre's cell)
     search_weight: float = 0.0  # box supervision: -log q(c_t = a box centre's cell), t > 1, until a glimpse's cell holds one

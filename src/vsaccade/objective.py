@@ -67,9 +67,9 @@ def local_mean(values: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
 
 # What gives each model output a term may need: the settings named in a refusal.
-OUTPUT_SOURCES = {"cell_log_probs": "model.architecture=saccader with model.locator=mixture",
-                  "cells": "model.architecture=saccader with model.locator=mixture",
-                  "log_q_cells": "model.architecture=saccader with model.locator=mixture",
+OUTPUT_SOURCES = {"cell_log_probs": "model.architecture=saccader with model.locator=mixture and model.policy=learned",
+                  "cells": "model.architecture=saccader with model.locator=mixture and model.policy=learned",
+                  "log_q_cells": "model.architecture=saccader with model.locator=mixture and model.policy=learned",
                   "glimpse_logits": "model.glimpse_heads=true", "box_glimpse_logits": "model.glimpse_heads=true",
                   "proxy_logits": "model.anchor=attention", "attention_entropy": "model.architecture=ats",
                   "reconstruction": "model.decoder=proxy"}

@@ -114,7 +114,7 @@ PRESETS["counting"] = copy.deepcopy(PRESETS["counting-768"])
 PRESETS["counting"]["model"].update(s_min=0.035, s_max=0.035, location_cells=32)
 PRESETS["counting"]["train"]["task_options"] = {"scene_size": 2048, "max_targets": 12}
 
-# The speed-sign benchmark with box supervision (objective.location_weight; the generator writes boxes.csv): a
+# The speed-sign benchmark with box supervision (objective.location_weight; the generator writes the boxes beside the images: task.boxes): a
 # named variant, not the weakly supervised method. The first glimpse's cell is trained towards the sign's, from a
 # proxy encoder that convolves at the proxy's full resolution ("wide"); no proxy-attention anchor; the glimpse
 # heads read one glimpse at the sign per image (box_glimpse_weight) and only that: trained also on the model's own

@@ -77,11 +77,16 @@ def write_summary(summary: dict, path) -> Path:
 
 def read_summaries(folder) -> list[dict]:
     summaries = []
+    from .config import ConfigError
+
     for path in sorted(Path(folder).glob("*.json")):
-        summary = json.loads(path.read_text())
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}: not JSON ({error})") from None
         missing = [f for f in FIELDS if f not in summary]
         if missing:
-            raise ValueError(f"{path}: not a summary (missing {', '.join(missing)})")
+            raise ConfigError(f"{path}: not a summary (missing {', '.join(missing)})")
         summaries.append(summary)
     return summaries
 

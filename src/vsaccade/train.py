@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import faults
-from .checkpoint import (CheckpointError, load_initial_weights, model_from_checkpoint, read_checkpoint,
+from .checkpoint import (CheckpointError, load_initial_weights, model_from_checkpoint, optimizer_state, read_checkpoint,
                          remove_stale_temporaries, save_checkpoint)
 from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, upgrade_model_fields
 from .distributed import Cluster
@@ -196,8 +196,8 @@ class Run:
     def minutes(self) -> float:
         return self.minutes_before + (time.time() - self.started) / 60
 
-    def restore(self, payload: dict) -> None:
-        self.optimizer.load_state_dict(payload["optimizer"])
+    def restore(self, payload: dict, path) -> None:
+        self.optimizer.load_state_dict(optimizer_state(payload, self.module, path))
         restore_rng(payload["rng"])
         self.epoch, self.step_in_epoch = payload["epoch"], payload["step_in_epoch"]
         self.global_step, self.images_seen, self.best = payload["global_step"], payload["images_seen"], payload["best_validation"]
@@ -253,7 +253,7 @@ def start_run(model_config, objective, config, out, resume, digit_source, data_d
         log(f"initialised {load_initial_weights(model, config.init_weights)} tensors from {config.init_weights}")
     run = Run(model.to(cluster.device), model_config, objective, config, tasks, cluster, out, log, progress, stop)
     if payload is not None:
-        run.restore(payload)
+        run.restore(payload, last_path)
         run.record = {"epoch": run.epoch}
         if cluster.is_main:
             drop_metrics_after(out / "metrics.jsonl", run.epoch)
@@ -283,15 +283,22 @@ def distributed_model(run: Run):
     module.zero_grad(set_to_none=True)
     step_loss(run, module, collate([run.tasks["train"][i] for i in indices]).to(cluster.device), indices, run.epoch, 0)[0]\
         .backward()
-    unused = [name for name, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    # ranks agree: frozen where no rank's shard reached it; a parameter some reached and some did not (no model
+    # does that today) falls back to DDP's search for unused parameters rather than hang
+    names = [name for name, _ in module.named_parameters()]
+    counts = cluster.sum(torch.tensor([float(p.requires_grad and p.grad is None) for p in module.parameters()],
+                                      dtype=torch.float64))
+    unused = [name for name, count in zip(names, counts.tolist()) if count == cluster.world_size]
+    mixed = any(0 < count < cluster.world_size for count in counts.tolist())
     module.zero_grad(set_to_none=True)
     for name, parameter in module.named_parameters():
-        parameter.requires_grad_(name not in unused)
+        parameter.requires_grad_(parameter.requires_grad and name not in unused)
     if unused:
         run.log(f"{len(unused)} parameter tensor(s) no loss term of this run trains are frozen: {', '.join(unused[:6])}"
                 + (" ..." if len(unused) > 6 else ""))
     return torch.nn.parallel.DistributedDataParallel(
-        module, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None)
+        module, device_ids=[cluster.device.index] if cluster.device.type == "cuda" else None,
+        find_unused_parameters=mixed)
 
 
 def step_loss(run: Run, model, batch, indices, epoch: int, step: int):

@@ -77,8 +77,9 @@ def stack_steps(values: list) -> torch.Tensor | None:
 
 
 class VariationalSaccader(nn.Module):
-    """Built from parts (see `build_parts`); the config's other fields become the settings `configure` applies:
-    the fixed location policy, how a search looks (inhibition, centroid), the readout and the wrappers."""
+    """Built from parts (`__init__`: the fields of kind *part*, docs/configuration.md); the other fields become the
+    settings the `config` setter applies: the fixed location policy, how a search looks (inhibition, centroid), the
+    readout and the wrappers."""
 
     reference_sources = ("random", "prior")  # other glimpse sources evaluation compares against
 
@@ -216,7 +217,10 @@ class VariationalSaccader(nn.Module):
 
 def saccader_outputs(c: ModelConfig) -> set:
     """The SaccadeOutput fields a saccader built from `c` fills beyond every model's (model/registry.py)."""
-    given = {"log_q_cells", "cell_log_probs", "cells"} if c.locator == "mixture" else set()
+    # the mixture's cell outputs, by where a model trained with this policy looks (LOCATION_POLICIES)
+    cells = {"learned": {"log_q_cells", "cell_log_probs", "cells"}, "mode": {"cell_log_probs", "cells"},
+             "prior": {"cells"}}.get(c.policy, set())
+    given = set(cells) if c.locator == "mixture" else set()
     for field, flag in (({"glimpse_logits", "box_glimpse_logits"}, c.glimpse_heads),
                         ({"proxy_logits"}, c.anchor == "attention"), ({"reconstruction"}, c.decoder == "proxy"),
                         ({"glimpse_counts"}, c.readout == "count")):

@@ -361,8 +361,19 @@ def write_files(destination, sizes: dict[str, int], seed: int = 0, digit_source:
     from ..file_images import require_pyvips
 
     pyvips = require_pyvips()
+    import json
+
+    from ..config import ConfigError
+
     root = Path(destination)
     labels_dir, boxes_dir = root.with_name(root.name + "-labels"), root.with_name(root.name + "-boxes")
+    settings = {"generator": "megapixel", "seed": seed, "digit_source": digit_source, "compression": compression,
+                "task_options": task_options}
+    settings_file = labels_dir / "generator.json"
+    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
+        raise ConfigError(f"{root} was generated with other settings ({settings_file}); use a new destination")
+    labels_dir.mkdir(parents=True, exist_ok=True)
+    settings_file.write_text(json.dumps(settings, indent=2))
     for split, count in sizes.items():
         if count < 1:
             continue

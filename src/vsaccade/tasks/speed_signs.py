@@ -12,7 +12,7 @@ Per image (a pure function of (seed, split, index)):
   * the sign: white disc, red ring, black number (Pillow's bundled font), side 40-120 px, rotated by up to 20
     degrees, blurred (Gaussian, radius 0-1.5 px), lit by a brightness factor in [0.6, 1.2], anywhere in the image;
   * labels from the folder name; the sign's box in `DST-boxes/<split>.csv`, beside the training root and never
-    inside it, so a label-only run cannot read it (the folder task reads boxes only from `task.boxes`).
+    inside it, so a run reads boxes only when told to (`task.boxes`).
 At the 256x192 proxy (a 15.6x reduction) a sign is 3-8 px and its number illegible: the class needs a glimpse.
 
 Other sizes (`--size WxH`, `--sign-sides LO HI`): shape and decoy counts scale with the image's area, shape sizes
@@ -232,7 +232,9 @@ def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool =
     settings = {"generator": "speed-signs", "seed": seed, **asdict(size), "sign_sides": list(size.sign_sides)}
     settings_file = boxes / "generator.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise ValueError(f"{root} was generated with other settings ({settings_file}); use a new destination")
+        from ..config import ConfigError
+
+        raise ConfigError(f"{root} was generated with other settings ({settings_file}); use a new destination")
     settings_file.write_text(json.dumps(settings, indent=2))
     fields = ["index", "path", "label", "x0", "y0", "x1", "y1"]
     for split, count in sizes.items():
