@@ -29,6 +29,7 @@ Terms that need object boxes are a named variant outside the method, in box_supe
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 import torch
@@ -93,7 +94,7 @@ class TermContext:
         return self.cache["glimpse"]
 
 
-class Term:
+class Term(abc.ABC):
     """One loss term: `sign * weight * value(output, context)` is added to the loss. `field` is the ObjectiveConfig
     field that weights it; `needs` the SaccadeOutput fields it reads; `inputs` the BoxInputs fields it reads."""
 
@@ -104,8 +105,9 @@ class Term:
     def __init__(self, weight: float = 1.0):
         self.weight = weight
 
+    @abc.abstractmethod
     def value(self, output, context: TermContext) -> torch.Tensor | None:
-        raise NotImplementedError
+        """The term's unweighted value (a scalar), or None where it adds nothing to this batch."""
 
     def missing(self, output, context: TermContext) -> list[str]:
         return [f"the model's {name} ({OUTPUT_SOURCES.get(name, 'a model that gives it')})" for name in self.needs
