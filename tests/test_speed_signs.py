@@ -45,7 +45,8 @@ def test_the_default_scenes_are_those_of_before_sizes_became_options():
 
 
 def test_generate_writes_a_resumable_folder_dataset_with_its_boxes_beside_it(tmp_path):
-    from vsaccade.tasks.speed_signs import SceneSize, boxes_folder
+    from vsaccade.tasks.folder import boxes_folder
+    from vsaccade.tasks.speed_signs import SceneSize
 
     size = SceneSize(400, 300, (12, 30))
     root = generate(tmp_path / "signs", {"train": 2}, progress=False, size=size)

@@ -979,9 +979,9 @@ def measure_block(report, built, kind, source, n_threads, size, device, settings
 
 
 def write_json(report: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    os.replace(tmp, path)
+    from .atomic import write_text
+
+    write_text(path, json.dumps(report, indent=1))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@ def command_generate(args):
               f"vsaccade train --preset folder --set task.root={root} --set task.channels=1 --set task.boxes={root}-boxes)")
         return root
     from .config import ConfigError
-    from .tasks.speed_signs import SceneSize, boxes_folder, generate
+    from .tasks.folder import boxes_folder
+    from .tasks.speed_signs import SceneSize, generate
 
     width, _, height = args.size.partition("x")
     if not (width.isdigit() and height.isdigit()):

@@ -182,7 +182,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
         "glimpse_size": c.glimpse_size,
         "s_min": c.s_min,
         "s_max": c.s_max,
-        "reader": getattr(c, "reader", None),
+        "reader": c.reader,
         "pixels_read": pixels / samples,  # per image, by images.LargeImage's definition (proxy and margins included)
         "pixels_read_fraction": pixels / image_pixels if image_pixels else None,
         "tiles_decoded": tiles / samples,  # per image, where files are tiled (else 0)

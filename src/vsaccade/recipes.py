@@ -16,10 +16,10 @@ control, summarised as the mean and each seed's figure beside the control (the f
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .atomic import write_text
 from .config import ConfigError
 
 
@@ -49,12 +49,6 @@ def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=())
     return Recipe(f"seeds:{preset}", stages, tuple(f"seed{s}" for s in seeds), "no-glimpses" if control else "")
 
 
-def write_json(data: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def check_spec(recipe: Recipe, out: Path) -> None:
     """Record the recipe's spec in OUT/recipe.json, or refuse a rerun under another one."""
     spec = asdict(recipe)
@@ -63,8 +57,7 @@ def check_spec(recipe: Recipe, out: Path) -> None:
     if path.exists() and json.loads(path.read_text()) != spec:
         raise ConfigError(f"{out} holds a run of another recipe spec ({path}); rerun with the same command or use a "
                           "new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(spec, path)
+    write_text(path, json.dumps(spec, indent=2) + "\n")
 
 
 def run_recipe(recipe: Recipe, out, command: str = "", digit_source: str = "auto", data_dir=None,

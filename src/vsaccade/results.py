@@ -14,7 +14,6 @@ Summaries converted from older raw files record that file and its commit under `
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 FIELDS = ("name", "task", "preset", "seeds", "metrics", "controls", "supervision", "minutes", "images_seen",
@@ -68,11 +67,9 @@ def write_summary(summary: dict, path) -> Path:
     missing = [f for f in FIELDS if f not in summary]
     if missing:
         raise ValueError(f"a summary needs {', '.join(missing)}")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    from .atomic import write_text
+
+    return write_text(path, json.dumps(summary, indent=2) + "\n")
 
 
 def read_summaries(folder) -> list[dict]:

@@ -32,6 +32,30 @@ def list_images(folder: Path) -> list[Path]:
                   and not p.name.endswith(".tmp.jpg"))  # a generator's unfinished file
 
 
+def beside(root, what: str) -> Path:
+    """A folder beside a dataset's root, never inside it: root-boxes, root-labels (what `vsaccade generate` writes
+    there a run reads only when told to)."""
+    root = Path(root)
+    return root.with_name(f"{root.name}-{what}")
+
+
+def boxes_folder(root) -> Path:
+    return beside(root, "boxes")
+
+
+def check_generator_settings(folder: Path, settings: dict, root) -> None:
+    """Record a generator's settings in folder/generator.json, or refuse to continue a dataset made with others."""
+    import json
+
+    from ..atomic import write_text
+    from ..config import ConfigError
+
+    path = Path(folder) / "generator.json"
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise ConfigError(f"{root} was generated with other settings ({path}); use a new destination")
+    write_text(path, json.dumps(settings, indent=2))
+
+
 def box_key(relative_path: str) -> str:
     """Boxes are matched by the image's path relative to its split folder, without the extension."""
     return Path(relative_path).with_suffix("").as_posix()

@@ -361,19 +361,13 @@ def write_files(destination, sizes: dict[str, int], seed: int = 0, digit_source:
     from ..file_images import require_pyvips
 
     pyvips = require_pyvips()
-    import json
-
-    from ..config import ConfigError
+    from .folder import beside, boxes_folder, check_generator_settings
 
     root = Path(destination)
-    labels_dir, boxes_dir = root.with_name(root.name + "-labels"), root.with_name(root.name + "-boxes")
+    labels_dir, boxes_dir = beside(root, "labels"), boxes_folder(root)
     settings = {"generator": "megapixel", "seed": seed, "digit_source": digit_source, "compression": compression,
                 "task_options": task_options}
-    settings_file = labels_dir / "generator.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        raise ConfigError(f"{root} was generated with other settings ({settings_file}); use a new destination")
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    settings_file.write_text(json.dumps(settings, indent=2))
+    check_generator_settings(labels_dir, settings, root)
     for split, count in sizes.items():
         if count < 1:
             continue
@@ -399,14 +393,14 @@ def write_files(destination, sizes: dict[str, int], seed: int = 0, digit_source:
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
-    """Write rows as CSV atomically (a temporary file renamed into place)."""
+    """Write rows as CSV, atomically."""
     import csv
-    import os
+    import io
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields or list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    from ..atomic import write_text
+
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields or list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())

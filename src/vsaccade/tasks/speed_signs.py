@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
+
+from .folder import boxes_folder, check_generator_settings
 
 CLASSES = ("30", "50", "60", "70", "80", "90", "100", "120", "none")
 SPLIT_IDS = {"train": 0, "test": 1, "validation": 2}
@@ -216,26 +217,14 @@ def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 
     return np.asarray(Image.open(encoded).convert("RGB")), label, box
 
 
-def boxes_folder(root) -> Path:
-    """Where a generated folder dataset keeps its boxes and its generation log: beside the root, never inside it."""
-    root = Path(root)
-    return root.with_name(root.name + "-boxes")
-
-
 def generate(destination, sizes: dict[str, int], seed: int = 0, progress: bool = True,
              size: SceneSize = DEFAULT_SIZE) -> Path:
     """Write root/<split>/<class>/<index>.jpg; the signs' boxes go to boxes_folder(root)/<split>.csv. Each written
     image is logged in boxes_folder(root)/<split>-index.csv at once, so a stopped run continues where it left off
     (refused if it was started with other settings)."""
     root, boxes = Path(destination), boxes_folder(destination)
-    boxes.mkdir(parents=True, exist_ok=True)
     settings = {"generator": "speed-signs", "seed": seed, **asdict(size), "sign_sides": list(size.sign_sides)}
-    settings_file = boxes / "generator.json"
-    if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
-        from ..config import ConfigError
-
-        raise ConfigError(f"{root} was generated with other settings ({settings_file}); use a new destination")
-    settings_file.write_text(json.dumps(settings, indent=2))
+    check_generator_settings(boxes, settings, root)  # the boxes and the generation log live beside the root
     fields = ["index", "path", "label", "x0", "y0", "x1", "y1"]
     for split, count in sizes.items():
         if count < 1:
