@@ -7,7 +7,7 @@ import torch
 
 from vsaccade import create_model
 from vsaccade.cli import main
-from vsaccade.config import ObjectiveConfig
+from vsaccade.config import BASELINE_FIELDS, ConfigError, ModelConfig, ObjectiveConfig
 from vsaccade.geometry import proxy_valid_mask
 from vsaccade.images import ArrayImage
 from vsaccade.objective import negative_elbo
@@ -57,11 +57,13 @@ def test_create_model_refuses_two_names():
 
 def test_baselines_train_and_evaluate_through_the_cli(tmp_path, needs_mnist):
     tiny = ["--preset", "tiny", "--no-progress", "--set", "train.train_size=64", "--set", "train.validation_size=32",
-            "--set", "train.test_size=32", "--epochs", "1", "--set", "model.backbone_stages=3"]
+            "--set", "train.test_size=32", "--epochs", "1"]
     read = {}
-    for architecture in ("fullres", "proxy"):
+    for architecture, own in (("fullres", ["--set", "model.backbone_stages=3"]), ("proxy", [])):
         out = tmp_path / architecture
-        assert main(["train", "--out", str(out), "--set", f"model.architecture={architecture}"] + tiny) == 0
+        assert main(["train", "--out", str(out), "--set", f"model.architecture={architecture}"] + tiny + own) == 0
+        saved = json.loads((out / "config.json").read_text())["model_config"]
+        assert set(saved) == set(BASELINE_FIELDS[architecture])  # its own small config, nothing of the saccader's
         assert main(["evaluate", str(out / "best.pt"), "--limit", "16", "--json", str(tmp_path / "e.json")]) == 0
         result = json.loads((tmp_path / "e.json").read_text())
         assert result["architecture"] == architecture and "random_glimpses" not in result
@@ -71,3 +73,37 @@ def test_baselines_train_and_evaluate_through_the_cli(tmp_path, needs_mnist):
         assert summary["command"].startswith("vsaccade train --out") and summary["pixels_read"] > 0
     assert read["proxy"] == 64 * 64  # the proxy is made from the 64x64 canvas
     assert read["fullres"] == 2 * 64 * 64  # the same proxy (made, unused), and the whole image once
+
+
+def test_each_baseline_reads_only_the_fields_of_its_small_config():
+    import ast
+    import inspect
+
+    from vsaccade.model import ats, baselines
+
+    for module, owners in ((baselines, {"FullResolutionCNN": "fullres", "build_fullres": "fullres",
+                                        "ProxyCNN": "proxy", "build_proxy": "proxy"}),
+                           (ats, {"AttentionSampling": "ats", "build_ats": "ats"})):
+        for node in ast.parse(inspect.getsource(module)).body:
+            if getattr(node, "name", None) in owners:
+                read = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
+                        and (isinstance(n.value, ast.Name) and n.value.id in ("c", "config")
+                             or isinstance(n.value, ast.Attribute) and n.value.attr == "config")}
+                fields = {f for f in read if f in ModelConfig.__dataclass_fields__}
+                assert fields <= set(BASELINE_FIELDS[owners[node.name]]), (node.name, fields - set(BASELINE_FIELDS[owners[node.name]]))
+                assert fields or node.name.startswith("build_"), node.name  # the walk found what a model reads
+
+
+def test_a_baseline_config_is_small_and_refuses_the_saccaders_fields():
+    from vsaccade.presets import resolve
+
+    model = resolve("megapixel-500", ["model.architecture=fullres"])[0]  # the preset's saccader fields are dropped
+    assert set(model.to_dict()) == set(BASELINE_FIELDS["fullres"]) and model.glimpses == ModelConfig().glimpses
+    assert model.proxy_size == resolve("megapixel-500")[0].proxy_size  # the task's fields are kept
+    with pytest.raises(ConfigError, match="model.glimpses is not a field of the fullres baseline"):
+        resolve("megapixel-500", ["model.architecture=fullres", "model.glimpses=4"])
+    ats = resolve("megapixel-500", ["model.architecture=ats", "model.glimpses=10"])[0]
+    assert ats.glimpses == 10 and "anchor_weight" not in ats.to_dict()
+    # a saved config that still names the saccader's fields (written before baselines had their own) loads
+    legacy = {**ModelConfig(glimpses=6).to_dict(), "architecture": "proxy"}
+    assert ModelConfig.from_dict(legacy).to_dict() == ModelConfig(architecture="proxy").to_dict()

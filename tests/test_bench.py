@@ -153,3 +153,31 @@ def test_cuda_request_fails_cleanly_without_cuda(tmp_path, capsys):
         pytest.skip("CUDA is available here")
     assert main(["bench", "--device", "cuda", "--sizes", "128", "--out", str(tmp_path), "--no-progress"]) == 2
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_instruments_report_through_hooks_not_patches():
+    """The code reports its stages, reads and ops to the active Instrument through explicit hook points: nothing is
+    replaced (module functions and image methods are the same objects before, during and after), nothing is active
+    afterwards, and without an instrument the stages are named regions of a torch.profiler trace."""
+    from vsaccade import ArrayImage, Instrument, create_model, instruments
+    from vsaccade.model import glimpse_sampler, readers
+
+    torch.manual_seed(0)
+    model = create_model("saccader", image_channels=1, proxy_channels=1, proxy_size=32, location_cells=8, hidden=32,
+                         proxy_width=16, glimpse_width=16, glimpse_size=16, glimpses=3,
+                         heads=[{"name": "label", "num_classes": 3, "kind": "class"}]).eval()
+    image = ArrayImage(torch.rand(1, 120, 100))
+    proxy, mask = torch.rand(1, 1, 32, 32), torch.ones(1, 32, 32, dtype=torch.bool)
+    hooked = (glimpse_sampler.sample_glimpses, readers.sample_glimpses, type(image).read_region)
+    with torch.no_grad(), Instrument(stages=True, tensors=True, flops=True) as instrument:
+        instrument.attach([image])
+        with instruments.stage("rest"):
+            model([image], proxy, mask, sample=False)
+        assert hooked == (glimpse_sampler.sample_glimpses, readers.sample_glimpses, type(image).read_region)
+    assert {"read", "resample", "encode", "rest"} <= set(instrument.seconds)
+    assert instrument.ops["bilinear_sampling"] == 8 * 3 * 16 * 16 and instrument.region_area > 0
+    assert instrument.reads()[0] > 0 and instrument.flops > 0 and instrument.peak_bytes() > 0
+    assert instruments.current() is None and "read_region" not in vars(image)
+    with torch.no_grad(), torch.profiler.profile() as profile:
+        model([image], proxy, mask, sample=False)
+    assert {"vsaccade.read", "vsaccade.resample", "vsaccade.encode"} <= {event.name for event in profile.events()}

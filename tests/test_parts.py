@@ -101,6 +101,23 @@ def test_one_backward_reaches_every_parameter_of_every_preset(name):
     assert not [n for n, p in model.named_parameters() if p.grad is None]
 
 
+def test_where_the_model_looks_is_a_call_argument():
+    """A call's `look` (inhibition rules, centroid offsets) looks as a model whose config says so, same weights."""
+    from vsaccade.model.search import Look
+
+    torch.manual_seed(0)
+    model = preset_model("megapixel")[0].eval()
+    g = torch.Generator().manual_seed(2)
+    images = [ArrayImage(torch.rand(1, 120, 100, generator=g)) for _ in range(2)]
+    proxy, mask = torch.rand(2, 1, 32, 32, generator=g), torch.ones(2, 32, 32, dtype=torch.bool)
+    with torch.no_grad():
+        default = model(images, proxy, mask, sample=False)
+        asked = model(images, proxy, mask, sample=False, look=Look(inhibit=("cell",), centroid=False))
+        model.config = model.config.replace(inhibit="cell", centroid=False)  # what a test-time setting does
+        configured = model(images, proxy, mask, sample=False)
+    assert torch.equal(asked.z, configured.z) and not torch.equal(asked.z, default.z)
+
+
 def test_no_function_in_the_package_is_longer_than_sixty_lines():
     from pathlib import Path
 

@@ -6,22 +6,6 @@ import numpy as np
 from vsaccade.tasks.speed_signs import CLASSES, HEIGHT, WIDTH, generate, scene
 
 
-def load_benchmark(name):
-    """A script under benchmarks/ as a module; its folder goes on the path, as running it puts it (the scripts
-    import their siblings)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    folder = Path(__file__).parents[1] / "benchmarks"
-    if str(folder) not in sys.path:
-        sys.path.append(str(folder))
-    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_scenes_are_deterministic_and_the_box_holds_the_sign():
     image, label, box = scene(0, "train", 0)
     again, label_again, box_again = scene(0, "train", 0)
@@ -117,41 +101,17 @@ def test_centred_decoys_change_only_the_none_crops_and_only_near_their_centre():
     assert nones >= 2
 
 
-def test_the_error_breakdown_counts_held_signs_misreads_and_decoys_read_as_numbers():
-    errors = load_benchmark("speed_signs_errors")
-    boxes = {"30/a.tif": [[100, 100, 150, 150]], "50/b.tif": [[1000, 1000, 1100, 1100]]}
-    far, around_a, around_b = [0, 0, 10, 10], [90, 90, 300, 300], [950, 950, 1150, 1150]
-
-    def row(path, label, *windows):
-        values = {"path": f"root/train/{path}", "label": label}
-        for t, window in enumerate(windows, start=1):
-            values.update({f"glimpse{t}_{k}": str(v) for k, v in zip(("x0", "y0", "x1", "y1"), window)})
-        return values
-
-    rows = [row("30/a.tif", "30", far, around_a), row("50/b.tif", "none", far, far),
-            row("none/c.tif", "80", around_b, far), row("none/d.tif", "none", far, far)]
-    counts = errors.tally(rows, boxes, glimpses=2)
-    assert counts["none"] == {"images": 2, "read right": 1}
-    assert counts["signs"]["all"] == {"signs": 2, "held by a glimpse": 1, "held by the first": 0, "read right": 1,
-                                      "held, read wrong": 0, "not held, read as none": 1}
-    assert counts["signs"]["under 60"]["signs"] == 1 and counts["signs"]["100 and over"]["signs"] == 1
-    fit = errors.first_window_fit(rows + [row("50/b.tif", "50", around_b, far)], boxes)  # b: a 200-px window on its centre
-    assert fit["all"]["held by the first"] == 1 and fit["under 60"]["held by the first"] == 0
-    assert fit["100 and over"]["median window side / sign side"] == pytest.approx(2.0)
-    assert fit["100 and over"]["median centre offset / sign side"] == pytest.approx(0.0)
-
-
 def test_the_reader_polish_labels_what_each_glimpse_shows_and_draws_windows_fitted_to_the_sign():
     import torch
 
-    polish = load_benchmark("speed_signs_polish")
+    from vsaccade import reader_stages as polish
     box = torch.tensor([100.0, 100.0, 150.0, 150.0])
     windows = torch.tensor([[90.0, 90.0, 300.0, 300.0], [120.0, 120.0, 300.0, 300.0], [400.0, 400.0, 500.0, 500.0]])
     assert polish.labels_of_glimpses(windows, box, 3, 8).tolist() == [3, -1, 8]  # holds, cuts, misses
     assert polish.labels_of_glimpses(windows, None, 8, 8).tolist() == [8, 8, 8]
     signs = 0
     for index in range(8):
-        glimpse, label = polish.drawn_glimpse((0, index, 2.5, 0.03, 0.1, 64))
+        glimpse, label = polish.fitted_crop_glimpse((0, index, 2.5, 0.03, 0.1, 64))
         assert glimpse.shape == (3, 64, 64) and glimpse.dtype == np.uint8 and label in CLASSES
         if label != "none":  # the sign fills about the middle 40% of its glimpse: its ring is there
             signs += 1

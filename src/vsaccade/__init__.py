@@ -24,14 +24,20 @@ from .config import ModelConfig, ObjectiveConfig, TrainConfig  # noqa: E402
 from .evaluate import evaluate  # noqa: E402
 from .file_images import FileImage  # noqa: E402  (pyvips is needed only to open a file)
 from .images import UpsampledImage  # noqa: E402
+from .instruments import Instrument  # noqa: E402
+from .model.glimpse_sampler import sample_glimpses  # noqa: E402
 from .model.locations import CellMixture, mixture_kl  # noqa: E402
 from .objective import Objective  # noqa: E402
+from .model.proxy_attention import ProxyAttention  # noqa: E402
 from .presets import resolve  # noqa: E402
+from .proxy_cache import cached_proxies  # noqa: E402
+from .recipes import Recipe, Stage, run_recipe  # noqa: E402
 from .results import render as render_results, summary_of_run  # noqa: E402
-from .tasks import make_task  # noqa: E402
-from .train import train  # noqa: E402
+from .tasks import collate, make_task  # noqa: E402
+from .train import model_config_for, train  # noqa: E402
 
-__all__ = ["ArrayImage", "CellMixture", "CheckpointError", "ConfigError", "FileImage", "ImageError", "LargeImage",
-           "ModelConfig", "Objective", "ObjectiveConfig", "Prediction", "TrainConfig", "UpsampledImage",
-           "create_model", "evaluate", "load", "make_task", "mixture_kl", "predict", "render_results", "resolve",
-           "summary_of_run", "train"]
+__all__ = ["ArrayImage", "CellMixture", "CheckpointError", "ConfigError", "FileImage", "ImageError", "Instrument",
+           "LargeImage", "ModelConfig", "Objective", "ObjectiveConfig", "Prediction", "ProxyAttention", "Recipe",
+           "Stage", "TrainConfig", "UpsampledImage", "cached_proxies", "collate", "create_model", "evaluate", "load",
+           "make_task", "mixture_kl", "model_config_for", "predict", "render_results", "resolve", "run_recipe",
+           "sample_glimpses", "summary_of_run", "train"]

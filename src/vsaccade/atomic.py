@@ -1,4 +1,4 @@
-"""Atomic text writes: a temporary file beside the target, renamed into place, so a killed process leaves the old
+"""Atomic writes: a temporary file beside the target, renamed into place, so a killed process leaves the old
 file or the new one, never half of one (checkpoints have their own: checkpoint.save_checkpoint)."""
 
 from __future__ import annotations
@@ -8,12 +8,27 @@ from pathlib import Path
 
 
 def write_text(path, text: str) -> Path:
+    return write_bytes(path, text.encode())
+
+
+def write_bytes(path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(text)
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_tensors(data, path) -> Path:
+    """torch.save, atomically (caches; checkpoints have save_checkpoint, which also fsyncs)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    return write_bytes(path, buffer.getvalue())

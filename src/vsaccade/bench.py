@@ -46,21 +46,20 @@ Measurements, per (model, size, kind):
     models interleaved round-robin (the starting model rotates every round); median, quartiles and IQR of the wall
     time of the whole call (open + proxy + forward; CUDA: events recorded around it, after a synchronize);
   * stages, timed in extra calls (in the first min(repeats, 5) rounds each model also runs once more, instrumented;
-    latency comes from the plain calls: the instrumentation adds ~0.5 ms), by patching without changing model code:
-    `image.proxy` and `image.read_region` (instance attributes of the images), the model module's `sample_glimpses`
-    and forward hooks on every `GlimpseEncoder`; exclusive times on a stage stack (so stages sum to the instrumented
-    call): open (FileImage), proxy
-    (proxy construction, its own reads included), read (full-resolution region reads: glimpse windows, or the whole
-    image for fullres), resample (the rest of sample_glimpses: bilinear sampling and batching), encode (glimpse
-    encoder), rest (the rest of the network: location inference for ours, the CNN for the baselines). On CUDA every
-    stage boundary synchronises. Reads made by the glimpse sampler's thread pool (several file images in one call:
-    batches, and ats's N patches of one image) count inside `resample`;
+    latency comes from the plain calls: the instrumentation adds ~0.5 ms), under a `vsaccade.Instrument`: the
+    code reports its own stages through hook points (instruments.py; nothing is patched); exclusive times on a stage
+    stack (so stages sum to the instrumented call): open (FileImage), proxy (proxy construction, its own reads
+    included), read (full-resolution region reads: glimpse windows, or the whole image for fullres), resample (the
+    rest of sample_glimpses: bilinear sampling and batching), encode (glimpse encoder), rest (the rest of the
+    network: location inference for ours, the CNN for the baselines). On CUDA every stage boundary synchronises.
+    Reads made by the glimpse sampler's thread pool (several file images in one call: batches, and ats's N patches
+    of one image) count inside `resample`;
   * throughput: images per second at batch --batch (default 16), else the largest power of two below it that runs;
     an out-of-memory (a torch/CUDA OOM error, or on CPU a batch whose estimate, batch x the measured per-image peak,
     exceeds 70% of MemAvailable, which would invite the kernel's OOM killer) is recorded and the batch halved;
   * memory, each in a fresh subprocess per (model, size, kind): the input is loaded (memory rows) and the model
     built, then the RSS is read (VmRSS); the peak is reset through /proc/self/clear_refs and one inference runs (the
-    first, cold, like benchmarks/files_predict.py); peak RSS above baseline = VmHWM - baseline (a second, warm
+    first, cold, like experiments/files/files_predict.py); peak RSS above baseline = VmHWM - baseline (a second, warm
     inference is measured the same way and reported beside it). A third inference then runs under `TensorTracker`,
     a TorchDispatchMode that adds the bytes of every storage an op creates (outputs that alias an input's storage,
     i.e. views and in-place ops, are not new) and subtracts them when the storage is freed (a weakref callback):
@@ -94,7 +93,6 @@ import contextlib
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import statistics
@@ -102,19 +100,17 @@ import subprocess
 import sys
 import threading
 import time
-import weakref
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode
 
+from . import instruments
 from .config import ConfigError
-from .geometry import proxy_extent, proxy_valid_mask
+from .geometry import proxy_valid_mask
 from .images import ArrayImage
+from .instruments import Instrument, TensorTracker, count_flops, count_parameters  # noqa: F401  (the bench's tools)
 
 DEFAULT_SIZES = (500, 1000, 1500, 3000, 6000)
 DEFAULT_MODELS = ("saccader", "fullres", "proxy", "ats")
@@ -126,75 +122,13 @@ NO_PROXY = {"fullres"}  # models that do not look at the proxy (given zeros, no 
 BUSY_CORES = 0.5  # other processes' CPU use (cores) above which a row is flagged busy
 MEMORY_HEADROOM = 0.7  # CPU batches whose estimate exceeds this fraction of MemAvailable are not run
 CACHE_VERSION = 1
-BILINEAR_OPS = 8  # per output pixel per channel: 4 multiply-adds
 WEIGHTS_NOTE = "randomly initialised (torch.manual_seed(seed)); latency and memory do not depend on training"
 FLOPS_NOTE = ("conv/matmul only (torch.utils.flop_counter.FlopCounterMode), plus analytic resize/pooling: 1 op per "
               "source pixel per channel reduced, 8 per bilinear output pixel per channel; decoding not counted")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Accounting tools
-
-
-class TensorTracker(TorchDispatchMode):
-    """Peak of live tensor bytes allocated while active, per device type, from torch's own dispatcher.
-
-    Every op's outputs are inspected: a storage no input shares is new, and its bytes count from then until the
-    storage is freed (a weakref callback on the storage). Views and in-place results share an input's storage and
-    add nothing. Storages that exist before the tracker starts (weights, inputs) are never counted, even when an op
-    returns a view of them. `track(tensor)` registers a tensor made elsewhere (e.g. in another thread).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.live: dict[str, int] = defaultdict(int)
-        self.peak: dict[str, int] = defaultdict(int)
-        self._refs: dict[int, weakref.ref] = {}
-        self._lock = threading.Lock()
-
-    def _free(self, key: int, device: str, nbytes: int) -> None:
-        with self._lock:
-            self.live[device] -= nbytes
-            self._refs.pop(key, None)
-
-    def track(self, tensor: torch.Tensor, shared: set | None = None) -> None:
-        if not isinstance(tensor, torch.Tensor) or tensor.is_meta or tensor.layout != torch.strided:
-            return
-        storage = tensor.untyped_storage()
-        nbytes = storage.nbytes()
-        if nbytes == 0 or (shared and storage.data_ptr() in shared):
-            return
-        key, device = id(storage), storage.device.type
-        with self._lock:
-            ref = self._refs.get(key)
-            if ref is not None and ref() is storage:
-                return
-            self.live[device] += nbytes
-            self.peak[device] = max(self.peak[device], self.live[device])
-            self._refs[key] = weakref.ref(storage, lambda _, key=key, device=device, n=nbytes: self._free(key, device, n))
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        shared = {t.untyped_storage().data_ptr() for t in inputs if t.layout == torch.strided and not t.is_meta}
-        out = func(*args, **kwargs)
-        for tensor in tree_flatten(out)[0]:
-            self.track(tensor, shared)
-        return out
-
-    def peak_bytes(self, device: str = "cpu") -> int:
-        return int(self.peak.get(device, 0))
-
-
-def count_flops(fn) -> tuple[int, object]:
-    """(FLOPs counted by torch.utils.flop_counter over fn(), fn's result): conv/matmul only."""
-    with FlopCounterMode(display=False) as counter:
-        result = fn()
-    return int(counter.get_total_flops()), result
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+# Accounting tools (tensor memory, FLOPs and stage clocks are instruments.py's)
 
 
 def proc_status(key: str) -> int | None:
@@ -210,7 +144,7 @@ def proc_status(key: str) -> int | None:
 
 class PeakRSS:
     """Peak RSS over a block, above the RSS measured at its start: VmHWM after a reset through /proc/self/clear_refs
-    (as benchmarks/files_predict.py), else VmRSS polled every millisecond by a thread."""
+    (as experiments/files/files_predict.py), else VmRSS polled every millisecond by a thread."""
 
     def __enter__(self):
         self.baseline = proc_status("VmRSS")
@@ -311,176 +245,6 @@ def vips_cache_off():
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Stage timing and analytic costs, by patching (model code unchanged)
-
-
-class StageClock:
-    """Exclusive wall time per stage on a stack (a stage's time excludes the stages nested in it), so the stages of
-    a call sum to the call. Only the calling thread's stages count; reads from worker threads are counted inside
-    the stage that waits for them. On CUDA every boundary synchronises."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.owner = threading.get_ident()
-        self.totals: dict[str, float] = defaultdict(float)
-        self.stack: list[str] = []
-        self.mark = 0.0
-
-    def _now(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def top(self) -> str | None:
-        return self.stack[-1] if self.stack else None
-
-    def push(self, name: str) -> bool:
-        if threading.get_ident() != self.owner:
-            return False
-        now = self._now()
-        if self.stack:
-            self.totals[self.stack[-1]] += now - self.mark
-        self.stack.append(name)
-        self.mark = now
-        return True
-
-    def pop(self) -> None:
-        now = self._now()
-        self.totals[self.stack.pop()] += now - self.mark
-        self.mark = now
-
-    @contextlib.contextmanager
-    def stage(self, name: str):
-        pushed = self.push(name)
-        try:
-            yield
-        finally:
-            if pushed:
-                self.pop()
-
-
-def _pyramid_factor(image, downsample: int) -> int:
-    """The pyramid level factor FileImage.read_region uses for a read at `downsample` (1: full resolution)."""
-    from .file_images import APPROXIMATE_FROM
-
-    usable = [f for f, _ in getattr(image, "pyramid", [])
-              if downsample % f == 0 or (downsample >= APPROXIMATE_FROM and 2 * f <= downsample)]
-    return usable[-1] if usable else 1
-
-
-def _file_proxy_ops(image, size: int) -> int:
-    """Analytic ops of FileImage.proxy: the pyramid level vips thumbnails from (the smallest level at least the
-    oversampled proxy), plus the area resize from the oversampled thumbnail to the proxy."""
-    from .file_images import PROXY_OVERSAMPLE
-
-    rows, cols = proxy_extent(image.height, image.width, size)
-    k = max(1, min(PROXY_OVERSAMPLE, image.height // rows, image.width // cols))
-    factor = 1
-    for f, _ in getattr(image, "pyramid", []):
-        if image.height // f >= rows * k and image.width // f >= cols * k:
-            factor = f
-    level = math.ceil(image.height / factor) * math.ceil(image.width / factor)
-    return image.channels * (level + rows * k * cols * k)
-
-
-def _memory_proxy_ops(image, size: int) -> int:
-    """Analytic ops of LargeImage.proxy: block means at `step` over every pixel, then the area resize."""
-    rows, cols = proxy_extent(image.height, image.width, size)
-    step = max(1, min(image.height // rows, image.width // cols))
-    coarse = math.ceil(image.height / step) * math.ceil(image.width / step)
-    return image.channels * ((image.height * image.width if step > 1 else 0) + max(coarse, rows * cols))
-
-
-class Instrument:
-    """Patches, for the duration of a `with` block: the model module's `sample_glimpses` and forward hooks on its
-    glimpse encoders (stages), and, through `attach(images)`, each image's `proxy` and `read_region` (stages,
-    analytic costs, and registration of read tensors with a TensorTracker). Everything is restored on exit."""
-
-    def __init__(self, model, clock: StageClock | None = None, tracker: TensorTracker | None = None):
-        self.model, self.clock, self.tracker = model, clock, tracker
-        self.ops: dict[str, int] = defaultdict(int)  # analytic resize/pooling ops
-        self.region_area = 0  # full-resolution area covered by region reads (proxy construction excluded)
-        self._images: list = []
-        self._counts: list = []  # (image, pixels_requested, tiles_decoded) when attached
-        self._undo: list = []
-        self._in_proxy = threading.local()
-
-    def __enter__(self):
-        from .model.glimpse_encoder import GlimpseEncoder
-
-        # the module whose `sample_glimpses` the model calls: its glimpse reader's, where it has one
-        module = sys.modules.get(type(getattr(self.model, "reader", self.model)).__module__)
-        original = getattr(module, "sample_glimpses", None)
-        if original is not None:
-            def sample_glimpses(images, z, size, _original=original):
-                with self._stage("resample"):
-                    out = _original(images, z, size)
-                self.ops["bilinear_sampling"] += BILINEAR_OPS * out.numel()
-                return out
-
-            setattr(module, "sample_glimpses", sample_glimpses)
-            self._undo.append(lambda: setattr(module, "sample_glimpses", original))
-        if self.clock is not None:
-            pushed = []
-            for sub in self.model.modules():
-                if isinstance(sub, GlimpseEncoder):
-                    pre = sub.register_forward_pre_hook(lambda *_: pushed.append(self.clock.push("encode")))
-                    post = sub.register_forward_hook(lambda *_: self.clock.pop() if pushed.pop() else None)
-                    self._undo += [pre.remove, post.remove]
-        return self
-
-    def _stage(self, name):
-        return self.clock.stage(name) if self.clock is not None else contextlib.nullcontext()
-
-    def reads(self) -> tuple[int, int]:
-        """Pixels requested and tiles decoded by the attached images since they were attached (images.LargeImage)."""
-        return (sum(image.pixels_requested - pixels for image, pixels, _ in self._counts),
-                sum(image.tiles_decoded - tiles for image, _, tiles in self._counts))
-
-    def attach(self, images) -> None:
-        from .file_images import FileImage
-
-        for image in {id(i): i for i in images}.values():
-            self._counts.append((image, image.pixels_requested, image.tiles_decoded))
-            read, proxy = image.read_region, image.proxy
-
-            def read_region(top, left, height, width, downsample=1, _read=read, _image=image):
-                in_proxy = getattr(self._in_proxy, "active", False)
-                with contextlib.nullcontext() if in_proxy else self._stage("read"):
-                    out = _read(top, left, height, width, downsample)
-                if self.tracker is not None:
-                    self.tracker.track(out)
-                if not in_proxy:
-                    self.region_area += height * width
-                    if downsample > 1:
-                        f = _pyramid_factor(_image, downsample) if isinstance(_image, FileImage) else 1
-                        self.ops["region_block_means"] += _image.channels * math.ceil(height / f) * math.ceil(width / f)
-                return out
-
-            def make_proxy(size, _proxy=proxy, _image=image):
-                self._in_proxy.active = True
-                try:
-                    with self._stage("proxy"):
-                        out = _proxy(size)
-                finally:
-                    self._in_proxy.active = False
-                self.ops["proxy_construction"] += (_file_proxy_ops(_image, size) if isinstance(_image, FileImage)
-                                                   else _memory_proxy_ops(_image, size))
-                return out
-
-            image.read_region, image.proxy = read_region, make_proxy
-            self._images.append(image)
-
-    def __exit__(self, *exc):
-        for image in self._images:
-            for name in ("read_region", "proxy"):
-                image.__dict__.pop(name, None)
-        for undo in reversed(self._undo):
-            undo()
-        return False
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Models, inputs, one inference
 
 
@@ -521,24 +285,24 @@ def open_file(path, channels: int):
     return FileImage(path, channels=channels)
 
 
-def run_inference(model, name: str, kind: str, source, batch: int, device, instrument: Instrument | None = None):
+def run_inference(model, name: str, kind: str, source, batch: int, device):
     """One unit of timed work: open the file (file rows), build the proxies (models that use one), run the model.
-    `source` is an ArrayImage (memory rows) or a file path (file rows)."""
+    `source` is an ArrayImage (memory rows) or a file path (file rows). Reported to the current instrument, if any
+    (instruments.py): stages "open", "proxy" and "rest" here, the model's own inside it; the images' reads."""
     c = model.config
-    clock = instrument.clock if instrument is not None else None
-    with clock.stage("rest") if clock is not None else contextlib.nullcontext():
+    with instruments.stage("rest"):
         if kind == "file":
-            with clock.stage("open") if clock is not None else contextlib.nullcontext():
+            with instruments.stage("open"):
                 images = [open_file(source, c.image_channels) for _ in range(batch)]
         else:
             images = [source] * batch
-        if instrument is not None:
-            instrument.attach(images)
+        if instruments.current() is not None:
+            instruments.current().attach(images)
         height, width = images[0].height, images[0].width
         if name in NO_PROXY:
             proxy = torch.zeros(batch, c.proxy_channels, c.proxy_size, c.proxy_size)
         else:
-            proxy = torch.stack([image.proxy(c.proxy_size) for image in images])
+            proxy = torch.stack([instruments.proxy(image, c.proxy_size) for image in images])
         mask = proxy_valid_mask(height, width, c.proxy_size)[None].expand(batch, -1, -1)
         with torch.no_grad():
             return model(images, proxy.to(device), mask.to(device), sample=False)
@@ -683,16 +447,15 @@ def memory_child(spec_json: str) -> None:
     torch.set_num_threads(int(spec.get("threads", 1)))
     device = torch.device(spec.get("device", "cpu"))
     if spec.get("workload") == "allocate":
-        def run(instrument=None):
+        def run():
             x = torch.ones(int(spec["bytes"]) // 4, device=device)
             return float(x[-1])
-        model = None
     else:
         model = build_model(spec["config"], device, spec.get("seed", 0))
         source = load_canvas(spec["npy"]) if spec["kind"] == "memory" else spec["tiff"]
 
-        def run(instrument=None):
-            return run_inference(model, spec["name"], spec["kind"], source, 1, device, instrument)
+        def run():
+            return run_inference(model, spec["name"], spec["kind"], source, 1, device)
 
     if spec.get("kind") == "file":
         import pyvips
@@ -713,20 +476,15 @@ def memory_child(spec_json: str) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
-    tracker = TensorTracker()
-    if model is None:
-        with tracker:
-            run()
-    else:
-        with Instrument(model, tracker=tracker) as instrument, tracker:
-            run(instrument)
+    with Instrument(tensors=True) as instrument:  # region reads are registered with its tracker, also from threads
+        run()
     if device.type == "cuda":
         torch.cuda.synchronize()
         result.update(peak_tensor_bytes=int(torch.cuda.max_memory_allocated() - before),
                       tensor_method="torch.cuda.max_memory_allocated above memory_allocated before the call",
-                      peak_host_tensor_bytes=tracker.peak_bytes("cpu"))
+                      peak_host_tensor_bytes=instrument.peak_bytes("cpu"))
     else:
-        result.update(peak_tensor_bytes=tracker.peak_bytes("cpu"),
+        result.update(peak_tensor_bytes=instrument.peak_bytes("cpu"),
                       tensor_method="TensorTracker (TorchDispatchMode over storages, freed by weakref callbacks)")
     print(json.dumps(result), flush=True)
 
@@ -861,8 +619,8 @@ def new_report(command, device, settings: dict) -> dict:
         "methods": {
             "latency": "wall time of open + proxy + forward at batch 1 (CUDA: events); warm-up, then repeats with the "
                        "models interleaved round-robin; median and inter-quartile range",
-            "stages": "exclusive times on a stage stack, by patching image.proxy / image.read_region, the glimpse "
-                      "reader module's sample_glimpses and hooks on GlimpseEncoder modules (model code unchanged), in "
+            "stages": "exclusive times on a stage stack, reported by the code's own hook points (instruments.py: "
+                      "the glimpse sampler, region reads, the glimpse encoder, the proxy, opening the file), in "
                       f"{settings['stage_repeats']} extra instrumented calls per model interleaved with the first "
                       "latency repeats (latency itself comes from the uninstrumented calls)",
             "throughput": f"images/s at batch {settings['batch']} or the largest power of two below that runs; OOM recorded",
@@ -910,9 +668,9 @@ def measure_costs(model, name, config, kind, info, source, size, device, setting
         entry["memory"] = {"skipped": "memory not measured (memory=False)"}
     bar.set_postfix_str(f"{size}px {kind} {name}: FLOPs")
     torch.set_num_threads(settings["threads"][0])
-    with Instrument(model) as instrument:
-        flops, _ = count_flops(lambda: run_inference(model, name, kind, source, 1, device, instrument))
-    analytic = analytic_flops(instrument)
+    with Instrument(flops=True) as instrument:
+        run_inference(model, name, kind, source, 1, device)
+    flops, analytic = instrument.flops, analytic_flops(instrument)
     read, tiles = instrument.reads()
     pixels = size * size
     entry.update(flops={"conv_matmul": flops, "analytic_resize": sum(analytic.values()), "analytic_breakdown": analytic,
@@ -940,11 +698,9 @@ def measure_latency(built, kind, source, device, settings, bar, label) -> tuple[
             model = built[name]
             samples[name].append(wall_time(lambda: run_inference(model, name, kind, source, 1, device), device))
             if r < settings["stage_repeats"]:  # the same call again, instrumented, for its stages
-                clock = StageClock(device)
-                with Instrument(model, clock) as instrument:
-                    staged[name].append(wall_time(
-                        lambda: run_inference(model, name, kind, source, 1, device, instrument), device))
-                for stage, seconds in clock.totals.items():
+                with Instrument(stages=True, device=device) as instrument:
+                    staged[name].append(wall_time(lambda: run_inference(model, name, kind, source, 1, device), device))
+                for stage, seconds in instrument.seconds.items():
                     stages[name][stage].append(seconds)
             bar.update(1)
     return samples, staged, stages

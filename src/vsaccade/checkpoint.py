@@ -168,7 +168,7 @@ def optimizer_state(payload: dict, model, path="checkpoint") -> dict:
 
 def load_initial_weights(model, path) -> int:
     """Copy a file's tensors into `model` before training (`train.init_weights`): a vsaccade checkpoint or a bare
-    state dict in the model's names (e.g. `benchmarks/speed_signs_reader.py --save`: a pre-trained glimpse
+    state dict in the model's names (e.g. a `pretrain-reader` recipe stage's weights.pt: a pre-trained glimpse
     encoder). Each tensor must match a model parameter or buffer by name and shape; the model's other tensors keep
     their fresh values. Returns how many were copied."""
     path = Path(path)

@@ -340,13 +340,16 @@ def add_results_command(sub) -> None:
 
 
 def add_recipe_command(sub) -> None:
-    p = sub.add_parser("recipe", help="train named stages in order, resumable (recipes.py): seeds of a preset and "
-                       "its no-glimpse control, summarised as mean and each seed")
-    p.add_argument("recipe", choices=("seeds",))
-    p.add_argument("--preset", required=True, help="see `vsaccade presets`")
+    p = sub.add_parser("recipe", help="train named stages in order, resumable (recipes.py): `seeds` of a preset and "
+                       "its no-glimpse control (mean and each seed), or `speed-signs-polished`, the box-supervised "
+                       "speed-sign model (pretrained reader, search, polish, chosen on validation)")
+    p.add_argument("recipe", choices=("seeds", "speed-signs-polished"))
+    p.add_argument("--preset", help="seeds: the preset (see `vsaccade presets`)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--control", action="store_true", help="also train the no-glimpse control (first seed)")
+    p.add_argument("--control", action="store_true", help="seeds: also train the no-glimpse control (first seed)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (every stage)")
+    p.add_argument("--stage", action="append", metavar="STAGE.SETTING=VALUE",
+                   help="one stage's setting (e.g. reader.crops=1000) or config field (e.g. search-s0.train.epochs=2)")
     p.add_argument("--out", required=True, help="the recipe's run directory (a folder per stage)")
     p.add_argument("--no-progress", action="store_true")
     add_data_arguments(p)
@@ -354,9 +357,16 @@ def add_recipe_command(sub) -> None:
 
 
 def command_recipe(args):
-    from .recipes import run_recipe, seeds_recipe
+    from .config import ConfigError
+    from .recipes import run_recipe, seeds_recipe, speed_signs_polished_recipe, with_stage_settings
 
-    recipe = seeds_recipe(args.preset, tuple(args.seeds), args.control, tuple(args.set or []))
+    if args.recipe == "seeds":
+        if not args.preset:
+            raise ConfigError("recipe seeds needs --preset")
+        recipe = seeds_recipe(args.preset, tuple(args.seeds), args.control, tuple(args.set or []))
+    else:
+        recipe = speed_signs_polished_recipe(tuple(args.set or []), tuple(args.seeds))
+    recipe = with_stage_settings(recipe, args.stage or [])
     summary = run_recipe(recipe, args.out, command_line(args), args.digits or "auto", args.data_dir,
                          progress=not args.no_progress)
     print(f"summary: {Path(args.out) / 'summary.json'}")

@@ -47,10 +47,24 @@ class PlainConfig:
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
 
 
+# The baselines' own small configs: the ModelConfig fields each one reads (model/baselines.py, model/ats.py; a test
+# checks these lists against their code). A baseline's config is those fields alone: config.json and checkpoints
+# list only them, every other field keeps its default (and is ignored when a saved config names it), and an
+# override of another field (`--set model.glimpses=4` on `fullres`) is refused in one line.
+TASK_FIELDS = ("architecture", "heads", "image_channels", "proxy_channels", "proxy_size", "hidden", "readout")
+BASELINE_FIELDS = {
+    "fullres": TASK_FIELDS + ("backbone_stages",),
+    "proxy": TASK_FIELDS,
+    "ats": TASK_FIELDS + ("glimpses", "glimpse_size", "s_min", "s_max", "location_cells", "proxy_width",
+                          "glimpse_width", "glimpse_pool", "reader"),
+}
+
+
 @dataclass
 class ModelConfig(PlainConfig):
     """Architecture of a Variational Saccading model (see model/saccader.py for how the pieces connect), or of a
-    baseline in the same harness (`architecture`, a registered model name: see model/registry.py)."""
+    baseline in the same harness (`architecture`, a registered model name: see model/registry.py), whose config is
+    the small subset BASELINE_FIELDS names."""
 
     architecture: str = "saccader"
     heads: list = field(default_factory=lambda: [{"name": "label", "num_classes": 10, "kind": "class"}])
@@ -84,7 +98,7 @@ class ModelConfig(PlainConfig):
     core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
     # "glimpses"; "none", the control (nothing read: glimpse features zero, everything else equal); or "separate":
     # the per-glimpse heads read each glimpse through a glimpse encoder of their own, so reading can be trained
-    # (benchmarks/speed_signs_polish.py) without changing the features the core decides where to look from
+    # (the `polish-reader` recipe stage, reader_stages.py) without changing the features the core decides where to look from
     reader: str = "glimpses"
     decoder: str = "none"  # "proxy": the optional log p(x~ | z_t, h_{t-1}) term's decoder (continuous Bernoulli)
     backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
@@ -95,6 +109,19 @@ class ModelConfig(PlainConfig):
     # "detached": glimpses and the core see each window z_t detached, so its offset and side learn only from box
     # supervision (objective.window_weight) and the KL, not from the likelihood through the glimpse (which drowned it)
     window_gradient: str = "through"
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        architecture = data.get("architecture") if isinstance(data, dict) else None
+        own = BASELINE_FIELDS.get(architecture) if isinstance(architecture, str) else None
+        if own:  # a baseline: the saccader's fields take their defaults (fields no config has still get an error)
+            known = {f.name for f in dataclasses.fields(cls)}
+            data = {k: v for k, v in data.items() if k in own or k not in known}
+        return super().from_dict(data)
+
+    def to_dict(self) -> dict:
+        data, own = super().to_dict(), BASELINE_FIELDS.get(self.architecture)
+        return {k: data[k] for k in own} if own else data
 
     def validate(self):
         super().validate()

@@ -4,10 +4,11 @@
 
     step        SIGKILL this process right after optimiser step n (counted from 1 over the whole run)
     epoch       SIGKILL right after epoch n ended and its checkpoints were written
+    reader-epoch  the same in a reader stage (reader_stages.fit), after its state was saved
     checkpoint  SIGKILL inside this process's n-th checkpoint write: the temporary file is written, not yet renamed
     nan         the loss of the n-th step attempted (taken or skipped) is NaN (only on `rank`, if one is given)
 
-tests/test_resume.py and tests/test_distributed.py use them; with the variable unset each hook is one lookup.
+tests/test_resume.py, test_distributed.py and test_reader_stages.py use them; with the variable unset each hook is one lookup.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ def header(model) -> list[str]:
     for head in model.config.heads:
         columns.append(head["name"])
         columns += [f"{head['name']}_p_{name}" for name in class_names(head)]
-    for t in range(1, model.config.glimpses + 1):
+    for t in range(1, model.glimpses_per_image + 1):
         columns += [f"glimpse{t}_{k}" for k in ("x0", "y0", "x1", "y1")]
     return columns
 

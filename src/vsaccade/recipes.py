@@ -1,16 +1,22 @@
-"""Recipes: what is trained in which order, as named stages. Each stage is one `vsaccade train` run (a preset with
-overrides, optionally starting from an earlier stage's best weights) in OUT/<stage>/; a recipe's run directory
-holds its spec (recipe.json) and, at the end, the summary of the whole (summary.json, results.py).
+"""Recipes: what is trained in which order, as named stages run one after the other in OUT/<stage>/. A recipe's run
+directory holds its spec (recipe.json) and, at the end, the summary of the whole (summary.json, results.py).
 
     vsaccade recipe seeds --preset megapixel-500 --seeds 0 1 --control --out runs/mp500
+    vsaccade recipe speed-signs-polished --out runs/signs --set task.root=DATA --set task.boxes=DATA-boxes
 
-* Resumable: a stage with results.json is done and skipped; a stage with last.pt resumes mid-stage (exact resume,
-  train.py); a killed recipe rerun with the same command continues where it stopped.
-* A rerun with another spec (preset, overrides, seeds, stages) is refused with a one-line error: use a new --out.
-* Progress is train's (tqdm per epoch); every file is written atomically.
+A stage is of one kind (STAGE_KINDS): `train` (one `vsaccade train` run of a preset with overrides),
+`pretrain-reader` and `polish-reader` (reader_stages.py), `select` (the candidate stage whose model reads the
+validation split best, evaluated once on the test split). A stage may start from an earlier stage's product
+(`init_from`: a train stage's best.pt, a pretrained reader's weights.pt, a polished or selected model.pt).
+
+* Resumable: a stage with results.json is done and skipped; a stage killed mid-way resumes where it stopped (train's
+  exact resume; the reader stages' per-epoch state); a killed recipe rerun with the same command continues.
+* A rerun with another spec (presets, overrides, settings, seeds, stages) is refused with a one-line error.
+* Progress is tqdm's; every file is written atomically.
 
 `seeds` is the recipe users reach for first: the same preset under several seeds, and optionally the no-glimpse
 control, summarised as the mean and each seed's figure beside the control (the form the results pages take).
+`speed-signs-polished` is the box-supervised speed-sign model (docs/benchmarks/files.md).
 """
 
 from __future__ import annotations
@@ -28,15 +34,21 @@ class Stage:
     name: str
     preset: str
     overrides: tuple = ()
-    init_from: str = ""  # an earlier stage whose best.pt this one starts from (train.init_weights)
+    init_from: str = ""  # an earlier stage whose product this one starts from
+    kind: str = "train"  # one of STAGE_KINDS
+    settings: dict = field(default_factory=dict)  # the kind's sizes (reader_stages.py; select: "candidates")
 
 
 @dataclass
 class Recipe:
     name: str
     stages: list = field(default_factory=list)
-    seeds: tuple = ()  # the stages named seed<N>: summarised together
+    seeds: tuple = ()  # the train stages summarised together as seeds
     control: str = ""  # the stage whose figures are the no-glimpse control
+    summary_from: str = ""  # a select stage whose test evaluation is the recipe's result
+
+
+PRODUCTS = {"train": "best.pt", "pretrain-reader": "weights.pt", "polish-reader": "model.pt", "select": "model.pt"}
 
 
 def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=()) -> Recipe:
@@ -49,10 +61,49 @@ def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=())
     return Recipe(f"seeds:{preset}", stages, tuple(f"seed{s}" for s in seeds), "no-glimpses" if control else "")
 
 
+def speed_signs_polished_recipe(overrides=(), seeds=(0, 1)) -> Recipe:
+    """The box-supervised speed-sign model (docs/benchmarks/files.md): a reader pretrained on oracle glimpses at the
+    boxes and 60,000 drawn crops; 3 more epochs on hard negatives (a decoy where a sign would be); the search preset
+    from that reader once per seed; each one's reader polished; of the four, the one that reads validation best. 2 threads."""
+    common = ("train.threads=2", *overrides)
+    stages = [Stage("reader", "speed-signs-boxes", common, kind="pretrain-reader",
+                    settings={"crops": 60000, "epochs": 8, "lr": 1e-3}),
+              Stage("hard", "speed-signs-boxes", common, "reader", "pretrain-reader",
+                    {"crops": 20000, "centred_decoys": 1.0, "epochs": 3, "lr": 3e-4})]
+    for seed in seeds:
+        stages += [Stage(f"search-s{seed}", "speed-signs-search",
+                         (*common, "train.epochs=10", "train.max_minutes=95", f"train.seed={seed}"), "hard"),
+                   Stage(f"polish-s{seed}", "speed-signs-search", common, f"search-s{seed}", "polish-reader",
+                         {"crops": 30000, "held_out": 3000, "epochs": 3})]
+    stages.append(Stage("select", "speed-signs-search", common, kind="select",
+                        settings={"candidates": [f"{kind}-s{seed}" for kind in ("search", "polish") for seed in seeds]}))
+    return Recipe("speed-signs-polished", stages, summary_from="select")
+
+
+def with_stage_settings(recipe: Recipe, items) -> Recipe:
+    """`STAGE.KEY=VALUE` items: a setting of that stage (reader stages: crops, epochs, ...), or, where KEY names a
+    config field (train.epochs, model.hidden, ...), an override of it."""
+    from dataclasses import replace
+
+    from .presets import parse_value
+
+    stages = {stage.name: stage for stage in recipe.stages}
+    for item in items:
+        key, sep, value = item.partition("=")
+        name, dot, setting = key.partition(".")
+        if not sep or not dot or name not in stages:
+            raise ConfigError(f"--stage {item!r} must look like STAGE.SETTING=VALUE with STAGE one of {list(stages)}")
+        stage = stages[name]
+        if setting.partition(".")[0] in ("model", "objective", "train", "task"):
+            stages[name] = replace(stage, overrides=(*stage.overrides, f"{setting}={value}"))
+        else:
+            stages[name] = replace(stage, settings={**stage.settings, setting: parse_value(value)})
+    return replace(recipe, stages=[stages[stage.name] for stage in recipe.stages])
+
+
 def check_spec(recipe: Recipe, out: Path) -> None:
     """Record the recipe's spec in OUT/recipe.json, or refuse a rerun under another one."""
-    spec = asdict(recipe)
-    spec = json.loads(json.dumps(spec))  # tuples as lists, as read back
+    spec = json.loads(json.dumps(asdict(recipe)))  # tuples as lists, as read back
     path = out / "recipe.json"
     if path.exists() and json.loads(path.read_text()) != spec:
         raise ConfigError(f"{out} holds a run of another recipe spec ({path}); rerun with the same command or use a "
@@ -60,35 +111,142 @@ def check_spec(recipe: Recipe, out: Path) -> None:
     write_text(path, json.dumps(spec, indent=2) + "\n")
 
 
-def run_recipe(recipe: Recipe, out, command: str = "", digit_source: str = "auto", data_dir=None,
-               progress: bool = True, log=print) -> dict:
-    """Run (or continue) every stage in order; returns the recipe's summary (also OUT/summary.json)."""
+def train_stage(stage: Stage, out: Path, init, run: dict) -> dict:
     from .presets import resolve
-    from .results import combine_seeds, summary_of_run, write_summary
     from .train import train
 
-    out = Path(out)
-    check_spec(recipe, out)
-    results = {}
-    for stage in recipe.stages:
-        stage_dir = out / stage.name
-        if (stage_dir / "results.json").exists():
-            log(f"stage {stage.name}: done ({stage_dir / 'results.json'})")
-            results[stage.name] = json.loads((stage_dir / "results.json").read_text())
-            continue
-        overrides = list(stage.overrides)
-        if stage.init_from:
-            overrides.append(f"train.init_weights={out / stage.init_from / 'best.pt'}")
-        log(f"stage {stage.name}: {stage.preset} {' '.join(overrides)}")
-        results[stage.name] = train(*resolve(stage.preset, overrides), stage_dir,
-                                    resume=(stage_dir / "last.pt").exists(), digit_source=digit_source,
-                                    data_dir=data_dir, progress=progress, log=log,
-                                    provenance={"preset": stage.preset, "command": command})
+    stage_dir = out / stage.name
+    overrides = list(stage.overrides) + ([f"train.init_weights={init}"] if init else [])
+    return train(*resolve(stage.preset, overrides), stage_dir, resume=(stage_dir / "last.pt").exists(),
+                 digit_source=run["digit_source"], data_dir=run["data_dir"], progress=run["progress"], log=run["log"],
+                 provenance={"preset": stage.preset, "command": run["command"]})
+
+
+def pretrain_reader_stage(stage: Stage, out: Path, init, run: dict) -> dict:
+    from .reader_stages import pretrain_reader
+
+    return pretrain_reader(stage, out, init, run["progress"], run["log"])
+
+
+def polish_reader_stage(stage: Stage, out: Path, init, run: dict) -> dict:
+    from .reader_stages import polish_reader
+
+    return polish_reader(stage, out, init, run["progress"], run["log"])
+
+
+def select_stage(stage: Stage, out: Path, init, run: dict) -> dict:
+    """The candidate whose model reads the validation split best (first head's metric; ties: the first), copied to
+    OUT/<stage>/model.pt and evaluated once on the test split, with the random- and prior-glimpse controls."""
+    import shutil
+
+    from .checkpoint import load
+    from .evaluate import evaluate
+    from .results import head_metrics
+    from .tasks import make_task
+
+    def evaluation(path: Path, split: str, references: bool) -> dict:
+        model = load(path)
+        config = model.checkpoint["train_config"]
+        task = make_task(config["task"], split, seed=config["seed"], **config["task_options"])
+        return evaluate(model, task, references=references, seed=config["seed"], progress=run["progress"])
+
+    candidates = {name: product(run["recipe"], out, name) for name in stage.settings["candidates"]}
+    validation = {name: next(iter(head_metrics(evaluation(path, "validation", False)).values()))
+                  for name, path in candidates.items()}
+    chosen = max(validation, key=lambda name: (validation[name], -list(validation).index(name)))
+    model = out / stage.name / "model.pt"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(candidates[chosen], model.with_name("model.pt.tmp"))
+    model.with_name("model.pt.tmp").replace(model)
+    run["log"](f"stage {stage.name}: {chosen} reads validation best ({validation})")
+    return {"stage": stage.name, "kind": stage.kind, "validation": validation, "chosen": chosen,
+            "test": evaluation(model, "test", True)}
+
+
+STAGE_KINDS = {"train": train_stage, "pretrain-reader": pretrain_reader_stage, "polish-reader": polish_reader_stage,
+               "select": select_stage}
+
+
+def stage_named(recipe: Recipe, name: str) -> Stage:
+    return next(stage for stage in recipe.stages if stage.name == name)
+
+
+def product(recipe: Recipe, out: Path, name: str) -> Path:
+    """Where the stage `name` leaves what later stages start from."""
+    return out / name / PRODUCTS[stage_named(recipe, name).kind]
+
+
+def check_recipe(recipe: Recipe) -> None:
+    names = [stage.name for stage in recipe.stages]
+    for index, stage in enumerate(recipe.stages):
+        if stage.kind not in STAGE_KINDS:
+            raise ConfigError(f"stage {stage.name}: unknown kind {stage.kind!r}; choose one of {sorted(STAGE_KINDS)}")
+        earlier = set(names[:index])
+        needed = {stage.init_from} - {""} | set(stage.settings.get("candidates", []) if stage.kind == "select" else [])
+        if not needed <= earlier:
+            raise ConfigError(f"stage {stage.name} starts from {sorted(needed - earlier)}, not an earlier stage")
+
+
+def seed_of(recipe: Recipe, results: dict, name: str) -> int:
+    """The seed of the train stage that the stage `name` descends from."""
+    stage = stage_named(recipe, name)
+    return results[name]["train_config"]["seed"] if stage.kind == "train" else seed_of(recipe, results, stage.init_from)
+
+
+def summary_of_selection(recipe: Recipe, results: dict, command: str) -> dict:
+    """The summary of a recipe whose result is a select stage's test evaluation (one model: the chosen one's seed);
+    minutes and images over every stage."""
+    from .results import summary_of_evaluation
+
+    select = results[recipe.summary_from]
+    trained = [results[stage.name] for stage in recipe.stages if stage.kind == "train"]
+    seconds = sum(r["history"][-1]["seconds"] for r in results.values() if r.get("history"))
+    return summary_of_evaluation(
+        select["test"], name=recipe.name, task=trained[0]["task"].get("name", ""), preset=recipe.name,
+        seeds=[seed_of(recipe, results, select["chosen"])], supervision="boxes",
+        minutes=round(sum(r["train_minutes"] for r in trained) + seconds / 60, 1),
+        images_seen=sum(r["images_seen"] for r in trained),
+        commit=trained[0].get("vsaccade_version", "").rpartition("+")[2], command=command,
+        note=f"{select['chosen']} chosen on validation accuracy ({select['validation']}); test evaluated once; "
+             f"trained seeds {[r['train_config']['seed'] for r in trained]}")
+
+
+def summarise(recipe: Recipe, results: dict, command: str) -> dict:
+    from .results import combine_seeds, summary_of_run
+
+    if recipe.summary_from:
+        return summary_of_selection(recipe, results, command)
     summaries = [summary_of_run(results[name], name, recipe.stages[0].preset, command) for name in recipe.seeds]
     summary = combine_seeds(summaries, recipe.name) if summaries else {}
     if recipe.control and summary:
         control = summary_of_run(results[recipe.control], recipe.control, recipe.stages[0].preset, command)
         summary["controls"] = {**summary["controls"], "no-glimpse control": {h: m["mean"] for h, m in control["metrics"].items()}}
+    return summary
+
+
+def run_recipe(recipe: Recipe, out, command: str = "", digit_source: str = "auto", data_dir=None,
+               progress: bool = True, log=print) -> dict:
+    """Run (or continue) every stage in order; returns the recipe's summary (also OUT/summary.json)."""
+    from .results import write_summary
+
+    out = Path(out)
+    check_recipe(recipe)
+    check_spec(recipe, out)
+    run = {"recipe": recipe, "command": command, "digit_source": digit_source, "data_dir": data_dir,
+           "progress": progress, "log": log}
+    results = {}
+    for stage in recipe.stages:
+        done = out / stage.name / "results.json"
+        if done.exists():
+            log(f"stage {stage.name}: done ({done})")
+            results[stage.name] = json.loads(done.read_text())
+            continue
+        init = product(recipe, out, stage.init_from) if stage.init_from else None
+        log(f"stage {stage.name} ({stage.kind}): {stage.preset} {' '.join(stage.overrides)} {stage.settings or ''}")
+        results[stage.name] = STAGE_KINDS[stage.kind](stage, out, init, run)
+        if stage.kind != "train":  # train writes its own
+            write_text(done, json.dumps(results[stage.name], indent=2) + "\n")
+    summary = summarise(recipe, results, command)
     if summary:
         write_summary(summary, out / "summary.json")
     return summary

@@ -8,16 +8,23 @@ run directory (summary.json); `vsaccade results` renders a folder of them:
     vsaccade results docs/results --out docs/results.md          # regenerate the page
     vsaccade results docs/results --out docs/results.md --check  # exit 1 if the page is not the regeneration
 
-Summaries converted from older raw files record that file and its commit under `source`.
+Summaries converted from older raw files record that file and its commit under `source` ({"file", "commit"}). A
+summary may also hold `measurements`, the other figures its pages quote (diagnostics, costs, baselines), as a table
+{row: {column: value}}; a column's unit closes its name in brackets ("hit rate [%]", "latency [ms]", "ratio [x]"),
+and a `[%]` column holds fractions, shown as percents like the metrics. A summary with no metrics is a measurement
+set (a cost benchmark, a diagnostic): no results row, only its table. tests/test_results_pages.py checks that every
+figure README.md and docs/benchmarks/ quote is one of these values.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 FIELDS = ("name", "task", "preset", "seeds", "metrics", "controls", "supervision", "minutes", "images_seen",
           "pixels_read", "commit", "command")
+UNIT = re.compile(r"\s*\[([^\]]+)\]$")
 
 
 def head_metrics(evaluation: dict) -> dict:
@@ -106,7 +113,7 @@ def render(summaries: list[dict], folder: str) -> str:
              "when the same model reads random or prior windows instead of its own. Pixels read: per image, proxy "
              "and margins included (images.LargeImage).", ""]
     for supervision, title in (("labels", "Labels only"), ("boxes", "Box-supervised (a named variant, not the paper's method)")):
-        rows = [s for s in summaries if s["supervision"] == supervision]
+        rows = [s for s in summaries if s["supervision"] == supervision and s["metrics"]]
         if not rows:
             continue
         lines += [f"## {title}", "", "| result | task | preset / recipe | seeds | test | controls | minutes | images seen "
@@ -123,7 +130,56 @@ def render(summaries: list[dict], folder: str) -> str:
         lines.append("")
     lines += ["## Commands", ""]
     for s in summaries:
-        source = f" (converted from {s['source']['file']} at {s['source']['commit']})" if "source" in s else ""
-        note = f" {s['note']}" if s.get("note") else ""
-        lines.append(f"- {s['name']}: `{s['command']}`{source}.{note}")
-    return "\n".join(lines) + "\n"
+        if s["metrics"]:
+            lines.append(f"- {s['name']}: {provenance(s)}")
+    measured = [s for s in summaries if s.get("measurements")]
+    if measured:
+        lines += ["", "## Measurements", "", "The other figures the benchmark pages quote, each set with its command. "
+                  "Rates are percents; a column's unit is in brackets.", ""]
+    for s in measured:
+        lines += [f"### {s['name']}", "", provenance(s), ""] + measurement_table(s["measurements"]) + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def provenance(summary: dict) -> str:
+    """The command, the raw file it was converted from (and its commit), and the note."""
+    source = summary.get("source")
+    converted = f" (converted from {source['file']} at {source['commit']})" if source else ""
+    note = f" {summary['note']}" if summary.get("note") else ""
+    return f"`{summary['command']}`{converted}.{note}"
+
+
+def split_unit(column: str) -> tuple[str, str]:
+    """("hit rate [%]") -> ("hit rate", "%"); a column without brackets has no unit."""
+    match = UNIT.search(column)
+    return (column[:match.start()], match.group(1)) if match else (column, "")
+
+
+def value_text(value, unit: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if unit == "%":
+        return f"{100 * value:.2g}%" if 0 < abs(value) < 0.01 else percent(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:,.4g}"
+
+
+def measurement_table(measurements: dict) -> list[str]:
+    """Markdown tables of {row: {column: value}}: a row shares the current table when one's columns hold the other's."""
+    tables: list[tuple[list, list]] = []
+    for row, values in measurements.items():
+        if tables and (set(values) <= set(tables[-1][0]) or set(tables[-1][0]) <= set(values)):
+            tables[-1][0].extend(c for c in values if c not in tables[-1][0])
+        else:
+            tables.append((list(values), []))
+        tables[-1][1].append(row)
+    lines = []
+    for columns, rows in tables:
+        header = [name + (f" ({unit})" if unit else "") for name, unit in map(split_unit, columns)]
+        lines += ([""] if lines else []) + ["| | " + " | ".join(header) + " |", "|---" * (len(columns) + 1) + "|"]
+        for row in rows:
+            values = measurements[row]
+            cells = [value_text(values[c], split_unit(c)[1]) if c in values else "" for c in columns]
+            lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines

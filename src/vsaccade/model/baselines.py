@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import instruments
 from ..config import ModelConfig
 from .classifier import CountReadout, count_heads
 from .proxy_encoder import conv_block, halvings
@@ -87,10 +88,11 @@ class FullResolutionCNN(nn.Module):
                 raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")
         device = proxy.device
         if len({(i.height, i.width) for i in images}) == 1:  # one batched pass
-            pixels = torch.stack([i.read_region(0, 0, i.height, i.width) for i in images]).to(device)
+            pixels = torch.stack([instruments.read_region(i, 0, 0, i.height, i.width) for i in images]).to(device)
             logits = self.heads(*self.trunk(pixels))
         else:  # images of different sizes: one pass each
-            each = [self.heads(*self.trunk(i.read_region(0, 0, i.height, i.width)[None].to(device))) for i in images]
+            each = [self.heads(*self.trunk(instruments.read_region(i, 0, 0, i.height, i.width)[None].to(device)))
+                    for i in images]
             logits = {name: torch.cat([e[name] for e in each]) for name in each[0]}
         return empty_output(logits, len(images), self.config.image_channels, device)
 

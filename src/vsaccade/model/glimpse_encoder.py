@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import instruments
 from .proxy_encoder import conv_block
 
 POOLS = ("flatten", "mean")
@@ -31,5 +32,6 @@ class GlimpseEncoder(nn.Module):
             self.project = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(inplace=True))
 
     def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
-        """(N, C, W, W) -> (N, hidden)."""
-        return self.project(self.features(glimpses))
+        """(N, C, W, W) -> (N, hidden); reported to the current instrument, if any, as stage "encode"."""
+        with instruments.stage("encode"):
+            return self.project(self.features(glimpses))

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 import torch.nn.functional as F
 
+from .. import instruments
 from ..geometry import glimpse_boxes, read_level
 from ..images import LargeImage
 
@@ -25,16 +26,26 @@ _READERS: ThreadPoolExecutor | None = None
 
 
 def _read_all(images: list[LargeImage], regions: list[tuple]) -> list[torch.Tensor]:
+    """Each image's region, read through the instruments' hook (model code reports its reads: instruments.py)."""
     global _READERS
     if len(images) > 1 and any(getattr(image, "parallel_reads", False) for image in images):
         if _READERS is None:
             _READERS = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="vsaccade-read")
-        return list(_READERS.map(lambda pair: pair[0].read_region(*pair[1]), zip(images, regions)))
-    return [image.read_region(*region) for image, region in zip(images, regions)]
+        read = instruments.in_context(instruments.read_region)
+        return list(_READERS.map(lambda pair: read(pair[0], *pair[1]), zip(images, regions)))
+    return [instruments.read_region(image, *region) for image, region in zip(images, regions)]
 
 
 def sample_glimpses(images: list[LargeImage], z: torch.Tensor, size: int) -> torch.Tensor:
-    """images: B large images; z: (B, 3) latents (s, u, v) -> glimpses (B, C, size, size)."""
+    """images: B large images; z: (B, 3) latents (s, u, v) -> glimpses (B, C, size, size). Reported to the current
+    instrument, if any, as stage "resample" (its region reads as "read") and its bilinear sampling ops."""
+    with instruments.stage("resample"):
+        glimpses = _sample(images, z, size)
+    instruments.count_ops("bilinear_sampling", instruments.BILINEAR_OPS * glimpses.numel())
+    return glimpses
+
+
+def _sample(images: list[LargeImage], z: torch.Tensor, size: int) -> torch.Tensor:
     if z.ndim != 2 or z.shape[1] != 3 or z.shape[0] != len(images):
         raise ValueError(f"expected z of shape ({len(images)}, 3), got {tuple(z.shape)}")
     regions, origins = [], []

@@ -147,7 +147,8 @@ class VariationalSaccader(nn.Module):
             raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
         return self.fixed_policy if self.fixed_policy is not None and source == "posterior" else (source, sample)
 
-    def begin_search(self, images, proxy, proxy_mask, cell_mask, features, e, anchor, source: str, sample: bool, noise):
+    def begin_search(self, images, proxy, proxy_mask, cell_mask, features, e, anchor, source: str, sample: bool, noise,
+                     look: Look):
         """The search for this batch's windows, by `source` (model/search.py)."""
         c = self.config
         if source == "random":
@@ -157,16 +158,17 @@ class VariationalSaccader(nn.Module):
         if isinstance(self.locations, GaussianLocations):
             return GaussianSearch(self.locations, e, source, sample, noise)
         return MixtureSearch(self.locations, images, proxy, proxy_mask, cell_mask, features, anchor, self.cell_geometry,
-                             self.look, source, sample, noise)
+                             look, source, sample, noise)
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
-                noise: Noise | None = None, box_z: torch.Tensor | None = None) -> SaccadeOutput:
+                noise: Noise | None = None, box_z: torch.Tensor | None = None, look: Look | None = None) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
 
         source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
         the mode. A model trained with a `policy` other than "learned" always looks that way.
         noise: where random draws come from (model/noise.py); default torch's global generator.
         box_z: (B, 3) windows (box_supervision.box_windows) read only by the per-glimpse heads, for box supervision.
+        look: inhibition rules and centroid offsets for this call (model/search.py); default the model's own.
         """
         source, sample = self.policy(source, sample)
         check_inputs(self.config, images, proxy, proxy_mask)
@@ -174,7 +176,8 @@ class VariationalSaccader(nn.Module):
         cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), self.config.location_cells)[:, 0] > 0
         features, e = self.proxy_encoder(proxy, cell_mask)
         anchor, proxy_logits = self.anchor(proxy, cell_mask.flatten(1))
-        search = self.begin_search(images, proxy, proxy_mask, cell_mask, features, e, anchor, source, sample, noise)
+        search = self.begin_search(images, proxy, proxy_mask, cell_mask, features, e, anchor, source, sample, noise,
+                                   look or self.look)
         state, steps = self.core.initial(e), []
         for _ in range(self.config.glimpses):
             h = self.core.output(state)

@@ -178,7 +178,7 @@ def window_crop(seed: int, index: int, window: int, reach: int, decoys: float = 
     """A square (H, W, 3) uint8 crop of side `window + 2 * reach` drawn like a scene at the scene's scale, its
     class and the sign's box as `scene` gives it (None for `none`): with a sign in 2/3 of crops (its centre up to `reach` px from the crop's centre each way), else `none`.
     For training a glimpse reader on many more signs than a benchmark's scenes hold
-    (benchmarks/speed_signs_reader.py --synthetic): the same smooth colours, shapes (as many per area as a
+    (the `pretrain-reader` and `polish-reader` recipe stages, reader_stages.py): the same smooth colours, shapes (as many per area as a
     scene), `decoys` decoys on average (a scene's 12-24 in 12 Mpx put about 0.2 in a 262-px crop) and the same JPEG quality.
     With probability `centred_decoy` a `none` crop also holds a decoy where a sign would be: the hard negatives a
     model that seeks signs looks at (its draws come last, so the other crops are the same with or without it)."""

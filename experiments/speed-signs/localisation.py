@@ -1,0 +1,150 @@
+"""Can the proxy say where the speed sign is? A diagnostic for the speed-sign benchmark (docs/benchmarks/files.md).
+
+The 256x192 proxies of a folder dataset (`vsaccade generate speed-signs`, `vsaccade prepare`) are read once
+through the real pipeline (`FolderTask`, cached in --cache) and a per-cell localiser over the 64x64 cell grid
+of the saccader's `speed-signs` preset is trained on them alone, cheaply, in one of four ways:
+
+  * supervised-shallow / supervised-deep: the sign's cell is the target (softmax over cells; images with a sign
+    only). An upper bound on what the proxy shows: it uses the boxes, which the method never sees.
+    shallow = ProxyAttention's instance network (each cell sees itself and half a cell around it);
+    deep = four 3x3 convolutions (receptive field ~19 proxy pixels);
+  * mil-attention: the class label only, through the attention-pooled classifier of model/proxy_attention.py
+    (what the `speed-signs` preset trains with `proxy_loss_weight`);
+  * mil-max: the label "sign or none" only, max-pooled over cells (the sharpest multiple-instance pooling).
+
+Printed per epoch, on the validation split: whether the top-scoring cell and any of the top 4 cells lie within
+one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
+sign-vs-none accuracy. Results go to --json.
+
+    python experiments/speed-signs/localisation.py --root runs/speed-signs-tiff --mode mil-attention --epochs 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+CELLS, PROXY = 64, 256
+
+
+def cached_proxies(root: str, cache: Path, boxes: str = "") -> dict:
+    """The train and validation proxies (vsaccade.cached_proxies, one file per split) in the form used below."""
+    import vsaccade
+
+    data = {}
+    for split in ("train", "validation"):
+        task = vsaccade.make_task("folder", split, root=root, proxy_size=PROXY, channels=3, boxes=boxes)
+        cached = vsaccade.cached_proxies(task, cache.with_name(f"{cache.stem}-{split}.pt"))
+        data[split] = {"proxy": cached["proxy"], "label": cached["labels"]["label"],
+                       "box": torch.stack([b[0] if len(b) else torch.full((4,), -1.0) for b in cached["boxes"]]),
+                       "none": task.classes.index("none"), "height": int(cached["sizes"][0, 0]),
+                       "width": int(cached["sizes"][0, 1])}
+    return data
+
+
+def sign_cells(boxes: torch.Tensor, longer_side: int) -> torch.Tensor:
+    scale = PROXY / longer_side / (PROXY / CELLS)  # image pixels -> cells
+    x, y = (boxes[:, 0] + boxes[:, 2]) / 2 * scale, (boxes[:, 1] + boxes[:, 3]) / 2 * scale
+    return y.long() * CELLS + x.long()
+
+
+def near(cells: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((cells // CELLS - target // CELLS).abs() <= 1) & ((cells % CELLS - target % CELLS).abs() <= 1)
+
+
+def scorer(mode: str, classes: int) -> nn.Module:
+    out = classes if mode == "mil-attention" else 1
+    if mode == "supervised-deep":
+        return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
+    if mode == "mil-attention":
+        from vsaccade import ProxyAttention
+
+        return ProxyAttention(3, PROXY, CELLS, 32, [{"name": "label", "num_classes": classes, "kind": "class"}])
+    cell = PROXY // CELLS
+    return nn.Sequential(nn.Conv2d(3, 32, 2 * cell, cell, cell // 2), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
+
+
+def run(net, mode, proxy, valid):
+    """-> per-cell scores (B, c^2) for ranking, and classifier logits (or None)."""
+    x = proxy.float() / 255
+    if mode == "mil-attention":
+        log_attention, logits = net(x, valid)
+        return log_attention, logits["label"]
+    scores = F.adaptive_avg_pool2d(net(x), CELLS).flatten(1).masked_fill(~valid, -1e9)
+    return scores, (scores.max(1).values if mode == "mil-max" else None)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--mode", required=True, choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max"))
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--boxes", default="", help="the boxes folder beside the root (vsaccade generate's DST-boxes)")
+    parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-proxies.pt")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    root = Path(args.root)
+    data = cached_proxies(args.root, Path(args.cache or root.parent / f"{root.name}-proxies.pt"), args.boxes)
+    train, validation = data["train"], data["validation"]
+    longer = max(train["height"], train["width"])
+    rows = round(PROXY * train["height"] / longer / (PROXY / CELLS))
+    valid_grid = torch.zeros(CELLS, CELLS, dtype=torch.bool)
+    valid_grid[:rows, : round(PROXY * train["width"] / longer / (PROXY / CELLS))] = True
+    valid_cells = valid_grid.flatten()
+    none = train["none"]
+    net = scorer(args.mode, int(train["label"].max()) + 1)
+    optimizer = torch.optim.Adam(net.parameters(), args.lr)
+    supervised = args.mode.startswith("supervised")
+    keep = train["box"][:, 0] >= 0 if supervised else torch.ones(len(train["label"]), dtype=torch.bool)
+    proxies, labels, boxes = train["proxy"][keep], train["label"][keep], train["box"][keep]
+    history, started = [], time.time()
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(proxies))
+        for start in range(0, len(order), 16):
+            index = order[start : start + 16]
+            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1))
+            if supervised:
+                loss = F.cross_entropy(scores, sign_cells(boxes[index], longer))
+            elif args.mode == "mil-max":
+                loss = F.binary_cross_entropy_with_logits(logits, (labels[index] != none).float())
+            else:
+                loss = F.cross_entropy(logits, labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            scores, logits = run(net, args.mode, validation["proxy"], valid_cells.expand(len(validation["label"]), -1))
+        has_sign = validation["box"][:, 0] >= 0
+        target = sign_cells(validation["box"][has_sign], longer)
+        top = scores[has_sign].topk(4, 1).indices
+        record = {"epoch": epoch + 1, "seconds": time.time() - started,
+                  "top1_within_one_cell": float(near(top[:, 0], target).float().mean()),
+                  "top4_within_one_cell": float(near(top, target[:, None]).any(1).float().mean())}
+        if logits is not None:
+            said_sign = logits > 0 if args.mode == "mil-max" else logits.argmax(1) != none
+            record["sign_vs_none_accuracy"] = float((said_sign == has_sign).float().mean())
+        history.append(record)
+        print(json.dumps(record), flush=True)
+        report = {"command": "python experiments/speed-signs/localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  "mode": args.mode, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
+                  "history": history}
+        if args.json:  # after every epoch, so a stopped run keeps what it measured
+            Path(args.json).write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
