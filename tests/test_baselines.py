@@ -22,7 +22,7 @@ def batch(count=3, height=96, width=128):
 
 @pytest.mark.parametrize("architecture", ["fullres", "proxy"])
 def test_baseline_forward_backward(architecture):
-    model = create_model(architecture, proxy_size=16, hidden=32, backbone_stages=3)
+    model = create_model(architecture, proxy_size=16, hidden=32, **({"backbone_stages": 3} if architecture == "fullres" else {}))
     images, proxy, mask = batch()
     out = model(images, proxy, mask)
     assert out.logits["label"].shape == (3, 10) and out.z.shape == (3, 0, 3) and out.kl.shape == (3, 0)
@@ -107,3 +107,13 @@ def test_a_baseline_config_is_small_and_refuses_the_saccaders_fields():
     # a saved config that still names the saccader's fields (written before baselines had their own) loads
     legacy = {**ModelConfig(glimpses=6).to_dict(), "architecture": "proxy"}
     assert ModelConfig.from_dict(legacy).to_dict() == ModelConfig(architecture="proxy").to_dict()
+    with pytest.raises(ConfigError, match="glimpses is not a field of the fullres baseline"):
+        create_model("fullres", glimpses=7)  # built by hand: refused as --set would be
+    from vsaccade.checkpoint import with_test_time_settings
+
+    with pytest.raises(ConfigError, match="cannot set 'model.inhibit=cell'"):
+        with_test_time_settings(create_model("proxy"), ["model.inhibit=cell"])
+    import vsaccade
+
+    tiny_image = torch.rand(1, 24, 24)  # smaller than a saccader's default glimpse; a baseline reads no glimpse
+    assert vsaccade.predict(create_model("fullres", backbone_stages=2, proxy_size=8), tiny_image).probabilities["label"].shape == (10,)

@@ -120,8 +120,8 @@ def test_count_readout_is_a_discretised_gaussian_on_the_summed_glimpse_counts():
 @pytest.mark.parametrize("architecture", ["saccader", "fullres", "proxy"])
 def test_count_readout_trains_in_every_model_and_needs_a_count_head(architecture):
     count_head = [{"name": "count", "num_classes": 7, "kind": "count"}]
-    config = dict(architecture=architecture, heads=count_head, image_channels=3, proxy_size=16, location_cells=4,
-                  glimpses=3, glimpse_size=16, readout="count", hidden=32)
+    config = dict(architecture=architecture, heads=count_head, image_channels=3, proxy_size=16, readout="count",
+                  hidden=32, **({"location_cells": 4, "glimpses": 3, "glimpse_size": 16} if architecture == "saccader" else {}))
     model = create_model(**config)
     images = [ArrayImage(torch.rand(3, 96, 96)) for _ in range(2)]
     out = model(images, torch.rand(2, 1, 16, 16), torch.ones(2, 16, 16, dtype=torch.bool))
@@ -134,7 +134,7 @@ def test_count_readout_trains_in_every_model_and_needs_a_count_head(architecture
     with pytest.raises(ConfigError, match="needs a count head"):
         create_model(**{**config, "heads": [{"name": "label", "num_classes": 10, "kind": "class"}]})
     with pytest.raises(ConfigError, match="count readout"):
-        create_model(**{**config, "architecture": "ats"})
+        create_model(**{**config, "architecture": "ats", "location_cells": 4, "glimpses": 3, "glimpse_size": 16})
 
 
 def test_count_readout_learns_per_glimpse_counts_from_the_total_alone():

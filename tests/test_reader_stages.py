@@ -108,6 +108,33 @@ def test_stage_settings_and_order_are_checked_before_anything_trains(signs, tmp_
                                         settings={"crops": 4})]), tmp_path / "bad3", progress=False)
 
 
+def test_a_rerun_under_other_overrides_or_without_a_stage_product_is_refused(signs, tmp_path):
+    out = tmp_path / "r"
+    run_recipe(pretrain(signs, epochs=1), out, progress=False, log=lambda *a: None)
+    with pytest.raises(ConfigError, match="another recipe spec"):  # a --set changed since the first run
+        recipe = pretrain(signs, epochs=1)
+        recipe.stages[0] = Stage("reader", "speed-signs-boxes", (*overrides(signs), "model.hidden=16"),
+                                 kind="pretrain-reader", settings=recipe.stages[0].settings)
+        run_recipe(recipe, out, progress=False)
+    (out / "reader" / "weights.pt").unlink()
+    with pytest.raises(ConfigError, match="results.json but no weights.pt"):
+        run_recipe(pretrain(signs, epochs=1), out, progress=False)
+
+
+def test_user_overrides_come_after_the_recipes_own_and_unknown_settings_are_refused(signs, tmp_path):
+    recipe = speed_signs_polished_recipe(("train.epochs=2", "train.seed=7"), seeds=(0, 1))
+    search = [stage for stage in recipe.stages if stage.name.startswith("search")]
+    from vsaccade.presets import resolve
+
+    assert [resolve(s.preset, list(s.overrides))[2].epochs for s in search] == [2, 2]
+    assert [resolve(s.preset, list(s.overrides))[2].seed for s in search] == [0, 1]  # --seeds decides each stage's
+    for typo in (["reader.crop=10"], ["search-s0.epochs=3"]):
+        with pytest.raises(ConfigError, match="unknown setting"):
+            run_recipe(with_stage_settings(recipe, typo), tmp_path / "typo", progress=False)
+    with pytest.raises(ConfigError, match="distinct seeds"):
+        speed_signs_polished_recipe(seeds=(0, 0))
+
+
 def test_polishing_needs_a_model_that_reads_out_any_object(signs, tmp_path):
     first = Recipe("mean", [Stage("search", "speed-signs-boxes", (*overrides(signs), "train.epochs=1")),
                             Stage("polish", "speed-signs-boxes", overrides(signs), "search", "polish-reader",

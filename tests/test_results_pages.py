@@ -1,5 +1,5 @@
-"""Every figure README.md and the benchmark pages quote comes from a summary JSON in docs/results/, and no page links
-to a file that is gone.
+"""Every figure README.md and the benchmark pages quote comes from a summary JSON in docs/results/ (a page's, from
+the summaries it links; README's, from any), and no page links to a file that is gone.
 
 A *figure* is
 - a percentage: a number, with or without decimals, followed by "%" (97.8%, 0.27%, 79%). A range's upper end
@@ -91,12 +91,26 @@ def unquoted_figures(text, path, percents, units, every):
     return missing
 
 
+SUMMARY_LINK = re.compile(r"results/([\w.-]+\.json)")
+
+
+def summaries_of(page: Path, summaries: dict) -> list:
+    """The summaries a benchmark page links (its figures must come from those); README's: all of them."""
+    if page.name == "README.md":
+        return list(summaries.values())
+    return [summaries[name] for name in sorted(set(SUMMARY_LINK.findall(page.read_text()))) if name in summaries]
+
+
 def test_every_figure_of_the_readme_and_the_benchmark_pages_comes_from_a_summary():
-    percents, units, every = quoted_values(read_summaries(ROOT / "docs" / "results"))
+    folder = ROOT / "docs" / "results"
+    summaries = {path.name: json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))}
+    assert len(summaries) == len(read_summaries(folder))
     missing = []
     for page in PAGES:
-        missing += unquoted_figures(page.read_text(), str(page.relative_to(ROOT)), percents, units, every)
-    assert not missing, "figures quoted from no summary JSON in docs/results/:\n" + "\n".join(missing)
+        linked = summaries_of(page, summaries)
+        assert linked, f"{page.relative_to(ROOT)} links no summary in docs/results/"
+        missing += unquoted_figures(page.read_text(), str(page.relative_to(ROOT)), *quoted_values(linked))
+    assert not missing, "figures quoted from no summary JSON the page links:\n" + "\n".join(missing)
 
 
 def test_the_figure_check_fails_on_a_figure_no_summary_holds():

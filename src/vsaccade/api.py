@@ -78,7 +78,7 @@ def predict(model, image, policy: str = "mode") -> Prediction:
     image = open_image(image, c.image_channels)
     if image.channels != c.image_channels:
         raise ImageError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
-    if min(image.height, image.width) < c.glimpse_size:
+    if model.glimpses_per_image and min(image.height, image.width) < c.glimpse_size:
         raise ImageError(f"image is {image.width}x{image.height}, smaller than one {c.glimpse_size}x{c.glimpse_size} glimpse")
     model.eval()
     device = next(model.parameters()).device

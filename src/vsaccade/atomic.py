@@ -32,3 +32,23 @@ def save_tensors(data, path) -> Path:
     buffer = io.BytesIO()
     torch.save(data, buffer)
     return write_bytes(path, buffer.getvalue())
+
+
+def cached_tensors(path, make):
+    """torch.load(path), else make() saved there atomically (a killed process never leaves half a cache)."""
+    import torch
+
+    path = Path(path)
+    if path.exists():
+        return torch.load(path)
+    data = make()
+    save_tensors(data, path)
+    return data
+
+
+def cache_name(prefix: str, **inputs) -> str:
+    """A cache file's name that changes with everything it is made from (`inputs`, JSON-serialisable)."""
+    import hashlib
+    import json
+
+    return f"{prefix}-{hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:12]}.pt"

@@ -120,12 +120,13 @@ def upgrade_state_dict(state: dict) -> dict:
 
 def model_from_checkpoint(payload: dict, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights."""
-    from .config import ConfigError, upgrade_model_fields
+    from .config import ConfigError, ModelConfig, upgrade_model_fields
     from .model import create_model
 
-    try:
-        model = create_model(**{"architecture": payload.get("model_name", "saccader"),
-                                **upgrade_model_fields(payload["model_config"])})
+    try:  # through ModelConfig: a baseline saved with the saccader's fields too (before it had its own) keeps its own
+        config = ModelConfig.from_dict({"architecture": payload.get("model_name", "saccader"),
+                                        **upgrade_model_fields(payload["model_config"])})
+        model = create_model(**config.to_dict())
     except (ConfigError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot rebuild its model: {error}") from None
     state = {k: v for k, v in upgrade_state_dict(payload["state_dict"]).items() if k not in REMOVED_PARAMETERS}
@@ -199,18 +200,18 @@ SWAPPABLE_READOUTS = ("mean", "any")
 
 def with_test_time_settings(model, overrides: list[str]):
     """Apply `model.FIELD=VALUE` overrides of TEST_TIME_FIELDS to a loaded model; returns the model."""
-    from .config import REMOVED_MODEL_FIELDS, ConfigError
+    from .config import BASELINE_FIELDS, REMOVED_MODEL_FIELDS, ConfigError
     from .presets import parse_value
 
-    changes = {}
+    changes, own = {}, BASELINE_FIELDS.get(model.config.architecture)
     for item in overrides or []:
         key, sep, value = item.partition("=")
         section, _, name = key.partition(".")
         if section == "model" and name in REMOVED_MODEL_FIELDS:
             raise ConfigError(f"model.{name} was removed: use {REMOVED_MODEL_FIELDS[name]}")
-        if not sep or section != "model" or name not in TEST_TIME_FIELDS:
+        if not sep or section != "model" or name not in TEST_TIME_FIELDS or (own and name not in own):
             raise ConfigError(f"cannot set {item!r} on a trained model; settable: "
-                              f"{', '.join('model.' + f for f in TEST_TIME_FIELDS)}")
+                              f"{', '.join('model.' + f for f in TEST_TIME_FIELDS if not own or f in own) or 'none'}")
         changes[name] = parse_value(value)
     if changes.get("readout", model.config.readout) != model.config.readout and \
             {changes["readout"], model.config.readout} - set(SWAPPABLE_READOUTS):

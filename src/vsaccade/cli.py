@@ -365,6 +365,9 @@ def command_recipe(args):
             raise ConfigError("recipe seeds needs --preset")
         recipe = seeds_recipe(args.preset, tuple(args.seeds), args.control, tuple(args.set or []))
     else:
+        if args.preset or args.control:
+            raise ConfigError("recipe speed-signs-polished names its own presets and has no control: drop --preset "
+                              "and --control")
         recipe = speed_signs_polished_recipe(tuple(args.set or []), tuple(args.seeds))
     recipe = with_stage_settings(recipe, args.stage or [])
     summary = run_recipe(recipe, args.out, command_line(args), args.digits or "auto", args.data_dir,

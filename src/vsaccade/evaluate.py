@@ -179,10 +179,8 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
         "policy": policy,
         "architecture": c.architecture,
         "glimpses": model.glimpses_per_image,
-        "glimpse_size": c.glimpse_size,
-        "s_min": c.s_min,
-        "s_max": c.s_max,
-        "reader": c.reader,
+        # where the model has glimpses (a baseline's config holds only what it reads: config.BASELINE_FIELDS)
+        **{k: v for k, v in c.to_dict().items() if k in ("glimpse_size", "s_min", "s_max", "reader")},
         "pixels_read": pixels / samples,  # per image, by images.LargeImage's definition (proxy and margins included)
         "pixels_read_fraction": pixels / image_pixels if image_pixels else None,
         "tiles_decoded": tiles / samples,  # per image, where files are tiled (else 0)

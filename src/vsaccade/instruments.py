@@ -164,7 +164,7 @@ class TensorTracker(TorchDispatchMode):
         self.live: dict[str, int] = defaultdict(int)
         self.peak: dict[str, int] = defaultdict(int)
         self._refs: dict[int, weakref.ref] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a garbage collection inside `track` may call `_free`
 
     def _free(self, key: int, device: str, nbytes: int) -> None:
         with self._lock:

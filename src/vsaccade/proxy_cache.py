@@ -16,15 +16,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .atomic import save_tensors
+from .atomic import cached_tensors
 
 
 def cached_proxies(task, path, progress: bool = True) -> dict:
-    path = Path(path)
-    if path.exists():
-        return torch.load(path)
+    return cached_tensors(path, lambda: read_proxies(task, Path(path).name, progress))
+
+
+def read_proxies(task, name: str, progress: bool) -> dict:
     proxies, labels, boxes, sizes = [], {}, [], []
-    for index in tqdm(range(len(task)), desc=f"proxies ({path.name})", disable=not progress):
+    for index in tqdm(range(len(task)), desc=f"proxies ({name})", disable=not progress):
         sample = task[index]
         if not 0 <= float(sample.proxy.min()) <= float(sample.proxy.max()) <= 1:
             raise ValueError(f"sample {index}: proxy values outside [0, 1] cannot be cached as 8 bits")
@@ -33,7 +34,5 @@ def cached_proxies(task, path, progress: bool = True) -> dict:
             labels.setdefault(head, []).append(torch.as_tensor(value))
         boxes.append(sample.boxes)
         sizes.append((sample.image.height, sample.image.width))
-    data = {"proxy": torch.stack(proxies), "labels": {h: torch.stack(v) for h, v in labels.items()}, "boxes": boxes,
+    return {"proxy": torch.stack(proxies), "labels": {h: torch.stack(v) for h, v in labels.items()}, "boxes": boxes,
             "sizes": torch.tensor(sizes)}
-    save_tensors(data, path)
-    return data

@@ -28,26 +28,25 @@ from torch import nn
 from tqdm import tqdm
 
 from . import faults
-from .atomic import save_tensors
+from .atomic import cache_name, cached_tensors, save_tensors
 
 SIDE_JITTER = 0.15  # polish: log-side and centre jitter of the drawn windows, like the trained model's fits
 CROP_WINDOW, CROP_REACH = 440, 20  # polish: 480-px crops hold any window up to s_max (300 px) with its jitter
 PRETRAIN_SEED, POLISH_SEED, HELD_OUT_SEED = 0, 10, 11  # window_crop seeds
+# The stages' settings and their defaults (recipes.py refuses any other; `--stage NAME.SETTING=VALUE` sets one):
+# drawn crops (pretrain: centred on a sign or none; polish: training and held-out), their share of `none` crops with a
+# decoy where a sign would be (pretrain), epochs of Adam at `lr`, cosine-annealed to 0 over all steps if `cosine`,
+# the batch size, and the processes that draw the crops.
+PRETRAIN_SETTINGS = {"crops": 0, "centred_decoys": 0.0, "epochs": 8, "lr": 1e-3, "cosine": True, "batch_size": 64,
+                     "workers": 2}
+POLISH_SETTINGS = {"crops": 30000, "held_out": 3000, "epochs": 3, "lr": 3e-4, "cosine": True, "batch_size": 64,
+                   "workers": 2}
 DESCRIBES_THE_MODEL = ("model_name", "model_config", "objective_config", "train_config", "task", "digit_source",
                        "vsaccade_version")
 
 
 def as_uint8(glimpses: torch.Tensor) -> torch.Tensor:
     return (glimpses.clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def cached(path: Path, make):
-    """torch.load(path), else make() saved there (atomically, so a killed stage never leaves half a cache)."""
-    if path.exists():
-        return torch.load(path)
-    data = make()
-    save_tensors(data, path)
-    return data
 
 
 def draw_glimpses(function, jobs: list, workers: int, classes: list[str], desc: str, progress: bool) -> dict:
@@ -62,10 +61,11 @@ def draw_glimpses(function, jobs: list, workers: int, classes: list[str], desc: 
             "label": torch.tensor([classes.index(n) for _, n in results])}
 
 
-def folder_task(options: dict, split: str, proxy_size: int, channels: int = 3):
+def folder_task(options: dict, split: str, proxy_size: int):
+    """A split of the folder dataset the stage's task options name (its root, boxes and channels)."""
     from .tasks import make_task
 
-    return make_task("folder", split, root=options["root"], proxy_size=proxy_size, channels=channels,
+    return make_task("folder", split, root=options["root"], proxy_size=proxy_size, channels=options.get("channels", 3),
                      boxes=options.get("boxes", ""))
 
 
@@ -153,7 +153,7 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
         if schedule is not None:
             schedule.load_state_dict(state["schedule"])
         torch.set_rng_state(state["rng"])
-        history = state["history"]
+        history, started = state["history"], started - history_seconds(state["history"])
         log(f"resumed after epoch {len(history)} ({state_path})")
     for epoch in range(len(history) + 1, settings["epochs"] + 1):
         net.train()
@@ -174,6 +174,11 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
                      state_path)
         faults.kill_if_armed("reader-epoch", epoch)
     return history
+
+
+def history_seconds(history: list) -> float:
+    """Seconds of training so far (a resumed stage goes on counting from there)."""
+    return history[-1]["seconds"] if history else 0.0
 
 
 def reading_accuracy(net: nn.Module, validation: dict) -> dict:
@@ -206,12 +211,13 @@ def pretrain_training_data(c, objective, options: dict, settings: dict, cache: P
 
         raise ConfigError("drawn crops are read at the preset's window sides, not fitted to the sign: pretrain the "
                           "reader with a preset without objective.box_window_scale")
-    fitted = f"-fitted{objective.box_window_scale}-s{c.s_min}-{c.s_max}" if objective.box_window_scale else ""
-    data = cached(cache / f"box-glimpses{fitted}.pt", lambda: box_glimpses(options, c, objective.box_window_scale))
+    windows = {"s_min": c.s_min, "s_max": c.s_max, "cells": c.location_cells, "size": c.glimpse_size}
+    name = cache_name("box-glimpses", **windows, options=options, proxy_size=c.proxy_size,
+                      window_scale=objective.box_window_scale)
+    data = cached_tensors(cache / name, lambda: box_glimpses(options, c, objective.box_window_scale))
     train, validation = data["train"], data["validation"]
     if settings["crops"]:
         names = folder_task(options, "train", c.proxy_size).classes
-        windows = f"s{c.s_min}-{c.s_max}-cells{c.location_cells}-w{c.glimpse_size}-decoys{settings['centred_decoys']}"
         jobs = [(i, c.s_min, c.s_max, c.location_cells, c.glimpse_size, settings["centred_decoys"])
                 for i in range(settings["crops"])]
 
@@ -219,7 +225,8 @@ def pretrain_training_data(c, objective, options: dict, settings: dict, cache: P
             drawn = draw_glimpses(crop_glimpse, jobs, settings["workers"], names, "drawn crops", progress)
             return {**drawn, "sign": drawn["label"] != names.index("none")}
 
-        drawn = cached(cache / f"crops-{settings['crops']}-{windows}.pt", draw)
+        name = cache_name("crops", **windows, count=settings["crops"], decoys=settings["centred_decoys"], classes=names)
+        drawn = cached_tensors(cache / name, draw)
         train = {k: torch.cat([train[k], drawn[k]]) for k in train}
     return train, validation
 
@@ -230,14 +237,15 @@ def pretrain_reader(stage, out: Path, init: Path | None, progress: bool = True, 
     from .presets import resolve
 
     c, objective, train_config = resolve(stage.preset, list(stage.overrides))
-    settings = {"crops": 0, "centred_decoys": 0.0, "epochs": 8, "lr": 1e-3, "cosine": True, "batch_size": 64,
-                "workers": 2, **stage.settings}
+    settings = stage.settings
     torch.set_num_threads(train_config.threads)
     torch.manual_seed(0)
     train, validation = pretrain_training_data(c, objective, train_config.task_options, settings, out / "cache",
                                                progress)
-    net = nn.Sequential(GlimpseEncoder(3, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool),
-                        nn.Linear(c.hidden, int(train["label"].max()) + 1))
+    options = train_config.task_options
+    classes = len(folder_task(options, "train", c.proxy_size).classes)
+    net = nn.Sequential(GlimpseEncoder(options.get("channels", 3), c.glimpse_size, c.glimpse_width, c.hidden,
+                                       c.glimpse_pool), nn.Linear(c.hidden, classes))
     if init is not None:
         net.load_state_dict(from_saccader_names(torch.load(init)))
     history = fit(net, list(net.parameters()), lambda glimpses: net(glimpses.float() / 255), train, settings,
@@ -268,7 +276,7 @@ def own_glimpses(model, options: dict, split: str, progress: bool) -> dict:
 
     c = model.config
     none = c.heads[0]["classes"].index(c.background)
-    task = folder_task(options, split, c.proxy_size, c.image_channels)
+    task = folder_task(options, split, c.proxy_size)
     glimpses, glimpse_labels, labels = [], [], []
     with torch.no_grad():
         for start in tqdm(range(0, len(task), 32), desc=f"the model's glimpses ({split})", disable=not progress):
@@ -334,8 +342,9 @@ def polish_data(model, payload: dict, options: dict, settings: dict, cache: Path
 
     def crops(seed: int, count: int) -> dict:
         jobs = [(seed, i, scale, c.s_min, c.s_max, c.glimpse_size) for i in range(count)]
-        name = f"polish-crops-seed{seed}-{count}-x{scale}-s{c.s_min}-{c.s_max}-w{c.glimpse_size}.pt"
-        return cached(cache / name, lambda: draw_glimpses(fitted_crop_glimpse, jobs, settings["workers"], classes,
+        name = cache_name("polish-crops", seed=seed, count=count, scale=scale, s_min=c.s_min, s_max=c.s_max,
+                          size=c.glimpse_size, classes=classes)
+        return cached_tensors(cache / name, lambda: draw_glimpses(fitted_crop_glimpse, jobs, settings["workers"], classes,
                                                           f"crops (seed {seed})", progress))
 
     return own, crops(POLISH_SEED, settings["crops"]), crops(HELD_OUT_SEED, settings["held_out"])
@@ -347,8 +356,7 @@ def polish_reader(stage, out: Path, init: Path, progress: bool = True, log=print
     from .presets import resolve
 
     train_config = resolve(stage.preset, list(stage.overrides))[2]
-    settings = {"crops": 30000, "held_out": 3000, "epochs": 3, "lr": 3e-4, "cosine": True, "batch_size": 64,
-                "workers": 2, **stage.settings}
+    settings = stage.settings
     torch.set_num_threads(train_config.threads)
     torch.manual_seed(0)
     payload = read_checkpoint(init)

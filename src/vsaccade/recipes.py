@@ -22,11 +22,14 @@ control, summarised as the mean and each seed's figure beside the control (the f
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 from .atomic import write_text
 from .config import ConfigError
+from .reader_stages import POLISH_SETTINGS, PRETRAIN_SETTINGS
 
 
 @dataclass(frozen=True)
@@ -48,9 +51,6 @@ class Recipe:
     summary_from: str = ""  # a select stage whose test evaluation is the recipe's result
 
 
-PRODUCTS = {"train": "best.pt", "pretrain-reader": "weights.pt", "polish-reader": "model.pt", "select": "model.pt"}
-
-
 def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=()) -> Recipe:
     """The preset once per seed, and optionally its no-glimpse control (first seed)."""
     if not seeds or len(set(seeds)) != len(seeds):
@@ -64,17 +64,19 @@ def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=())
 def speed_signs_polished_recipe(overrides=(), seeds=(0, 1)) -> Recipe:
     """The box-supervised speed-sign model (docs/benchmarks/files.md): a reader pretrained on oracle glimpses at the
     boxes and 60,000 drawn crops; 3 more epochs on hard negatives (a decoy where a sign would be); the search preset
-    from that reader once per seed; each one's reader polished; of the four, the one that reads validation best. 2 threads."""
+    from that reader once per seed; each one's reader polished; of the four, the one that reads validation best.
+    2 threads, search stages 10 epochs within 95 minutes; `overrides` come after these (each seed's stage keeps its
+    seed)."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"the speed-signs-polished recipe needs distinct seeds, got {list(seeds)}")
     common = ("train.threads=2", *overrides)
-    stages = [Stage("reader", "speed-signs-boxes", common, kind="pretrain-reader",
-                    settings={"crops": 60000, "epochs": 8, "lr": 1e-3}),
+    stages = [Stage("reader", "speed-signs-boxes", common, kind="pretrain-reader", settings={"crops": 60000}),
               Stage("hard", "speed-signs-boxes", common, "reader", "pretrain-reader",
                     {"crops": 20000, "centred_decoys": 1.0, "epochs": 3, "lr": 3e-4})]
     for seed in seeds:
-        stages += [Stage(f"search-s{seed}", "speed-signs-search",
-                         (*common, "train.epochs=10", "train.max_minutes=95", f"train.seed={seed}"), "hard"),
-                   Stage(f"polish-s{seed}", "speed-signs-search", common, f"search-s{seed}", "polish-reader",
-                         {"crops": 30000, "held_out": 3000, "epochs": 3})]
+        searching = ("train.threads=2", "train.epochs=10", "train.max_minutes=95", *overrides, f"train.seed={seed}")
+        stages += [Stage(f"search-s{seed}", "speed-signs-search", searching, "hard"),
+                   Stage(f"polish-s{seed}", "speed-signs-search", common, f"search-s{seed}", "polish-reader")]
     stages.append(Stage("select", "speed-signs-search", common, kind="select",
                         settings={"candidates": [f"{kind}-s{seed}" for kind in ("search", "polish") for seed in seeds]}))
     return Recipe("speed-signs-polished", stages, summary_from="select")
@@ -83,8 +85,6 @@ def speed_signs_polished_recipe(overrides=(), seeds=(0, 1)) -> Recipe:
 def with_stage_settings(recipe: Recipe, items) -> Recipe:
     """`STAGE.KEY=VALUE` items: a setting of that stage (reader stages: crops, epochs, ...), or, where KEY names a
     config field (train.epochs, model.hidden, ...), an override of it."""
-    from dataclasses import replace
-
     from .presets import parse_value
 
     stages = {stage.name: stage for stage in recipe.stages}
@@ -136,9 +136,9 @@ def polish_reader_stage(stage: Stage, out: Path, init, run: dict) -> dict:
 
 def select_stage(stage: Stage, out: Path, init, run: dict) -> dict:
     """The candidate whose model reads the validation split best (first head's metric; ties: the first), copied to
-    OUT/<stage>/model.pt and evaluated once on the test split, with the random- and prior-glimpse controls."""
-    import shutil
-
+    OUT/<stage>/model.pt and evaluated once on the test split, with the random- and prior-glimpse controls; each
+    model evaluated as its run was (its eval_policy and eval_batch_size)."""
+    from .atomic import write_bytes
     from .checkpoint import load
     from .evaluate import evaluate
     from .results import head_metrics
@@ -148,23 +148,30 @@ def select_stage(stage: Stage, out: Path, init, run: dict) -> dict:
         model = load(path)
         config = model.checkpoint["train_config"]
         task = make_task(config["task"], split, seed=config["seed"], **config["task_options"])
-        return evaluate(model, task, references=references, seed=config["seed"], progress=run["progress"])
+        return evaluate(model, task, config["eval_policy"], config["eval_batch_size"], references=references,
+                        seed=config["seed"], progress=run["progress"])
 
     candidates = {name: product(run["recipe"], out, name) for name in stage.settings["candidates"]}
     validation = {name: next(iter(head_metrics(evaluation(path, "validation", False)).values()))
                   for name, path in candidates.items()}
     chosen = max(validation, key=lambda name: (validation[name], -list(validation).index(name)))
-    model = out / stage.name / "model.pt"
-    model.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(candidates[chosen], model.with_name("model.pt.tmp"))
-    model.with_name("model.pt.tmp").replace(model)
+    model = write_bytes(out / stage.name / "model.pt", candidates[chosen].read_bytes())
     run["log"](f"stage {stage.name}: {chosen} reads validation best ({validation})")
     return {"stage": stage.name, "kind": stage.kind, "validation": validation, "chosen": chosen,
             "test": evaluation(model, "test", True)}
 
 
-STAGE_KINDS = {"train": train_stage, "pretrain-reader": pretrain_reader_stage, "polish-reader": polish_reader_stage,
-               "select": select_stage}
+@dataclass(frozen=True)
+class StageKind:
+    run: Callable  # (stage with its settings filled in, OUT, the init_from stage's product or None, run) -> results
+    product: str  # the file in OUT/<stage>/ that later stages start from
+    settings: dict  # the settings it takes, with their defaults
+
+
+STAGE_KINDS = {"train": StageKind(train_stage, "best.pt", {}),
+               "pretrain-reader": StageKind(pretrain_reader_stage, "weights.pt", PRETRAIN_SETTINGS),
+               "polish-reader": StageKind(polish_reader_stage, "model.pt", POLISH_SETTINGS),
+               "select": StageKind(select_stage, "model.pt", {"candidates": []})}
 
 
 def stage_named(recipe: Recipe, name: str) -> Stage:
@@ -173,18 +180,30 @@ def stage_named(recipe: Recipe, name: str) -> Stage:
 
 def product(recipe: Recipe, out: Path, name: str) -> Path:
     """Where the stage `name` leaves what later stages start from."""
-    return out / name / PRODUCTS[stage_named(recipe, name).kind]
+    return out / name / STAGE_KINDS[stage_named(recipe, name).kind].product
 
 
 def check_recipe(recipe: Recipe) -> None:
+    """Refuse, in one line and before anything trains, a recipe that cannot run as written."""
     names = [stage.name for stage in recipe.stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"stage names must be distinct, got {names}")
     for index, stage in enumerate(recipe.stages):
         if stage.kind not in STAGE_KINDS:
             raise ConfigError(f"stage {stage.name}: unknown kind {stage.kind!r}; choose one of {sorted(STAGE_KINDS)}")
+        known = STAGE_KINDS[stage.kind].settings
+        unknown = sorted(set(stage.settings) - set(known))
+        if unknown:
+            raise ConfigError(f"stage {stage.name}: unknown setting {unknown[0]!r} for a {stage.kind} stage; "
+                              f"its settings: {', '.join(known) or 'none (use config overrides)'}")
         earlier = set(names[:index])
-        needed = {stage.init_from} - {""} | set(stage.settings.get("candidates", []) if stage.kind == "select" else [])
+        needed = {stage.init_from} - {""} | set(stage.settings.get("candidates", []))
         if not needed <= earlier:
             raise ConfigError(f"stage {stage.name} starts from {sorted(needed - earlier)}, not an earlier stage")
+        if stage.kind == "select" and not stage.settings.get("candidates"):
+            raise ConfigError(f"stage {stage.name}: a select stage needs candidates")
+    if recipe.summary_from and stage_named(recipe, recipe.summary_from).kind != "select":
+        raise ConfigError(f"a recipe's summary comes from a select stage, not {recipe.summary_from!r}")
 
 
 def seed_of(recipe: Recipe, results: dict, name: str) -> int:
@@ -194,13 +213,14 @@ def seed_of(recipe: Recipe, results: dict, name: str) -> int:
 
 
 def summary_of_selection(recipe: Recipe, results: dict, command: str) -> dict:
-    """The summary of a recipe whose result is a select stage's test evaluation (one model: the chosen one's seed);
-    minutes and images over every stage."""
+    """The summary of a recipe whose result is a select stage's test evaluation (one model: the chosen one's seed).
+    Minutes: the train stages' training minutes plus the other stages' wall time (that of the call that finished
+    each); images seen: the train stages'."""
     from .results import summary_of_evaluation
 
     select = results[recipe.summary_from]
     trained = [results[stage.name] for stage in recipe.stages if stage.kind == "train"]
-    seconds = sum(r["history"][-1]["seconds"] for r in results.values() if r.get("history"))
+    seconds = sum(r["seconds"] for r in results.values() if "seconds" in r)
     return summary_of_evaluation(
         select["test"], name=recipe.name, task=trained[0]["task"].get("name", ""), preset=recipe.name,
         seeds=[seed_of(recipe, results, select["chosen"])], supervision="boxes",
@@ -236,15 +256,21 @@ def run_recipe(recipe: Recipe, out, command: str = "", digit_source: str = "auto
            "progress": progress, "log": log}
     results = {}
     for stage in recipe.stages:
-        done = out / stage.name / "results.json"
+        done, kind = out / stage.name / "results.json", STAGE_KINDS[stage.kind]
         if done.exists():
+            if not (out / stage.name / kind.product).exists():
+                raise ConfigError(f"stage {stage.name} has results.json but no {kind.product}: remove {out / stage.name} "
+                                  "to run it again")
             log(f"stage {stage.name}: done ({done})")
             results[stage.name] = json.loads(done.read_text())
             continue
         init = product(recipe, out, stage.init_from) if stage.init_from else None
+        stage = replace(stage, settings={**kind.settings, **stage.settings})
         log(f"stage {stage.name} ({stage.kind}): {stage.preset} {' '.join(stage.overrides)} {stage.settings or ''}")
-        results[stage.name] = STAGE_KINDS[stage.kind](stage, out, init, run)
+        started = time.time()
+        results[stage.name] = kind.run(stage, out, init, run)
         if stage.kind != "train":  # train writes its own
+            results[stage.name]["seconds"] = time.time() - started
             write_text(done, json.dumps(results[stage.name], indent=2) + "\n")
     summary = summarise(recipe, results, command)
     if summary:

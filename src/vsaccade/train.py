@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from . import faults
+from .atomic import write_text
 from .checkpoint import (CheckpointError, load_initial_weights, model_from_checkpoint, optimizer_state, read_checkpoint,
                          remove_stale_temporaries, save_checkpoint)
 from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, upgrade_model_fields
@@ -268,7 +269,7 @@ def start_run(model_config, objective, config, out, resume, digit_source, data_d
         "machine": {"cpus": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0], "platform": platform.platform()},
     }
     if cluster.is_main:
-        (out / "config.json").write_text(json.dumps(run.run_info, indent=2))
+        write_text(out / "config.json", json.dumps(run.run_info, indent=2))
     run.started = run.last_save = time.time()
     return run
 
@@ -457,7 +458,7 @@ def finish_run(run: Run, provenance: dict) -> dict:
                "skipped_steps": run.skipped_total, "epochs_completed": run.record["epoch"], "best_validation": run.best,
                "test": test, "checkpoint": str(best_path)}
     if cluster.is_main:
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_text(out / "results.json", json.dumps(results, indent=2))  # atomic: a recipe takes it as "stage done"
         write_summary(summary_of_run(results, out.name, provenance.get("preset", ""), provenance.get("command", "")),
                       out / "summary.json")
         if (out / "metrics.jsonl").exists():

@@ -177,7 +177,7 @@ class VariationalSaccader(nn.Module):
         features, e = self.proxy_encoder(proxy, cell_mask)
         anchor, proxy_logits = self.anchor(proxy, cell_mask.flatten(1))
         search = self.begin_search(images, proxy, proxy_mask, cell_mask, features, e, anchor, source, sample, noise,
-                                   look or self.look)
+                                   look or self.look)  # a Look is always truthy
         state, steps = self.core.initial(e), []
         for _ in range(self.config.glimpses):
             h = self.core.output(state)
