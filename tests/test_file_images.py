@@ -120,6 +120,26 @@ def test_conversions_to_8bit_srgb_and_grey(tmp_path):
     assert cmyk[0] > 0.6 and cmyk[1] < 0.35 and cmyk[2] < 0.35  # red stays red
 
 
+def test_float_and_16_bit_images_are_scaled_by_their_value_range_not_cast(tmp_path):
+    pyvips = pytest.importorskip("pyvips")
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    cases = {
+        "unit-float.tif": (ramp, ramp),  # floats in [0, 1]: a cast would read them as black
+        "wide-float.tif": (ramp * 1000 - 200, ramp),  # other floats: by their own range
+        "rgb16.tif": (np.stack([ramp * 65535] * 3, -1).astype(np.uint16), ramp),
+    }
+    for name, (array, expected) in cases.items():
+        bands = array.shape[2] if array.ndim == 3 else 1
+        image = pyvips.Image.new_from_memory(np.ascontiguousarray(array).tobytes(), 64, 64, bands,
+                                             {np.float32: "float", np.uint16: "ushort"}[array.dtype.type])
+        if bands == 3:
+            image = image.copy(interpretation="rgb16")
+        image.tiffsave(str(tmp_path / name), tile=True, tile_width=32, tile_height=32, pyramid=True)
+        for channels in (1, 3):
+            pixels = FileImage(tmp_path / name, channels=channels).read_region(0, 0, 64, 64)
+            assert (pixels - torch.from_numpy(expected)).abs().max() < 2 / 255, (name, channels)
+
+
 def test_unusable_files_get_one_line_errors(tmp_path, files):
     array, paths = files
     jpeg = paths["jpeg"].read_bytes()

@@ -56,6 +56,25 @@ def _first_line(error: Exception) -> str:
     return (lines[-1] if lines else type(error).__name__)[:200]
 
 
+INTEGER_TOPS = {"char": 127, "ushort": 65535, "short": 32767, "uint": 2**32 - 1, "int": 2**31 - 1}
+
+
+def to_8_bits(image):
+    """A vips image of any sample format -> uchar, scaled by its value range, never cast (a cast reads a float image
+    in [0, 1] as black and wraps 16-bit values): integers by their format's range (65535 -> 255); floats in [0, 1]
+    by 255, other floats by their own min..max (one pass over the image, made once per file). Negative integers
+    are clipped to 0."""
+    if image.format == "uchar":
+        return image
+    if image.format in INTEGER_TOPS:
+        scaled = image.cast("double") * (255 / INTEGER_TOPS[image.format])
+    else:
+        low, high = image.min(), image.max()
+        scaled = image * 255 if 0 <= low and high <= 1 else (image - low) * (255 / max(high - low, 1e-12))
+    scaled = (scaled + 0.5).cast("uchar")  # rounds: a cast to uchar clips to 0..255 and truncates
+    return scaled.copy(interpretation="b-w" if scaled.bands < 3 else "srgb")
+
+
 def to_channels(image, channels: int):
     """A vips image -> 8-bit sRGB (or 8-bit luminance for channels=1), alpha composited on black."""
     pyvips = require_pyvips()
@@ -64,11 +83,10 @@ def to_channels(image, channels: int):
             image = image.icc_transform("srgb", embedded=True, intent="relative")
         except pyvips.Error:
             pass  # a broken profile: fall back to the colourspace conversion below
+    image = to_8_bits(image)
     if image.hasalpha():
         image = image.flatten(background=[0] * (image.bands - 1))
-    image = image.colourspace("b-w" if channels == 1 else "srgb")
-    if image.format != "uchar":
-        image = image.cast("uchar")
+    image = to_8_bits(image.colourspace("b-w" if channels == 1 else "srgb"))
     if channels == 1 and image.bands > 1:
         image = image.extract_band(0)
     if channels == 3 and image.bands == 1:
