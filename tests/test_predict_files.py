@@ -71,3 +71,35 @@ def test_predict_writes_csv_and_overlays_and_reports_bad_files(checkpoint, folde
 
 def test_predict_exit_status_is_zero_when_all_succeed(checkpoint, folder, tmp_path):
     assert main(["predict", str(checkpoint), str(folder / "a.png"), "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
+
+
+def test_batches_read_ahead_by_threads_give_the_rows_of_one_image_at_a_time(checkpoint, folder, tmp_path):
+    one, many = tmp_path / "one.csv", tmp_path / "many.csv"
+    main(["predict", str(checkpoint), str(folder), "--out", str(one), "--no-progress", "--batch-size", "1", "--readers", "1"])
+    main(["predict", str(checkpoint), str(folder), "--out", str(many), "--no-progress", "--batch-size", "2",
+          "--readers", "3", "--threads", "1"])
+    a, b = list(csv.reader(open(one))), list(csv.reader(open(many)))
+    assert [r[0] for r in a] == [r[0] for r in b] and len(a) == 4  # header + 3 readable files, in input order
+    for x, y in zip(a[1:], b[1:]):
+        assert x[1] == y[1] and np.allclose([float(v) for v in x[2:]], [float(v) for v in y[2:]], atol=1e-5)
+
+
+def test_a_killed_run_resumes_from_its_rows_and_another_models_csv_is_refused(checkpoint, folder, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(checkpoint), str(folder / "a.png"), "--out", str(out), "--no-progress"]) == 0
+    whole = list(csv.reader(open(out)))
+    partial = tmp_path / "p.csv.partial"  # a run killed after b.jpg's row and in the middle of c.tif's
+    main(["predict", str(checkpoint), str(folder / "sub" / "b.jpg"), "--out", str(tmp_path / "b.csv"), "--no-progress"])
+    b_row = list(csv.reader(open(tmp_path / "b.csv")))[1]
+    partial.write_text(",".join(whole[0]) + "\r\n" + ",".join(b_row) + "\r\n" + str(folder / "sub" / "c.tif") + ",1,0.3")
+    capsys.readouterr()
+    assert main(["predict", str(checkpoint), str(folder / "a.png"), str(folder / "sub" / "b.jpg"),
+                 str(folder / "sub" / "c.tif"), "--out", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("1 image(s) predicted")  # c.tif alone: a.png and b.jpg were done
+    rows = list(csv.reader(open(out)))
+    assert [r[0].rsplit("/", 1)[-1] for r in rows[1:]] == ["a.png", "b.jpg", "c.tif"] and rows[1] == whole[1]
+    assert rows[2] == b_row and not partial.exists()
+    other = tmp_path / "other.csv"
+    other.write_text("path,label\n")
+    assert main(["predict", str(checkpoint), str(folder / "a.png"), "--out", str(other), "--no-progress"]) != 0
+    assert "another model" in capsys.readouterr().err

@@ -70,22 +70,44 @@ def match_channels(pixels: torch.Tensor, channels: int) -> torch.Tensor:
     raise ImageError(f"cannot convert a {pixels.shape[0]}-channel image to {channels} channels")
 
 
-@torch.no_grad()
-def predict(model, image, policy: str = "mode") -> Prediction:
-    """Classify one image: `policy` is "mode" (posterior mode) or "samples:K" (average over K posterior samples)."""
-    samples = parse_policy(policy)
+@dataclass
+class ModelInput:
+    """One image made ready for a model: the image, its proxy (C', P, P) and the proxy's valid mask (P, P)."""
+    image: LargeImage
+    proxy: torch.Tensor
+    mask: torch.Tensor
+
+
+def model_input(model, image) -> ModelInput:
+    """An image (array, tensor, LargeImage or path) checked against the model, with its proxy made (the proxy read is
+    a prediction's file I/O: `vsaccade predict` does it in its reading threads)."""
     c = model.config
     image = open_image(image, c.image_channels)
     if image.channels != c.image_channels:
         raise ImageError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
     if model.glimpses_per_image and min(image.height, image.width) < c.glimpse_size:
         raise ImageError(f"image is {image.width}x{image.height}, smaller than one {c.glimpse_size}x{c.glimpse_size} glimpse")
+    return ModelInput(image, match_channels(image.proxy(c.proxy_size), c.proxy_channels),
+                      proxy_valid_mask(image.height, image.width, c.proxy_size))
+
+
+@torch.no_grad()
+def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode") -> list[Prediction]:
+    """Classify a batch of prepared images in one forward (per sample of `policy`)."""
+    samples = parse_policy(policy)
     model.eval()
     device = next(model.parameters()).device
-    proxy = match_channels(image.proxy(c.proxy_size), c.proxy_channels)[None].to(device)
-    mask = proxy_valid_mask(image.height, image.width, c.proxy_size)[None].to(device)
-    runs = [model([image], proxy, mask, sample=samples > 0) for _ in range(max(samples, 1))]
-    probs = [head_probabilities(run.logits, c.heads) for run in runs]
-    mean = {k: torch.stack([p[k][0] for p in probs]).mean(0).cpu() for k in probs[0]}
+    images = [i.image for i in inputs]
+    proxy = torch.stack([i.proxy for i in inputs]).to(device)
+    mask = torch.stack([i.mask for i in inputs]).to(device)
+    runs = [model(images, proxy, mask, sample=samples > 0) for _ in range(max(samples, 1))]
+    probs = [head_probabilities(run.logits, model.config.heads) for run in runs]
+    mean = {k: torch.stack([p[k] for p in probs]).mean(0).cpu() for k in probs[0]}
     z = runs[0].z
-    return Prediction(mean, glimpse_boxes_pixels([image], z)[0].cpu(), z[0].cpu())
+    boxes = glimpse_boxes_pixels(images, z)
+    return [Prediction({k: v[b] for k, v in mean.items()}, boxes[b].cpu(), z[b].cpu()) for b in range(len(inputs))]
+
+
+def predict(model, image, policy: str = "mode") -> Prediction:
+    """Classify one image: `policy` is "mode" (posterior mode) or "samples:K" (average over K posterior samples)."""
+    return predict_inputs(model, [model_input(model, image)], policy)[0]

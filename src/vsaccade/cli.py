@@ -136,8 +136,13 @@ def command_demo(args):
 def command_predict(args):
     from .predict_files import predict_paths
 
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model = load_model(args)
-    done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays, progress=not args.no_progress)
+    done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays, progress=not args.no_progress,
+                                 readers=args.readers, batch_size=args.batch_size)
     print(f"{done} image(s) predicted, {failed} skipped: {args.out}" + (f"; overlays in {args.overlays}" if args.overlays else ""))
     return 1 if failed else 0
 
@@ -270,6 +275,9 @@ def add_predict_command(sub) -> None:
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--overlays", metavar="DIR", help="also write a PNG per image with its glimpse windows")
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
+    p.add_argument("--threads", type=positive_int, help="torch threads for the model (default: torch's)")
+    p.add_argument("--readers", type=positive_int, default=2, help="threads opening files ahead of the model (default 2)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward (default 8)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_predict)
 

@@ -1,8 +1,13 @@
 """`vsaccade predict CKPT PATH...`: classify image files and folders, write one CSV row per image (predicted
 class, class probabilities, each glimpse's box in pixels of the upright original), optionally overlay PNGs.
 
-An unreadable file is reported (path and reason) and skipped; the others finish. `predict_paths` returns the
-number of failures, so the command's exit status can say whether any occurred.
+A pipeline: `readers` threads open the files and make their proxies (the I/O) into a bounded queue, ahead of the
+model, which classifies them `batch_size` at a time. Rows keep the input order whatever the threads do.
+An unreadable file is reported (path and reason, one line) and skipped; the others finish. `predict_paths` returns
+the number of failures, so the command's exit status can say whether any occurred.
+
+The CSV is written atomically at the end. Meanwhile rows go to OUT.partial, flushed one by one, so a killed run
+resumes: files already in OUT or OUT.partial are skipped (a CSV of another model is refused).
 """
 
 from __future__ import annotations
@@ -60,32 +65,106 @@ def row(model, path: Path, prediction) -> list:
     return values
 
 
+def done_rows(out_csv: Path, columns: list[str]) -> dict:
+    """path -> row of the predictions already made: OUT, then OUT.partial (a killed run's), complete rows only."""
+    rows = {}
+    for path in (out_csv, partial_path(out_csv)):
+        if not path.exists():
+            continue
+        with open(path, newline="") as handle:
+            reader = csv.reader(handle)
+            if next(reader, None) != columns:
+                raise ImageError(f"{path} holds predictions of another model (its columns differ): use another --out")
+            rows.update((row[0], row) for row in reader if len(row) == len(columns))
+    return rows
+
+
+def partial_path(out_csv: Path) -> Path:
+    return out_csv.with_name(out_csv.name + ".partial")
+
+
+def prefetched(model, paths: list[Path], readers: int, depth: int):
+    """(path, ModelInput or the one-line reason it cannot be read), in `paths` order, read `readers` at a time by
+    threads at most `depth` files ahead of the consumer."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .api import model_input
+
+    def read(path):
+        try:
+            return model_input(model, path)
+        except (ImageError, OSError) as error:
+            message = " ".join(str(error).split()) or type(error).__name__
+            return message.replace(str(path) + ": ", "")
+
+    with ThreadPoolExecutor(max(1, readers), thread_name_prefix="vsaccade-predict") as pool:
+        pending, queued = deque(), iter(paths)
+        for path in queued:
+            pending.append((path, pool.submit(read, path)))
+            if len(pending) >= depth:
+                break
+        while pending:
+            path, future = pending.popleft()
+            nxt = next(queued, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(read, nxt)))
+            yield path, future.result()
+
+
+def batches(items, size: int):
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", overlay_dir=None, progress: bool = True,
-                  report=lambda text: print(text, file=sys.stderr)) -> tuple[int, int]:
-    """Predict every image the patterns name; returns (predicted, failed)."""
-    from .api import open_image, predict
+                  report=lambda text: print(text, file=sys.stderr), readers: int = 2, batch_size: int = 8) -> tuple[int, int]:
+    """Predict every image the patterns name that OUT does not hold yet; returns (predicted, failed)."""
+    from .api import predict_inputs
+    from .atomic import write_text
     from .show import draw_overlay
 
-    paths = expand_paths(patterns)
-    out_csv = Path(out_csv)
+    paths, out_csv, columns = expand_paths(patterns), Path(out_csv), header(model)
+    number = {path: index for index, path in enumerate(paths, 1)}  # overlays named by it: stems may repeat
+    rows = done_rows(out_csv, columns)
+    todo = [path for path in paths if str(path) not in rows]
     out_csv.parent.mkdir(parents=True, exist_ok=True)
-    done = failed = 0
-    with open(out_csv, "w", newline="") as handle:
+    failed = 0
+    with open(partial_path(out_csv), "a", newline="") as handle, \
+            tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
         writer = csv.writer(handle)
-        writer.writerow(header(model))
-        for path in tqdm(paths, desc="predict", unit="image", disable=not progress):
-            try:
-                image = open_image(path, model.config.image_channels)
-                prediction = predict(model, image, policy)
-            except (ImageError, OSError) as error:
+        if handle.tell() == 0:
+            writer.writerow(columns)
+        for batch in batches(prefetched(model, todo, readers, depth=2 * batch_size + readers), batch_size):
+            good = [(path, item) for path, item in batch if not isinstance(item, str)]
+            for path, reason in ((p, i) for p, i in batch if isinstance(i, str)):
                 failed += 1
-                message = " ".join(str(error).split()) or type(error).__name__
-                report(f"vsaccade: skipped {path}: {message.replace(str(path) + ': ', '')}")
-                continue
-            values = row(model, path, prediction)
-            writer.writerow(values)
-            done += 1
-            if overlay_dir:
-                caption = f"{model.config.heads[0]['name']}: {values[1]}"
-                draw_overlay(image, prediction.boxes, caption, Path(overlay_dir) / f"{path.stem}-{done:05d}.png")
-    return done, failed
+                report(f"vsaccade: skipped {path}: {reason}")
+            predictions = predict_inputs(model, [item for _, item in good], policy) if good else []
+            for (path, item), prediction in zip(good, predictions):
+                rows[str(path)] = values = row(model, path, prediction)
+                writer.writerow(values)
+                if overlay_dir:
+                    caption = f"{model.config.heads[0]['name']}: {values[1]}"
+                    draw_overlay(item.image, prediction.boxes, caption, Path(overlay_dir) / f"{path.stem}-{number[path]:05d}.png")
+            handle.flush()
+            bar.update(len(batch))
+    write_csv(out_csv, columns, [rows[str(p)] for p in paths if str(p) in rows], write_text)
+    partial_path(out_csv).unlink()
+    return len(todo) - failed, failed
+
+
+def write_csv(out_csv: Path, columns: list[str], rows: list[list], write_text) -> None:
+    import io
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    write_text(out_csv, text.getvalue())
