@@ -79,11 +79,12 @@ def test_each_baseline_reads_only_the_fields_of_its_small_config():
     import ast
     import inspect
 
-    from vsaccade.model import ats, baselines
+    from vsaccade.model import ats, baselines, ips
 
     for module, owners in ((baselines, {"FullResolutionCNN": "fullres", "build_fullres": "fullres",
                                         "ProxyCNN": "proxy", "build_proxy": "proxy"}),
-                           (ats, {"AttentionSampling": "ats", "build_ats": "ats"})):
+                           (ats, {"AttentionSampling": "ats", "build_ats": "ats"}),
+                           (ips, {"IterativePatchSelection": "ips", "build_ips": "ips"})):
         for node in ast.parse(inspect.getsource(module)).body:
             if getattr(node, "name", None) in owners:
                 read = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)

@@ -57,6 +57,7 @@ BASELINE_FIELDS = {
     "proxy": TASK_FIELDS,
     "ats": TASK_FIELDS + ("glimpses", "glimpse_size", "s_min", "s_max", "location_cells", "proxy_width",
                           "glimpse_width", "glimpse_pool", "reader"),
+    "ips": TASK_FIELDS + ("glimpses", "glimpse_size", "s_min", "s_max", "glimpse_width", "glimpse_pool"),
 }
 
 

@@ -4,3 +4,4 @@ from .registry import MODELS, create_model, model_outputs, register_model  # noq
 from .saccader import VariationalSaccader  # noqa: F401
 from . import baselines  # noqa: F401,E402  (registers "fullres" and "proxy")
 from . import ats  # noqa: F401,E402  (registers "ats")
+from . import ips  # noqa: F401,E402  (registers "ips")
