@@ -79,12 +79,13 @@ def test_each_baseline_reads_only_the_fields_of_its_small_config():
     import ast
     import inspect
 
-    from vsaccade.model import ats, baselines, ips
+    from vsaccade.model import ats, baselines, ips, resnet
 
     for module, owners in ((baselines, {"FullResolutionCNN": "fullres", "build_fullres": "fullres",
                                         "ProxyCNN": "proxy", "build_proxy": "proxy"}),
                            (ats, {"AttentionSampling": "ats", "build_ats": "ats"}),
-                           (ips, {"IterativePatchSelection": "ips", "build_ips": "ips"})):
+                           (ips, {"IterativePatchSelection": "ips", "build_ips": "ips"}),
+                           (resnet, {"ResNetBaseline": "resnet18", "build_resnet18": "resnet18"})):
         for node in ast.parse(inspect.getsource(module)).body:
             if getattr(node, "name", None) in owners:
                 read = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)
@@ -118,3 +119,25 @@ def test_a_baseline_config_is_small_and_refuses_the_saccaders_fields():
 
     tiny_image = torch.rand(1, 24, 24)  # smaller than a saccader's default glimpse; a baseline reads no glimpse
     assert vsaccade.predict(create_model("fullres", backbone_stages=2, proxy_size=8), tiny_image).probabilities["label"].shape == (10,)
+
+
+@pytest.mark.parametrize("architecture", ["resnet18", "resnet18-224"])
+def test_resnet18_baselines_have_its_shape_train_and_read_what_they_say(architecture):
+    from vsaccade.model.resnet import BasicBlock
+
+    model = create_model(architecture, resnet_width=8, hidden=16)
+    blocks = [m for m in model.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and [b.body[0].out_channels for b in blocks] == [8, 8, 16, 16, 32, 32, 64, 64]
+    images, proxy, mask = batch()
+    before = images[0].pixels_requested
+    out = model(images, proxy, mask)
+    assert out.logits["label"].shape == (3, 10) and out.z.shape == (3, 0, 3) and model.glimpses_per_image == 0
+    read = images[0].pixels_requested - before
+    assert read == 96 * 128 if architecture == "resnet18" else read > 0
+    negative_elbo(out, {"label": torch.tensor([1, 2, 3])}, model.config.heads, ObjectiveConfig(), beta=1.0)["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():
+        resized = create_model("resnet18-224", resnet_width=8, hidden=16).eval()
+        small, large = ArrayImage(torch.rand(1, 300, 400)), ArrayImage(torch.rand(1, 1200, 1600))
+        for image in (small, large):  # the same 224-pixel view whatever the image's size: the same cost
+            assert resized.view(image).shape == (1, 224, 224)

@@ -58,6 +58,8 @@ BASELINE_FIELDS = {
     "ats": TASK_FIELDS + ("glimpses", "glimpse_size", "s_min", "s_max", "location_cells", "proxy_width",
                           "glimpse_width", "glimpse_pool", "reader"),
     "ips": TASK_FIELDS + ("glimpses", "glimpse_size", "s_min", "s_max", "glimpse_width", "glimpse_pool"),
+    "resnet18": TASK_FIELDS + ("resnet_width",),
+    "resnet18-224": TASK_FIELDS + ("resnet_width",),
 }
 
 
@@ -103,6 +105,7 @@ class ModelConfig(PlainConfig):
     reader: str = "glimpses"
     decoder: str = "none"  # "proxy": the optional log p(x~ | z_t, h_{t-1}) term's decoder (continuous Bernoulli)
     backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
+    resnet_width: int = 16  # "resnet18" baselines: the first stage's width (the original's 64; FLOPs grow as its square)
     glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
     readout: str = "mean"  # "mean" (an MLP over pooled features), "count" (count heads: summed counts) or "any" (class
     # heads: what the per-glimpse heads most sure of an object say, `background` where none is; model/classifier.py)
@@ -138,7 +141,7 @@ class ModelConfig(PlainConfig):
         if not 0 < self.s_min <= self.s_max <= 1:
             raise ConfigError(f"need 0 < s_min <= s_max <= 1, got s_min={self.s_min}, s_max={self.s_max}")
         for name in ("glimpses", "glimpse_size", "proxy_size", "location_cells", "hidden", "proxy_width", "glimpse_width",
-                     "backbone_stages"):
+                     "backbone_stages", "resnet_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.cell_score_width < 0:
