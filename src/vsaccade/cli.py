@@ -200,6 +200,8 @@ def command_export(args):
 def command_bench(args):
     from .bench import bench
 
+    if args.checkpoint or args.files:
+        return command_bench_files(args)
     report = bench(sizes=args.sizes, models=args.models, kinds=args.kinds, threads=args.threads, repeats=args.repeats,
                    warmup=args.warmup, batch=args.batch, device=args.device, out=args.out, cache=args.cache,
                    seed=args.seed, digit_source=args.digits or "auto", data_dir=args.data_dir,
@@ -208,6 +210,20 @@ def command_bench(args):
     out = Path(args.out)
     print((out / "bench.md").read_text())
     print(f"results: {out / 'bench.json'}, {out / 'bench.md'}, {out / 'bench.png'}")
+    return report
+
+
+def command_bench_files(args):
+    from .bench_files import bench_files, describe
+    from .config import ConfigError
+
+    if not (args.checkpoint and args.files):
+        raise ConfigError("bench over a folder needs both --checkpoint CKPT and --files DIR")
+    out = Path(args.out) / "bench-files.json"
+    report = bench_files(args.checkpoint, args.files, args.threads[0], args.files_limit, args.set or [], out,
+                         progress=not args.no_progress, command=command_line(args))
+    print(describe(report))
+    print(f"results: {out}")
     return report
 
 
@@ -334,6 +350,11 @@ def add_bench_command(sub) -> None:
     p.add_argument("--cache", help="canvases and TIFF files (default OUT/cache)")
     p.add_argument("--seed", type=int, default=0, help="scene and weight seed")
     p.add_argument("--no-memory", action="store_true", help="skip the memory subprocesses")
+    p.add_argument("--checkpoint", help="with --files: bench this trained model (a file or a bundled name) over a folder")
+    p.add_argument("--files", metavar="DIR", help="with --checkpoint: a folder of images, one new file per call "
+                   "(bench_files.py); writes OUT/bench-files.json")
+    p.add_argument("--files-limit", type=int, help="use at most this many files of DIR")
+    p.add_argument("--set", action="append", metavar="model.FIELD=VALUE", help="with --checkpoint: a test-time setting")
     p.add_argument("--no-progress", action="store_true")
     add_data_arguments(p)
     p.set_defaults(handler=command_bench)
