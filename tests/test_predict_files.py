@@ -103,3 +103,23 @@ def test_a_killed_run_resumes_from_its_rows_and_another_models_csv_is_refused(ch
     other.write_text("path,label\n")
     assert main(["predict", str(checkpoint), str(folder / "a.png"), "--out", str(other), "--no-progress"]) != 0
     assert "another model" in capsys.readouterr().err
+
+
+def test_two_processes_under_torchrun_write_the_csv_of_one(checkpoint, folder, tmp_path):
+    import subprocess
+    import sys
+
+    from training_runs import free_port, torchrun
+
+    for name in ("d.png", "e.png", "f.png"):  # 6 readable files in batches of 2: 3 batches over 2 processes
+        Image.fromarray((np.random.default_rng(len(name)).random((80, 120)) * 255).astype(np.uint8)).save(folder / name)
+    args = ["predict", str(checkpoint), str(folder), "--no-progress", "--batch-size", "2", "--threads", "1"]
+    one = subprocess.run([sys.executable, "-m", "vsaccade.cli", *args, "--out", str(tmp_path / "one.csv")],
+                         capture_output=True, text=True)
+    assert one.returncode == 1  # the bad files
+    two = torchrun(["--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())],
+                   args + ["--out", str(tmp_path / "two.csv")])
+    output, _ = two.communicate(timeout=180)
+    assert two.returncode != 0 and "6 image(s) predicted, 2 skipped" in output  # the bad files: exit 1
+    assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
+    assert not list(tmp_path.glob("two.csv.partial*"))

@@ -138,12 +138,20 @@ def command_predict(args):
 
     import torch
 
+    from .distributed import Cluster
+
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args)
-    done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays, progress=not args.no_progress,
-                                 readers=args.readers, batch_size=args.batch_size)
-    print(f"{done} image(s) predicted, {failed} skipped: {args.out}" + (f"; overlays in {args.overlays}" if args.overlays else ""))
+    cluster = Cluster.from_environment("cpu")  # under torchrun, each process predicts its share (docs/files.md)
+    try:
+        model = load_model(args)
+        done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays,
+                                     progress=not args.no_progress, readers=args.readers, batch_size=args.batch_size,
+                                     cluster=cluster)
+    finally:
+        cluster.close()
+    if cluster.is_main:
+        print(f"{done} image(s) predicted, {failed} skipped: {args.out}" + (f"; overlays in {args.overlays}" if args.overlays else ""))
     return 1 if failed else 0
 
 

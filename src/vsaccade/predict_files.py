@@ -17,6 +17,7 @@ import glob
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from .file_images import IMAGE_SUFFIXES
@@ -66,9 +67,10 @@ def row(model, path: Path, prediction) -> list:
 
 
 def done_rows(out_csv: Path, columns: list[str]) -> dict:
-    """path -> row of the predictions already made: OUT, then OUT.partial (a killed run's), complete rows only."""
+    """path -> row of the predictions already made: OUT, then every OUT.partial* (a killed run's, one per process),
+    complete rows only."""
     rows = {}
-    for path in (out_csv, partial_path(out_csv)):
+    for path in [out_csv, *sorted(out_csv.parent.glob(glob.escape(out_csv.name) + ".partial*"))]:
         if not path.exists():
             continue
         with open(path, newline="") as handle:
@@ -79,8 +81,16 @@ def done_rows(out_csv: Path, columns: list[str]) -> dict:
     return rows
 
 
-def partial_path(out_csv: Path) -> Path:
-    return out_csv.with_name(out_csv.name + ".partial")
+def partial_path(out_csv: Path, rank: int = 0) -> Path:
+    return out_csv.with_name(out_csv.name + ".partial" + (f"-{rank}" if rank else ""))
+
+
+def my_share(todo: list, batch_size: int, cluster) -> list:
+    """This process's files: a contiguous run of whole batches, so every batch is the one a single process makes
+    (rows equal to its, bit for bit)."""
+    whole = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    share = cluster.split(len(whole))
+    return [path for batch in whole[share.start:share.stop] for path in batch]
 
 
 def prefetched(model, paths: list[Path], readers: int, depth: int):
@@ -124,40 +134,62 @@ def batches(items, size: int):
 
 
 def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", overlay_dir=None, progress: bool = True,
-                  report=lambda text: print(text, file=sys.stderr), readers: int = 2, batch_size: int = 8) -> tuple[int, int]:
-    """Predict every image the patterns name that OUT does not hold yet; returns (predicted, failed)."""
-    from .api import predict_inputs
+                  report=lambda text: print(text, file=sys.stderr), readers: int = 2, batch_size: int = 8,
+                  cluster=None) -> tuple[int, int]:
+    """Predict every image the patterns name that OUT does not hold yet; returns (predicted, failed), over every
+    process of `cluster` (torchrun: each takes its share of whole batches; the main one writes OUT)."""
     from .atomic import write_text
+    from .distributed import Cluster
+
+    cluster = cluster or Cluster()
+    paths, out_csv, columns = expand_paths(patterns), Path(out_csv), header(model)
+    todo = [path for path in paths if str(path) not in done_rows(out_csv, columns)]
+    cluster.barrier()  # every process has read what was done before any writes more
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    mine = my_share(todo, batch_size, cluster)
+    overlays = (Path(overlay_dir), {path: index for index, path in enumerate(paths, 1)}) if overlay_dir else None
+    failed = predict_into(model, mine, partial_path(out_csv, cluster.rank), columns, policy, overlays,
+                          progress and cluster.is_main, report, readers, batch_size)
+    failed = int(cluster.sum(torch.tensor([failed]))[0])
+    cluster.barrier()
+    if cluster.is_main:
+        rows = done_rows(out_csv, columns)
+        write_csv(out_csv, columns, [rows[str(p)] for p in paths if str(p) in rows], write_text)
+        for partial in out_csv.parent.glob(glob.escape(out_csv.name) + ".partial*"):
+            partial.unlink()
+    cluster.barrier()
+    return len(todo) - failed, failed
+
+
+def predict_into(model, paths: list, partial: Path, columns: list, policy: str, overlays, progress: bool, report,
+                 readers: int, batch_size: int) -> int:
+    """Predict `paths`, each row flushed to `partial` as it comes; returns how many could not be read."""
+    from .api import predict_inputs
     from .show import draw_overlay
 
-    paths, out_csv, columns = expand_paths(patterns), Path(out_csv), header(model)
-    number = {path: index for index, path in enumerate(paths, 1)}  # overlays named by it: stems may repeat
-    rows = done_rows(out_csv, columns)
-    todo = [path for path in paths if str(path) not in rows]
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     failed = 0
-    with open(partial_path(out_csv), "a", newline="") as handle, \
-            tqdm(total=len(todo), desc="predict", unit="img", disable=not progress) as bar:
+    if partial.exists() and not partial.read_bytes().endswith(b"\n"):  # a killed write: its cut row stands alone
+        with open(partial, "a", newline="") as handle:
+            handle.write("\r\n")
+    with open(partial, "a", newline="") as handle, \
+            tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         writer = csv.writer(handle)
         if handle.tell() == 0:
             writer.writerow(columns)
-        for batch in batches(prefetched(model, todo, readers, depth=2 * batch_size + readers), batch_size):
+        for batch in batches(prefetched(model, paths, readers, depth=2 * batch_size + readers), batch_size):
             good = [(path, item) for path, item in batch if not isinstance(item, str)]
             for path, reason in ((p, i) for p, i in batch if isinstance(i, str)):
                 failed += 1
                 report(f"vsaccade: skipped {path}: {reason}")
             predictions = predict_inputs(model, [item for _, item in good], policy) if good else []
             for (path, item), prediction in zip(good, predictions):
-                rows[str(path)] = values = row(model, path, prediction)
-                writer.writerow(values)
-                if overlay_dir:
+                writer.writerow(values := row(model, path, prediction))
+                if overlays:
                     caption = f"{model.config.heads[0]['name']}: {values[1]}"
-                    draw_overlay(item.image, prediction.boxes, caption, Path(overlay_dir) / f"{path.stem}-{number[path]:05d}.png")
+                    draw_overlay(item.image, prediction.boxes, caption, overlays[0] / f"{path.stem}-{overlays[1][path]:05d}.png")
             handle.flush()
             bar.update(len(batch))
-    write_csv(out_csv, columns, [rows[str(p)] for p in paths if str(p) in rows], write_text)
-    partial_path(out_csv).unlink()
-    return len(todo) - failed, failed
+    return failed
 
 
 def write_csv(out_csv: Path, columns: list[str], rows: list[list], write_text) -> None:
