@@ -138,6 +138,11 @@ def test_float_and_16_bit_images_are_scaled_by_their_value_range_not_cast(tmp_pa
         for channels in (1, 3):
             pixels = FileImage(tmp_path / name, channels=channels).read_region(0, 0, 64, 64)
             assert (pixels - torch.from_numpy(expected)).abs().max() < 2 / 255, (name, channels)
+        # the pyramid level and the proxy scale as the full resolution does (one range per file)
+        image = FileImage(tmp_path / name, channels=1)
+        level = image.read_region(0, 0, 64, 64, downsample=2)
+        assert (level[0] - torch.from_numpy(expected).view(32, 2, 32, 2).mean((1, 3))).abs().max() < 3 / 255, name
+        assert abs(image.proxy(16)[0].mean().item() - 0.5) < 0.02, name
 
 
 def test_unusable_files_get_one_line_errors(tmp_path, files):

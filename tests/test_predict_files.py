@@ -84,7 +84,7 @@ def test_batches_read_ahead_by_threads_give_the_rows_of_one_image_at_a_time(chec
         assert x[1] == y[1] and np.allclose([float(v) for v in x[2:]], [float(v) for v in y[2:]], atol=1e-5)
 
 
-def test_a_killed_run_resumes_from_its_rows_and_another_models_csv_is_refused(checkpoint, folder, tmp_path, capsys):
+def test_a_killed_run_resumes_from_its_rows_and_another_models_rows_are_not_reused(checkpoint, folder, tmp_path, capsys):
     out = tmp_path / "p.csv"
     assert main(["predict", str(checkpoint), str(folder / "a.png"), "--out", str(out), "--no-progress"]) == 0
     whole = list(csv.reader(open(out)))
@@ -99,10 +99,22 @@ def test_a_killed_run_resumes_from_its_rows_and_another_models_csv_is_refused(ch
     rows = list(csv.reader(open(out)))
     assert [r[0].rsplit("/", 1)[-1] for r in rows[1:]] == ["a.png", "b.jpg", "c.tif"] and rows[1] == whole[1]
     assert rows[2] == b_row and not partial.exists()
+    retrained = tmp_path / "retrained.pt"  # the same model, other weights: nothing of the old CSV is reused
+    payload = torch.load(checkpoint, weights_only=False)
+    payload["state_dict"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    save_checkpoint(payload, retrained)
+    assert main(["predict", str(retrained), str(folder / "a.png"), str(folder / "sub" / "b.jpg"), "--out", str(out),
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith("2 image(s) predicted")
+    assert list(csv.reader(open(out)))[1] != rows[1]
+    from vsaccade.predict_files import done_rows, header
+
     other = tmp_path / "other.csv"
     other.write_text("path,label\n")
-    assert main(["predict", str(checkpoint), str(folder / "a.png"), "--out", str(other), "--no-progress"]) != 0
-    assert "another model" in capsys.readouterr().err
+    with pytest.raises(vsaccade.ImageError, match="another model"):
+        done_rows(other, header(vsaccade.load(checkpoint)))
+    (tmp_path / "p.csv.partial").write_bytes(b"")  # killed before its header: ignored, not "another model"
+    assert main(["predict", str(retrained), str(folder / "a.png"), "--out", str(out), "--no-progress"]) == 0
 
 
 def test_two_processes_under_torchrun_write_the_csv_of_one(checkpoint, folder, tmp_path):
@@ -123,3 +135,18 @@ def test_two_processes_under_torchrun_write_the_csv_of_one(checkpoint, folder, t
     assert two.returncode != 0 and "6 image(s) predicted, 2 skipped" in output  # the bad files: exit 1
     assert (tmp_path / "one.csv").read_text() == (tmp_path / "two.csv").read_text()
     assert not list(tmp_path.glob("two.csv.partial*"))
+
+
+def test_a_file_that_opens_but_cannot_be_decoded_is_skipped_alone(checkpoint, tmp_path, capsys):
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        Image.fromarray((rng.random((600, 800)) * 255).astype(np.uint8)).save(folder / name, quality=95)
+    data = (folder / "b.jpg").read_bytes()
+    (folder / "b.jpg").write_bytes(data[: len(data) // 3])  # the header and the top third
+    out = tmp_path / "cut.csv"
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(out), "--no-progress", "--batch-size", "3"]) == 1
+    assert [r["path"].rsplit("/", 1)[-1] for r in csv.DictReader(open(out))] == ["a.jpg", "c.jpg"]
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if "b.jpg" in line]) == 1 and "skipped" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from .images import ArrayImage, ImageError, LargeImage
 from .evaluate import head_probabilities
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .config import parse_policy
+from .model.noise import Noise, sample_key
 
 
 @dataclass
@@ -87,20 +89,25 @@ def model_input(model, image) -> ModelInput:
         raise ImageError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
     if model.glimpses_per_image and min(image.height, image.width) < c.glimpse_size:
         raise ImageError(f"image is {image.width}x{image.height}, smaller than one {c.glimpse_size}x{c.glimpse_size} glimpse")
-    return ModelInput(image, match_channels(image.proxy(c.proxy_size), c.proxy_channels),
-                      proxy_valid_mask(image.height, image.width, c.proxy_size))
+    proxy = (match_channels(image.proxy(c.proxy_size), c.proxy_channels) if getattr(model, "reads_proxy", True)
+             else torch.zeros(c.proxy_channels, c.proxy_size, c.proxy_size))  # a model that never looks at it
+    return ModelInput(image, proxy, proxy_valid_mask(image.height, image.width, c.proxy_size))
 
 
 @torch.no_grad()
-def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode") -> list[Prediction]:
-    """Classify a batch of prepared images in one forward (per sample of `policy`)."""
+def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode", names: list[str] | None = None) -> list[Prediction]:
+    """Classify a batch of prepared images in one forward (per sample of `policy`). With `names` (e.g. file paths),
+    the draws of `samples:K` are keyed by each name: a file's prediction does not depend on its batch."""
     samples = parse_policy(policy)
     model.eval()
     device = next(model.parameters()).device
     images = [i.image for i in inputs]
     proxy = torch.stack([i.proxy for i in inputs]).to(device)
     mask = torch.stack([i.mask for i in inputs]).to(device)
-    runs = [model(images, proxy, mask, sample=samples > 0) for _ in range(max(samples, 1))]
+    keys = [zlib.crc32(name.encode()) for name in names] if names else None
+    runs = [model(images, proxy, mask, sample=samples > 0,
+                  **({"noise": Noise.keyed([sample_key(0, k, key) for key in keys], device)} if keys else {}))
+            for k in range(max(samples, 1))]
     probs = [head_probabilities(run.logits, model.config.heads) for run in runs]
     mean = {k: torch.stack([p[k] for p in probs]).mean(0).cpu() for k in probs[0]}
     z = runs[0].z

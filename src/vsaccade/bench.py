@@ -118,7 +118,6 @@ KINDS = ("memory", "file")
 PROXY_SIZE = 180
 LOCATION_CELLS = 45
 ATS_PATCHES, ATS_PATCH, ATS_REFERENCE_SIDE = 10, 50, 1500
-NO_PROXY = {"fullres"}  # models that do not look at the proxy (given zeros, no proxy construction)
 BUSY_CORES = 0.5  # other processes' CPU use (cores) above which a row is flagged busy
 MEMORY_HEADROOM = 0.7  # CPU batches whose estimate exceeds this fraction of MemAvailable are not run
 CACHE_VERSION = 1
@@ -299,7 +298,7 @@ def run_inference(model, name: str, kind: str, source, batch: int, device):
         if instruments.current() is not None:
             instruments.current().attach(images)
         height, width = images[0].height, images[0].width
-        if name in NO_PROXY:
+        if not getattr(model, "reads_proxy", True):
             proxy = torch.zeros(batch, c.proxy_channels, c.proxy_size, c.proxy_size)
         else:
             proxy = torch.stack([instruments.proxy(image, c.proxy_size) for image in images])

@@ -56,34 +56,43 @@ def _first_line(error: Exception) -> str:
     return (lines[-1] if lines else type(error).__name__)[:200]
 
 
+RANGE_SIDE = 512  # a float file's value range is measured on a level at least this large (FileImage.value_range)
 INTEGER_TOPS = {"char": 127, "ushort": 65535, "short": 32767, "uint": 2**32 - 1, "int": 2**31 - 1}
 
 
-def to_8_bits(image):
+def to_8_bits(image, value_range: tuple[float, float] | None = None):
     """A vips image of any sample format -> uchar, scaled by its value range, never cast (a cast reads a float image
     in [0, 1] as black and wraps 16-bit values): integers by their format's range (65535 -> 255); floats in [0, 1]
-    by 255, other floats by their own min..max (one pass over the image, made once per file). Negative integers
-    are clipped to 0."""
+    by 255, other floats by `value_range` (the file's: FileImage.value_range, so that every level and the proxy
+    agree), else by this image's own min..max. Negative integers are clipped to 0."""
     if image.format == "uchar":
         return image
     if image.format in INTEGER_TOPS:
         scaled = image.cast("double") * (255 / INTEGER_TOPS[image.format])
     else:
-        low, high = image.min(), image.max()
+        low, high = value_range or (image.min(), image.max())
         scaled = image * 255 if 0 <= low and high <= 1 else (image - low) * (255 / max(high - low, 1e-12))
     scaled = (scaled + 0.5).cast("uchar")  # rounds: a cast to uchar clips to 0..255 and truncates
     return scaled.copy(interpretation="b-w" if scaled.bands < 3 else "srgb")
 
 
-def to_channels(image, channels: int):
-    """A vips image -> 8-bit sRGB (or 8-bit luminance for channels=1), alpha composited on black."""
+def float_range(image) -> tuple[float, float]:
+    """(min, max) of a vips image's colour bands (alpha left out), in one pass."""
+    colour = image.extract_band(0, n=image.bands - 1) if image.hasalpha() else image
+    stats = colour.stats()
+    return stats(0, 0)[0], stats(1, 0)[0]
+
+
+def to_channels(image, channels: int, value_range: tuple[float, float] | None = None):
+    """A vips image -> 8-bit sRGB (or 8-bit luminance for channels=1), alpha composited on black; floats scaled by
+    `value_range` (see to_8_bits)."""
     pyvips = require_pyvips()
     if image.get_typeof("icc-profile-data"):
         try:
             image = image.icc_transform("srgb", embedded=True, intent="relative")
         except pyvips.Error:
             pass  # a broken profile: fall back to the colourspace conversion below
-    image = to_8_bits(image)
+    image = to_8_bits(image, value_range)
     if image.hasalpha():
         image = image.flatten(background=[0] * (image.bands - 1))
     image = to_8_bits(image.colourspace("b-w" if channels == 1 else "srgb"))
@@ -137,6 +146,7 @@ class FileImage(LargeImage):
         self.pyramid = self._pyramid_levels(stored)  # [(factor, page)], reduced levels a downsampled read may use
         self.tile = stored.get("tile-width") if stored.get_typeof("tile-width") else None  # tiled TIFF
         self._levels: dict[int, object] = {}
+        self._value_range = None  # a float file's (min, max), from its smallest pyramid level: see value_range
         self._lock = threading.Lock()  # one decode per image, even when a thread pool reads its glimpses
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
 
@@ -173,6 +183,26 @@ class FileImage(LargeImage):
                 raise ImageError(f"{self.path}: not a readable image ({_first_line(error)})") from None
         return self._stored
 
+    def prefetch(self) -> None:
+        """Formats that cannot read regions (JPEG, PNG, ...) are decoded whole at the first read: do it now."""
+        if self.decodes_whole:
+            self._source()
+
+    def value_range(self) -> tuple[float, float] | None:
+        """A float file's (min, max) over its colour bands, measured once, so that every read of it and its proxy
+        scale alike: on the smallest pyramid level at least RANGE_SIDE pixels on its shorter side (a cheap pass whose
+        extremes are the image's but for isolated pixels, which then saturate), else on the image itself; None for
+        integer formats (scaled by their format's range)."""
+        stored = self._stored_image()
+        if stored.format in INTEGER_TOPS or stored.format == "uchar":
+            return None
+        if self._value_range is None:
+            pyvips = require_pyvips()
+            pages = [page for factor, page in self.pyramid if min(self.height, self.width) // factor >= RANGE_SIDE]
+            level = pyvips.Image.new_from_file(str(self.path), page=pages[-1], access="random") if pages else stored
+            self._value_range = float_range(level)
+        return self._value_range
+
     def _source(self):
         """The converted (sRGB or grey, 8-bit) stored-frame image that regions are cut from. A lazy vips pipeline
         where the format reads regions; decoded once into memory where it does not."""
@@ -180,7 +210,7 @@ class FileImage(LargeImage):
         with self._lock:
             if self._decoded is None:
                 try:
-                    converted = to_channels(self._stored_image(), self.channels)
+                    converted = to_channels(self._stored_image(), self.channels, self.value_range())
                     self._decoded = converted.copy_memory() if self.decodes_whole else converted
                 except pyvips.Error as error:
                     raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
@@ -191,7 +221,7 @@ class FileImage(LargeImage):
             if page not in self._levels:
                 pyvips = require_pyvips()
                 image = pyvips.Image.new_from_file(str(self.path), page=page, access="random", fail=True)
-                self._levels[page] = to_channels(image, self.channels)
+                self._levels[page] = to_channels(image, self.channels, self.value_range())
             return self._levels[page]
 
     def _read_from_level(self, top, left, height, width, downsample, factor, page) -> torch.Tensor:
@@ -273,8 +303,14 @@ class FileImage(LargeImage):
         k = max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
         self.count_read(0, 0, self.height, self.width, factor=self.shrink_on_load(rows * k, cols * k))
         try:
-            small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False)
-            pixels = to_tensor(to_channels(small, self.channels))
+            if self.value_range() is None:
+                small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False)
+                pixels = to_tensor(to_channels(small, self.channels))
+            else:  # a float file: vips' thumbnail would cast its samples; shrink the 8-bit level instead
+                page = dict(self.pyramid).get(self.shrink_on_load(rows * k, cols * k))
+                level = self._level(page) if page else self._source()
+                small = level.autorot() if self.orientation != 1 else level
+                pixels = to_tensor(small.thumbnail_image(cols * k, height=rows * k, size="force"))
         except pyvips.Error as error:
             raise ImageError(f"{self.path}: cannot make a proxy ({_first_line(error)})") from None
         self.proxy_source = f"vips thumbnail ({self.loader}: shrink-on-load or pyramid level) at {k}x, area-averaged"

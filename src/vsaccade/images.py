@@ -88,6 +88,10 @@ class LargeImage(abc.ABC):
         result is (channels, ceil(height / d), ceil(width / d)) float32.
         """
 
+    def prefetch(self) -> None:
+        """Do now the decoding the first region read would otherwise do (a reading thread ahead of the model calls
+        it: `vsaccade predict`); nothing for images read region by region."""
+
     def proxy(self, size: int) -> torch.Tensor:
         """(channels, size, size): the whole image, aspect kept, top-left placed, zero padding. (The read it makes is
         counted by read_region, as every subclass's read_region counts itself.)"""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import json
 import sys
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def done_rows(out_csv: Path, columns: list[str]) -> dict:
     complete rows only."""
     rows = {}
     for path in [out_csv, *sorted(out_csv.parent.glob(glob.escape(out_csv.name) + ".partial*"))]:
-        if not path.exists():
+        if not path.exists() or path.stat().st_size == 0:  # a partial killed before its header was written
             continue
         with open(path, newline="") as handle:
             reader = csv.reader(handle)
@@ -103,12 +104,14 @@ def prefetched(model, paths: list[Path], readers: int, depth: int):
 
     def read(path):
         try:
-            return model_input(model, path)
-        except (ImageError, OSError) as error:
-            message = " ".join(str(error).split()) or type(error).__name__
-            return message.replace(str(path) + ": ", "")
+            item = model_input(model, path)
+            item.image.prefetch()  # the whole decode of formats that cannot read regions, here, not in the model
+            return item
+        except Exception as error:  # noqa: BLE001 - any failure to read is that file's, reported in one line
+            return one_line(error, path)
 
-    with ThreadPoolExecutor(max(1, readers), thread_name_prefix="vsaccade-predict") as pool:
+    pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="vsaccade-predict")
+    try:
         pending, queued = deque(), iter(paths)
         for path in queued:
             pending.append((path, pool.submit(read, path)))
@@ -120,6 +123,33 @@ def prefetched(model, paths: list[Path], readers: int, depth: int):
             if nxt is not None:
                 pending.append((nxt, pool.submit(read, nxt)))
             yield path, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def one_line(error: Exception, path) -> str:
+    message = " ".join(str(error).split()) or type(error).__name__
+    return message.replace(str(path) + ": ", "")
+
+
+def predicted(model, good: list, policy: str, report) -> tuple[list, list]:
+    """(the (path, input) pairs predicted, their predictions): the batch in one forward; if reading its glimpses
+    fails (a file that opens but cannot be decoded everywhere), each image alone, the failing ones reported."""
+    from .api import predict_inputs
+
+    if not good:
+        return [], []
+    try:
+        return good, predict_inputs(model, [item for _, item in good], policy, [str(path) for path, _ in good])
+    except (ImageError, OSError, ValueError):
+        kept, predictions = [], []
+        for path, item in good:
+            try:
+                predictions += predict_inputs(model, [item], policy, [str(path)])
+                kept.append((path, item))
+            except (ImageError, OSError, ValueError) as error:
+                report(f"vsaccade: skipped {path}: {one_line(error, path)}")
+        return kept, predictions
 
 
 def batches(items, size: int):
@@ -135,16 +165,27 @@ def batches(items, size: int):
 
 def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", overlay_dir=None, progress: bool = True,
                   report=lambda text: print(text, file=sys.stderr), readers: int = 2, batch_size: int = 8,
-                  cluster=None) -> tuple[int, int]:
+                  cluster=None, identity: dict | None = None) -> tuple[int, int]:
     """Predict every image the patterns name that OUT does not hold yet; returns (predicted, failed), over every
-    process of `cluster` (torchrun: each takes its share of whole batches; the main one writes OUT)."""
+    process of `cluster` (torchrun: each takes its share of whole batches; the main one writes OUT). `identity`
+    (checkpoint, policy, settings) is kept beside OUT (OUT.run.json): rows made by another identity are not
+    reused, the run starts afresh."""
     from .atomic import write_text
     from .distributed import Cluster
 
     cluster = cluster or Cluster()
     paths, out_csv, columns = expand_paths(patterns), Path(out_csv), header(model)
-    todo = [path for path in paths if str(path) not in done_rows(out_csv, columns)]
+    run_file = out_csv.with_name(out_csv.name + ".run.json")
+    fresh = identity is not None and (not run_file.exists() or json.loads(run_file.read_text()) != identity)
+    done = {} if fresh else done_rows(out_csv, columns)
+    todo = [path for path in paths if str(path) not in done]
     cluster.barrier()  # every process has read what was done before any writes more
+    if fresh and cluster.is_main:
+        for partial in out_csv.parent.glob(glob.escape(out_csv.name) + ".partial*"):
+            partial.unlink()
+        out_csv.unlink(missing_ok=True)
+        write_text(run_file, json.dumps(identity, indent=2) + "\n")
+    cluster.barrier()
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     mine = my_share(todo, batch_size, cluster)
     overlays = (Path(overlay_dir), {path: index for index, path in enumerate(paths, 1)}) if overlay_dir else None
@@ -164,24 +205,25 @@ def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", ove
 def predict_into(model, paths: list, partial: Path, columns: list, policy: str, overlays, progress: bool, report,
                  readers: int, batch_size: int) -> int:
     """Predict `paths`, each row flushed to `partial` as it comes; returns how many could not be read."""
-    from .api import predict_inputs
     from .show import draw_overlay
 
     failed = 0
-    if partial.exists() and not partial.read_bytes().endswith(b"\n"):  # a killed write: its cut row stands alone
-        with open(partial, "a", newline="") as handle:
-            handle.write("\r\n")
+    if partial.exists():  # a killed write may have cut its last row: cut the file back to the last whole one
+        data = partial.read_bytes()
+        with open(partial, "r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
     with open(partial, "a", newline="") as handle, \
             tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
         writer = csv.writer(handle)
         if handle.tell() == 0:
             writer.writerow(columns)
+            handle.flush()
         for batch in batches(prefetched(model, paths, readers, depth=2 * batch_size + readers), batch_size):
             good = [(path, item) for path, item in batch if not isinstance(item, str)]
             for path, reason in ((p, i) for p, i in batch if isinstance(i, str)):
-                failed += 1
                 report(f"vsaccade: skipped {path}: {reason}")
-            predictions = predict_inputs(model, [item for _, item in good], policy) if good else []
+            good, predictions = predicted(model, good, policy, report)
+            failed += len(batch) - len(good)
             for (path, item), prediction in zip(good, predictions):
                 writer.writerow(values := row(model, path, prediction))
                 if overlays:

@@ -73,6 +73,7 @@ class Heads(nn.Module):
 
 
 class FullResolutionCNN(nn.Module):
+    reads_proxy = False  # callers need not make one (api.model_input, bench)
     reference_sources = ()
     glimpses_per_image = 0
 

@@ -11,7 +11,9 @@ sampler), and it keeps M = `glimpses` patches.
         classifier per head.
 
 A patch's score is its attention logit averaged over the heads: what the aggregator would weigh it by. No proxy is
-used: IPS reads the whole image at full resolution, which is its cost.
+used: IPS reads every pixel of the image, which is its cost; each patch is read as our glimpses are, at the pyramid
+level and resampling our glimpse sampler uses for a window of its side (64-px patches into 32 pixels on Megapixel,
+as the issue's like-for-like comparison asks: glimpse_size = the patch side reads at full resolution).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class CrossAttentionPool(nn.Module):
 
 class IterativePatchSelection(nn.Module):
     reference_sources = ()
+    reads_proxy = False  # callers need not make one (api.model_input, bench)
 
     def __init__(self, config: ModelConfig, chunk: int = CHUNK):
         super().__init__()
@@ -94,7 +97,7 @@ class IterativePatchSelection(nn.Module):
         return self.config.glimpses
 
     @torch.no_grad()
-    def select(self, image, windows: torch.Tensor) -> torch.Tensor:
+    def select(self, image, windows: torch.Tensor) -> torch.Tensor:  # the encoder has no batch statistics or dropout
         """(M,) indices into `windows` (N, 3) of the M best-scored patches of one image, `chunk` patches at a time."""
         m, kept, kept_features = self.config.glimpses, windows.new_zeros(0, dtype=torch.long), None
         for start in range(0, len(windows), self.chunk):
@@ -118,10 +121,7 @@ class IterativePatchSelection(nn.Module):
             if len(windows) < c.glimpses:
                 raise ValueError(f"ips keeps {c.glimpses} patches but a {image.width}x{image.height} image has "
                                  f"{len(windows)}: lower model.glimpses or model.s_min")
-            was_training = self.training
-            self.eval()  # selection scores as inference does (no dropout or batch statistics to update)
             z.append(windows[self.select(image, windows)])
-            self.train(was_training)
         z = torch.stack(z)  # (B, M, 3)
         batch, m = z.shape[:2]
         glimpses = sample_glimpses([image for image in images for _ in range(m)], z.flatten(0, 1), c.glimpse_size)

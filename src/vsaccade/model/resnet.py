@@ -1,5 +1,6 @@
 """The baselines users pick first: a ResNet-18-shaped CNN (He et al., 2016: a 7x7 stride-2 stem and 3x3 max pool,
-then basic blocks [2, 2, 2, 2] at widths w, 2w, 4w, 8w, global mean, a linear head), written here (no torchvision).
+then basic blocks [2, 2, 2, 2] at widths w, 2w, 4w, 8w, global mean, a linear head), written here (no torchvision),
+with GroupNorm in place of BatchNorm (`norm`).
 `model.resnet_width` is w (64 in the original; narrower where a budget demands: its FLOPs scale with w^2).
 
 * `resnet18`: over the whole image at full resolution (every pixel read once), as `fullres` does with its lighter
@@ -23,12 +24,18 @@ RESIZED = 224
 BLOCKS = (2, 2, 2, 2)
 
 
+def norm(channels: int) -> nn.Module:
+    """GroupNorm where ResNet has BatchNorm: per-sample normalisation, as everywhere in the package, so that N
+    processes train exactly as one (docs/distributed.md) and batch 1 trains."""
+    return nn.GroupNorm(min(8, channels), channels)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
-        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), norm(cout), nn.ReLU(inplace=True),
+                                  nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm(cout))
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
                          if stride != 1 or cin != cout else nn.Identity())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +47,7 @@ class ResNet18(nn.Module):
 
     def __init__(self, channels: int, width: int, hidden: int):
         super().__init__()
-        layers = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        layers = [nn.Conv2d(channels, width, 7, 2, 3, bias=False), norm(width), nn.ReLU(inplace=True),
                   nn.MaxPool2d(3, 2, 1)]
         cin = width
         for stage, blocks in enumerate(BLOCKS):
@@ -60,6 +67,7 @@ class ResNet18(nn.Module):
 class ResNetBaseline(nn.Module):
     reference_sources = ()
     glimpses_per_image = 0
+    reads_proxy = False  # callers need not make one (api.model_input, bench)
 
     def __init__(self, config: ModelConfig, resized: bool):
         super().__init__()
