@@ -23,6 +23,18 @@ def write_bytes(path, data: bytes) -> Path:
     return path
 
 
+def write_csv(path, columns: list, rows: list) -> Path:
+    """A header and rows (lists) as CSV, atomically."""
+    import csv
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(rows)
+    return write_text(path, text.getvalue())
+
+
 def save_tensors(data, path) -> Path:
     """torch.save, atomically (caches; checkpoints have save_checkpoint, which also fsyncs)."""
     import io

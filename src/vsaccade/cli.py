@@ -133,20 +133,12 @@ def command_demo(args):
     return path
 
 
-def file_sha256(path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def command_predict(args):
     from .predict_files import predict_paths
 
     import torch
+
+    import hashlib
 
     from .checkpoint import resolve_checkpoint
     from .distributed import Cluster
@@ -156,7 +148,9 @@ def command_predict(args):
     cluster = Cluster.from_environment("cpu")  # under torchrun, each process predicts its share (docs/files.md)
     try:
         model = load_model(args)
-        identity = {"checkpoint_sha256": file_sha256(resolve_checkpoint(args.checkpoint)), "policy": args.policy,
+        with open(resolve_checkpoint(args.checkpoint), "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        identity = {"checkpoint_sha256": digest, "policy": args.policy,
                     "settings": args.set or []}
         done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays,
                                      progress=not args.no_progress, readers=args.readers, batch_size=args.batch_size,

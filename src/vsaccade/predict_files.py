@@ -89,7 +89,7 @@ def partial_path(out_csv: Path, rank: int = 0) -> Path:
 def my_share(todo: list, batch_size: int, cluster) -> list:
     """This process's files: a contiguous run of whole batches, so every batch is the one a single process makes
     (rows equal to its, bit for bit)."""
-    whole = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    whole = list(batches(todo, batch_size))
     share = cluster.split(len(whole))
     return [path for batch in whole[share.start:share.stop] for path in batch]
 
@@ -170,7 +170,7 @@ def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", ove
     process of `cluster` (torchrun: each takes its share of whole batches; the main one writes OUT). `identity`
     (checkpoint, policy, settings) is kept beside OUT (OUT.run.json): rows made by another identity are not
     reused, the run starts afresh."""
-    from .atomic import write_text
+    from .atomic import write_csv, write_text
     from .distributed import Cluster
 
     cluster = cluster or Cluster()
@@ -195,7 +195,7 @@ def predict_paths(model, patterns: list[str], out_csv, policy: str = "mode", ove
     cluster.barrier()
     if cluster.is_main:
         rows = done_rows(out_csv, columns)
-        write_csv(out_csv, columns, [rows[str(p)] for p in paths if str(p) in rows], write_text)
+        write_csv(out_csv, columns, [rows[str(p)] for p in paths if str(p) in rows])
         for partial in out_csv.parent.glob(glob.escape(out_csv.name) + ".partial*"):
             partial.unlink()
     cluster.barrier()
@@ -233,12 +233,3 @@ def predict_into(model, paths: list, partial: Path, columns: list, policy: str, 
             bar.update(len(batch))
     return failed
 
-
-def write_csv(out_csv: Path, columns: list[str], rows: list[list], write_text) -> None:
-    import io
-
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(columns)
-    writer.writerows(rows)
-    write_text(out_csv, text.getvalue())

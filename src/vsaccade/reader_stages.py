@@ -231,8 +231,10 @@ def pretrain_training_data(c, objective, options: dict, settings: dict, cache: P
     return train, validation
 
 
-def pretrain_reader(stage, out: Path, init: Path | None, progress: bool = True, log=print) -> dict:
-    """The pretrain-reader stage (module docstring): returns its results; writes OUT/<stage>/weights.pt."""
+def pretrain_reader(stage, out: Path, init: Path | None, run: dict) -> dict:
+    """The pretrain-reader stage (module docstring): returns its results; writes OUT/<stage>/weights.pt. `run`: the
+    recipe run's progress flag and log (recipes.run_recipe)."""
+    progress, log = run["progress"], run["log"]
     from .model.glimpse_encoder import GlimpseEncoder
     from .presets import resolve
 
@@ -350,8 +352,10 @@ def polish_data(model, payload: dict, options: dict, settings: dict, cache: Path
     return own, crops(POLISH_SEED, settings["crops"]), crops(HELD_OUT_SEED, settings["held_out"])
 
 
-def polish_reader(stage, out: Path, init: Path, progress: bool = True, log=print) -> dict:
-    """The polish-reader stage (module docstring): returns its results; writes OUT/<stage>/model.pt."""
+def polish_reader(stage, out: Path, init: Path, run: dict) -> dict:
+    """The polish-reader stage (module docstring): returns its results; writes OUT/<stage>/model.pt. `run`: the
+    recipe run's progress flag and log (recipes.run_recipe)."""
+    progress, log = run["progress"], run["log"]
     from .checkpoint import read_checkpoint, save_checkpoint
     from .presets import resolve
 

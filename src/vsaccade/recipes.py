@@ -29,7 +29,7 @@ from typing import Callable
 
 from .atomic import write_text
 from .config import ConfigError
-from .reader_stages import POLISH_SETTINGS, PRETRAIN_SETTINGS
+from .reader_stages import POLISH_SETTINGS, PRETRAIN_SETTINGS, polish_reader, pretrain_reader
 
 
 @dataclass(frozen=True)
@@ -122,18 +122,6 @@ def train_stage(stage: Stage, out: Path, init, run: dict) -> dict:
                  provenance={"preset": stage.preset, "command": run["command"]})
 
 
-def pretrain_reader_stage(stage: Stage, out: Path, init, run: dict) -> dict:
-    from .reader_stages import pretrain_reader
-
-    return pretrain_reader(stage, out, init, run["progress"], run["log"])
-
-
-def polish_reader_stage(stage: Stage, out: Path, init, run: dict) -> dict:
-    from .reader_stages import polish_reader
-
-    return polish_reader(stage, out, init, run["progress"], run["log"])
-
-
 def select_stage(stage: Stage, out: Path, init, run: dict) -> dict:
     """The candidate whose model reads the validation split best (first head's metric; ties: the first), copied to
     OUT/<stage>/model.pt and evaluated once on the test split, with the random- and prior-glimpse controls; each
@@ -169,8 +157,8 @@ class StageKind:
 
 
 STAGE_KINDS = {"train": StageKind(train_stage, "best.pt", {}),
-               "pretrain-reader": StageKind(pretrain_reader_stage, "weights.pt", PRETRAIN_SETTINGS),
-               "polish-reader": StageKind(polish_reader_stage, "model.pt", POLISH_SETTINGS),
+               "pretrain-reader": StageKind(pretrain_reader, "weights.pt", PRETRAIN_SETTINGS),
+               "polish-reader": StageKind(polish_reader, "model.pt", POLISH_SETTINGS),
                "select": StageKind(select_stage, "model.pt", {"candidates": []})}
 
 

@@ -393,14 +393,8 @@ def write_files(destination, sizes: dict[str, int], seed: int = 0, digit_source:
 
 
 def write_csv(path: Path, rows: list[dict], fields: list[str] | None = None) -> None:
-    """Write rows as CSV, atomically."""
-    import csv
-    import io
+    """Write rows (dicts) as CSV, atomically."""
+    from ..atomic import write_csv as write_rows
 
-    from ..atomic import write_text
-
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=fields or list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, text.getvalue())
+    fields = fields or list(rows[0])
+    write_rows(path, fields, [[row[f] for f in fields] for row in rows])
