@@ -63,6 +63,15 @@ BASELINE_FIELDS = {
 }
 
 
+def check_baseline_fields(architecture: str, names, prefix: str = "") -> None:
+    """Refuse, in one line, ModelConfig fields a baseline does not have (they would be silently ignored)."""
+    own = BASELINE_FIELDS.get(architecture)
+    foreign = [name for name in names if own and name not in own]
+    if foreign:
+        raise ConfigError(f"{prefix}{foreign[0]} is not a field of the {architecture} baseline (its config: "
+                          f"{', '.join(own)})")
+
+
 @dataclass
 class ModelConfig(PlainConfig):
     """Architecture of a Variational Saccading model (see model/saccader.py for how the pieces connect), or of a

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 
-from .config import BASELINE_FIELDS, ConfigError, ModelConfig, ObjectiveConfig, TrainConfig
+from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, check_baseline_fields
 
 PRESETS: dict[str, dict] = {
     # The README's first command: a small single-digit cluttered task that trains in a few minutes on 2 cores.
@@ -181,9 +181,5 @@ def resolve(preset: str, overrides: list[str] = ()) -> tuple[ModelConfig, Object
 def check_baseline_overrides(architecture: str, overrides) -> None:
     """A baseline takes the task's fields and its own from a preset (config.BASELINE_FIELDS); an override naming
     another model field would be silently ignored, so it is refused."""
-    own = BASELINE_FIELDS.get(architecture)
-    named = [item.partition("=")[0].partition(".")[2] for item in overrides if item.startswith("model.")]
-    foreign = [name for name in named if own and name not in own]
-    if foreign:
-        raise ConfigError(f"model.{foreign[0]} is not a field of the {architecture} baseline (its config: "
-                          f"{', '.join(own)})")
+    check_baseline_fields(architecture, [item.partition("=")[0].partition(".")[2] for item in overrides
+                                         if item.startswith("model.")], prefix="model.")

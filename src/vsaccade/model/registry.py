@@ -13,7 +13,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..config import BASELINE_FIELDS, ConfigError, ModelConfig
+from ..config import ModelConfig, check_baseline_fields
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
 OUTPUTS: dict[str, Callable[[ModelConfig], set]] = {}
@@ -46,10 +46,7 @@ def create_model(name: str | None = None, **config) -> nn.Module:
         raise ValueError(f"create_model({name!r}) was given architecture={config['architecture']!r}")
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
-    own, known = BASELINE_FIELDS.get(name), set(ModelConfig.__dataclass_fields__)
-    foreign = sorted(set(config) & known - set(own or known))
-    if foreign:
-        raise ConfigError(f"{foreign[0]} is not a field of the {name} baseline (its config: {', '.join(own)})")
+    check_baseline_fields(name, sorted(set(config) & set(ModelConfig.__dataclass_fields__)))
     model = MODELS[name](ModelConfig.from_dict(config))
     model.model_name = name
     return model
