@@ -173,3 +173,50 @@ def test_downsampled_reads_from_a_pyramid_level(files):
     approximate = image.read_region(0, 0, 240, 360, 10)  # level 4, area-resampled by 2.5
     assert approximate.shape == (3, 24, 36)
     assert (approximate - reference.read_region(0, 0, 240, 360, 10)).abs().mean() < 0.03
+
+
+def noise_pyramid(path, width, height, bands, seed=0):
+    pixels = (np.random.default_rng(seed).random((height, width, bands)) * 255).astype(np.uint8)
+    image = pyvips.Image.new_from_memory(pixels.tobytes(), width, height, bands, "uchar")
+    image.copy(interpretation="b-w" if bands == 1 else "srgb").tiffsave(
+        str(path), tile=True, tile_width=64, tile_height=64, pyramid=True, compression="deflate")
+    return path
+
+
+@pytest.mark.parametrize("width, height, size", [(1000, 600, 120), (1024, 512, 128), (1025, 513, 128), (600, 1000, 75)])
+def test_a_pyramid_proxy_is_vips_thumbnail_of_the_file(tmp_path, width, height, size):
+    """The proxy shrinks an already open pyramid page (no second open of the file); it must be exactly what vips'
+    thumbnail of the file gives, including where a level is exactly the thumbnail's size (vips then takes the
+    level above: (1024, 512) at 128 asks 256x128 of a 256x128 level)."""
+    import torch.nn.functional as F
+
+    from vsaccade.file_images import PROXY_OVERSAMPLE, to_channels, to_tensor
+    from vsaccade.geometry import proxy_extent
+
+    for bands in (1, 3):
+        path = noise_pyramid(tmp_path / f"p{bands}.tif", width, height, bands)
+        image = FileImage(path, channels=bands)
+        assert image.pyramid
+        rows, cols = proxy_extent(height, width, size)
+        k = max(1, min(PROXY_OVERSAMPLE, height // rows, width // cols))
+        small = to_tensor(to_channels(pyvips.Image.thumbnail(str(path), cols * k, height=rows * k, size="force"), bands))
+        expected = torch.zeros(bands, size, size)
+        expected[:, :rows, :cols] = F.interpolate(small[None], size=(rows, cols), mode="area")[0]
+        assert torch.equal(image.proxy(size), expected)
+
+
+def test_region_reads_from_a_level_equal_vips_crops(tmp_path):
+    """Level reads go through a pyvips.Region (no operation built per read): the same pixels as a crop of the level,
+    inside it and across its border (zeros outside)."""
+    from vsaccade.file_images import to_tensor
+
+    path = noise_pyramid(tmp_path / "n.tif", 900, 700, 3)
+    image = FileImage(path, channels=3)
+    level = pyvips.Image.new_from_file(str(path), page=1)
+    for top, left, height, width in [(100, 200, 64, 80), (-10, -6, 40, 50), (680, 880, 60, 60), (0, 0, 700, 900)]:
+        ours = image.read_region(top, left, height, width, 2)
+        expected = torch.zeros(3, height // 2, width // 2)
+        y0, x0 = max(top // 2, 0), max(left // 2, 0)
+        y1, x1 = min((top + height) // 2, level.height), min((left + width) // 2, level.width)
+        expected[:, y0 - top // 2 : y1 - top // 2, x0 - left // 2 : x1 - left // 2] = to_tensor(level.crop(x0, y0, x1 - x0, y1 - y0))
+        assert torch.equal(ours, expected), (top, left)

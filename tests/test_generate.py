@@ -56,3 +56,15 @@ def test_the_generate_command_takes_a_size_and_refuses_a_bad_one(tmp_path, capsy
     assert main(["generate", "speed-signs", str(tmp_path / "t"), "--size", "400x300", "--sign-sides", "40", "400"]) != 0
     err = capsys.readouterr().err
     assert "WIDTHxHEIGHT" in err and "sign sides" in err and "Traceback" not in err
+
+
+def test_the_megapixel_generator_takes_a_canvas_side(tmp_path, capsys):
+    from vsaccade.cli import main
+
+    assert main(["generate", "megapixel", str(tmp_path / "m"), "--size", "240", "--digits", "font", "--train", "0",
+                 "--validation", "0", "--test", "1", "--no-progress"]) == 0
+    (path,) = (tmp_path / "m" / "test").rglob("*.tif")
+    assert (FileImage(path).height, FileImage(path).width) == (240, 240)
+    assert main(["generate", "megapixel", str(tmp_path / "n"), "--size", "240x240", "--test", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "canvas side" in err and "Traceback" not in err

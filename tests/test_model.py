@@ -505,3 +505,27 @@ def test_the_offset_prior_sees_the_chosen_cell_only_when_asked():
             assert step.cell.item() == cell
             sides.append(step.z[0, 0].item())
         assert (sides[0] != sides[1]) == sees_cell, sides
+
+
+LOOKING = {"location_cells": 4, "glimpse_size": 16}
+
+
+@pytest.mark.parametrize("architecture, options", [("saccader", {"locator": "mixture", **LOOKING}),
+                                                   ("saccader", {"locator": "gaussian", **LOOKING}),
+                                                   ("fullres", {}), ("ats", LOOKING)])
+def test_a_prediction_call_without_the_kl_looks_and_answers_the_same(architecture, options):
+    """kl=False (predict, evaluate, bench) skips the prior and the KL; where the model looks and what it answers do
+    not change, sampled or not."""
+    torch.manual_seed(0)
+    model = create_model(architecture, proxy_size=16, hidden=32, **options).eval()
+    randomise(model)
+    images, proxy, mask = batch_of(3)
+    for sample in (False, True):
+        with torch.no_grad():
+            full = model(images, proxy, mask, sample=sample, noise=Noise.keyed([1, 2, 3]))
+            lean = model(images, proxy, mask, sample=sample, noise=Noise.keyed([1, 2, 3]), kl=False)
+        assert torch.equal(full.z, lean.z)
+        assert all(torch.equal(full.logits[k], lean.logits[k]) for k in full.logits)
+        assert full.kl is not None
+        if architecture == "saccader":
+            assert lean.kl is None and (full.kl.abs().sum() > 0 or not sample)

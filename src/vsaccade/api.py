@@ -105,7 +105,7 @@ def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode", names:
     proxy = torch.stack([i.proxy for i in inputs]).to(device)
     mask = torch.stack([i.mask for i in inputs]).to(device)
     keys = [zlib.crc32(name.encode()) for name in names] if names else None
-    runs = [model(images, proxy, mask, sample=samples > 0,
+    runs = [model(images, proxy, mask, sample=samples > 0, kl=False,
                   **({"noise": Noise.keyed([sample_key(0, k, key) for key in keys], device)} if keys else {}))
             for k in range(max(samples, 1))]
     probs = [head_probabilities(run.logits, model.config.heads) for run in runs]

@@ -304,7 +304,7 @@ def run_inference(model, name: str, kind: str, source, batch: int, device):
             proxy = torch.stack([instruments.proxy(image, c.proxy_size) for image in images])
         mask = proxy_valid_mask(height, width, c.proxy_size)[None].expand(batch, -1, -1)
         with torch.no_grad():
-            return model(images, proxy.to(device), mask.to(device), sample=False)
+            return model(images, proxy.to(device), mask.to(device), sample=False, kl=False)
 
 
 def _run_batch(model, name, kind, source, batch, device):

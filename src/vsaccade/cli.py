@@ -180,8 +180,12 @@ def command_generate(args):
 
         sizes = {"train": default(args.train, 4500), "validation": default(args.validation, 500),
                  "test": default(args.test, 1000)}
+        if args.size is not None and not args.size.isdigit():
+            from .config import ConfigError
+            raise ConfigError(f"megapixel --size is the canvas side in pixels, e.g. 6000; got {args.size!r}")
         root = write_files(args.destination, sizes, seed=args.seed, digit_source=args.digits or "auto",
-                           data_dir=args.data_dir, progress=not args.no_progress)
+                           data_dir=args.data_dir, progress=not args.no_progress,
+                           **({"canvas_size": int(args.size)} if args.size else {}))
         print(f"Megapixel MNIST in {root} (labels of all four heads in {root}-labels, digit boxes in {root}-boxes; "
               f"vsaccade train --preset folder --set task.root={root} --set task.channels=1 --set task.boxes={root}-boxes)")
         return root
@@ -189,7 +193,7 @@ def command_generate(args):
     from .tasks.folder import boxes_folder
     from .tasks.speed_signs import SceneSize, generate
 
-    width, _, height = args.size.partition("x")
+    width, _, height = default(args.size, "4000x3000").partition("x")
     if not (width.isdigit() and height.isdigit()):
         raise ConfigError(f"--size must be WIDTHxHEIGHT, e.g. 1280x960; got {args.size!r}")
     try:
@@ -332,7 +336,8 @@ def add_generate_command(sub) -> None:
     p.add_argument("--validation", type=int,
                    help="images (default: speed-signs 0, every 10th training image held out; megapixel 500)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="4000x3000", help="speed-signs: WIDTHxHEIGHT of each scene (default 4000x3000)")
+    p.add_argument("--size", help="speed-signs: WIDTHxHEIGHT of each scene (default 4000x3000); megapixel: the square "
+                   "canvas side (default 1500)")
     p.add_argument("--sign-sides", type=int, nargs=2, default=[40, 120], metavar=("LO", "HI"),
                    help="speed-signs: sides of signs and decoys in pixels (default 40 120)")
     add_data_arguments(p)

@@ -125,10 +125,10 @@ def predict_batch(model, batch, policy: str = "mode", source: str = "posterior",
     heads = model.config.heads
     device = batch.proxy.device
     first = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=samples > 0 or source != "posterior",
-                  noise=evaluation_noise(indices, seed, 0, device))
+                  noise=evaluation_noise(indices, seed, 0, device), kl=False)
     probs = head_probabilities(first.logits, heads)
     for draw in range(1, max(samples, 1)):
-        more = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=True,
+        more = model(batch.images, batch.proxy, batch.proxy_mask, source=source, sample=True, kl=False,
                      noise=evaluation_noise(indices, seed, draw, device))
         more = head_probabilities(more.logits, heads)
         probs = {k: probs[k] + more[k] for k in probs}

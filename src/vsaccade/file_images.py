@@ -143,9 +143,11 @@ class FileImage(LargeImage):
         self.decodes_whole = self.loader not in REGION_LOADERS
         self._stored = stored
         self._decoded = None  # the converted source of region reads (see _source)
+        self._pages: dict[int, object] = {}  # pyramid pages as stored, opened once
         self.pyramid = self._pyramid_levels(stored)  # [(factor, page)], reduced levels a downsampled read may use
         self.tile = stored.get("tile-width") if stored.get_typeof("tile-width") else None  # tiled TIFF
         self._levels: dict[int, object] = {}
+        self._regions: dict[int, object] = {}  # a pyvips.Region per converted level: pixels without building operations
         self._value_range = None  # a float file's (min, max), from its smallest pyramid level: see value_range
         self._lock = threading.Lock()  # one decode per image, even when a thread pool reads its glimpses
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
@@ -165,11 +167,13 @@ class FileImage(LargeImage):
             if abs(header.width - stored.width / factor) > 1 or abs(header.height - stored.height / factor) > 1:
                 break
             levels.append((factor, page))
+            self._pages[page] = header  # opened once: the proxy and the region reads of this level reuse it
         return levels
 
     def __getstate__(self):
         """Picklable (DataLoader workers send samples across processes): the vips handles are reopened lazily."""
-        return {**self.__dict__, "_stored": None, "_decoded": None, "_lock": None, "_levels": {}}
+        return {**self.__dict__, "_stored": None, "_decoded": None, "_lock": None, "_levels": {}, "_pages": {},
+                "_regions": {}}
 
     def __setstate__(self, state):
         self.__dict__.update(state, _lock=threading.Lock())
@@ -216,13 +220,29 @@ class FileImage(LargeImage):
                     raise ImageError(f"{self.path}: cannot decode ({_first_line(error)})") from None
             return self._decoded
 
+    def _page(self, page: int):
+        """Pyramid page `page` as stored (opened once)."""
+        if page not in self._pages:
+            pyvips = require_pyvips()
+            self._pages[page] = pyvips.Image.new_from_file(str(self.path), page=page, access="random", fail=True)
+        return self._pages[page]
+
     def _level(self, page: int):
         with self._lock:
             if page not in self._levels:
-                pyvips = require_pyvips()
-                image = pyvips.Image.new_from_file(str(self.path), page=page, access="random", fail=True)
-                self._levels[page] = to_channels(image, self.channels, self.value_range())
+                self._levels[page] = to_channels(self._page(page), self.channels, self.value_range())
             return self._levels[page]
+
+    def _fetch(self, page: int, left: int, top: int, width: int, height: int) -> torch.Tensor:
+        """(C, height, width) pixels of a converted level through a pyvips.Region: the same pixels as a crop written
+        to memory, without building two vips operations per read (a quarter of the time)."""
+        level = self._level(page)
+        with self._lock:
+            if page not in self._regions:
+                self._regions[page] = require_pyvips().Region.new(level)
+            data = self._regions[page].fetch(left, top, width, height)
+        array = np.frombuffer(data, dtype=np.uint8).reshape(height, width, level.bands)
+        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
     def _read_from_level(self, top, left, height, width, downsample, factor, page) -> torch.Tensor:
         """A downsampled read from the pyramid level `factor` (<= downsample): about (W + margin)^2 level pixels
@@ -233,13 +253,18 @@ class FileImage(LargeImage):
         y0, x0 = math.floor(top / factor), math.floor(left / factor)
         y1 = math.ceil((top + rows * downsample) / factor)
         x1 = math.ceil((left + cols * downsample) / factor)
-        out = torch.zeros(self.channels, y1 - y0, x1 - x0)
         ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y1, level.height), min(x1, level.width)
-        if yb > ya and xb > xa:
-            try:
-                out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = to_tensor(level.crop(xa, ya, xb - xa, yb - ya))
-            except pyvips.Error as error:
-                raise ImageError(f"{self.path}: cannot read pixels ({_first_line(error)})") from None
+        try:
+            if (ya, xa, yb, xb) == (y0, x0, y1, x1):  # inside the level: no padding
+                out = self._fetch(page, xa, ya, xb - xa, yb - ya)
+            else:
+                out = torch.zeros(self.channels, y1 - y0, x1 - x0)
+                if yb > ya and xb > xa:
+                    out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = self._fetch(page, xa, ya, xb - xa, yb - ya)
+        except pyvips.Error as error:
+            raise ImageError(f"{self.path}: cannot read pixels ({_first_line(error)})") from None
+        if out.shape[1:] == (rows, cols):  # the level is the downsampling asked for: nothing to average
+            return out
         return F.interpolate(out[None], size=(rows, cols), mode="area")[0]
 
     def usable_levels(self, downsample: int) -> list[tuple[int, int]]:
@@ -291,9 +316,10 @@ class FileImage(LargeImage):
     def shrink_on_load(self, rows: int, cols: int) -> int:
         """The factor of the level a thumbnail of rows x cols is shrunk from: the largest pyramid level at least that
         large (tiled TIFF), or JPEG's shrink-on-load (1, 2, 4 or 8, by the same rule); 1 for other formats."""
-        factors = [f for f, _ in self.pyramid] if self.pyramid else [2, 4, 8] if self.loader == "jpegload" else []
-        fits = [f for f in factors if self.height // f >= rows and self.width // f >= cols]
-        return max(fits, default=1)
+        if self.pyramid:  # vips takes a level only if it is strictly larger on both sides (tested against it)
+            return max([f for f, _ in self.pyramid if self.height // f > rows and self.width // f > cols], default=1)
+        factors = [2, 4, 8] if self.loader == "jpegload" else []
+        return max([f for f in factors if self.height // f >= rows and self.width // f >= cols], default=1)
 
     def proxy(self, size):
         """Shrink-on-load (JPEG, WebP) or the nearest pyramid level (tiled TIFF) via vips thumbnail, upright, to
@@ -303,11 +329,15 @@ class FileImage(LargeImage):
         k = max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
         self.count_read(0, 0, self.height, self.width, factor=self.shrink_on_load(rows * k, cols * k))
         try:
-            if self.value_range() is None:
+            page = dict(self.pyramid).get(self.shrink_on_load(rows * k, cols * k))
+            if self.value_range() is None and page is not None:
+                # what vips' thumbnail of the file does (it shrinks this same page), without opening the file again
+                small = self._page(page).thumbnail_image(cols * k, height=rows * k, size="force")
+                pixels = to_tensor(to_channels(small, self.channels))
+            elif self.value_range() is None:
                 small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False)
                 pixels = to_tensor(to_channels(small, self.channels))
             else:  # a float file: vips' thumbnail would cast its samples; shrink the 8-bit level instead
-                page = dict(self.pyramid).get(self.shrink_on_load(rows * k, cols * k))
                 level = self._level(page) if page else self._source()
                 small = level.autorot() if self.orientation != 1 else level
                 pixels = to_tensor(small.thumbnail_image(cols * k, height=rows * k, size="force"))

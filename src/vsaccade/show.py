@@ -29,7 +29,7 @@ def show_samples(model, samples: list, path, titles: list[str] | None = None) ->
 
     model.eval()
     batch = collate(samples)
-    output = model(batch.images, batch.proxy, batch.proxy_mask, sample=False)
+    output = model(batch.images, batch.proxy, batch.proxy_mask, sample=False, kl=False)
     probs = head_probabilities(output.logits, model.config.heads)
     windows = glimpse_boxes_pixels(batch.images, output.z)
     steps = output.glimpses.shape[1]

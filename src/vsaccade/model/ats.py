@@ -136,7 +136,7 @@ class AttentionSampling(nn.Module):
         return torch.stack(centres).to(device)
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
-                noise: Noise | None = None) -> SaccadeOutput:
+                noise: Noise | None = None, kl: bool = True) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool. source "posterior" draws from the
         attention (sample=False: its top N cells), "random" uniformly; noise: model/noise.py (default global)."""
         if source not in SOURCES:

@@ -83,7 +83,8 @@ class FullResolutionCNN(nn.Module):
         self.trunk = StridedCNN(config.image_channels, 16, config.backbone_stages, config.hidden, stem_stride=4)
         self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None,
+                kl: bool = True) -> SaccadeOutput:
         for image in images:
             if image.channels != self.config.image_channels:
                 raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")
@@ -108,7 +109,8 @@ class ProxyCNN(nn.Module):
         self.trunk = StridedCNN(config.proxy_channels, 16, halvings(config.proxy_size, 8), config.hidden, stem_stride=1)
         self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None,
+                kl: bool = True) -> SaccadeOutput:
         c = self.config
         if tuple(proxy.shape[1:]) != (c.proxy_channels, c.proxy_size, c.proxy_size):
             raise ValueError(f"proxy must have shape (B, {c.proxy_channels}, {c.proxy_size}, {c.proxy_size}), "

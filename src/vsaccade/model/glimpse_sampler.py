@@ -72,18 +72,19 @@ def _sample(images: list[LargeImage], z: torch.Tensor, size: int) -> torch.Tenso
     batch = torch.zeros(len(patches), patches[0].shape[0], rows, cols, dtype=z.dtype, device=z.device)
     for i, patch in enumerate(patches):
         batch[i, :, : patch.shape[1], : patch.shape[2]] = patch.to(batch)
-    left, top, level = (torch.tensor(c, dtype=z.dtype, device=z.device) for c in zip(*origins))
+    # per image (left, top, level, height, width), one tensor: small tensors cost more to make than to use
+    frame = torch.tensor([(*origin, image.height, image.width) for origin, image in zip(origins, images)],
+                         dtype=z.dtype, device=z.device)
+    left, top, level, heights, widths = frame[:, :, None].unbind(1)  # each (B, 1)
 
-    heights = torch.tensor([im.height for im in images], dtype=z.dtype, device=z.device)
-    widths = torch.tensor([im.width for im in images], dtype=z.dtype, device=z.device)
-    side = z[:, 0] * torch.minimum(heights, widths)
-    x, y = (z[:, 1] + 1) * 0.5 * widths, (z[:, 2] + 1) * 0.5 * heights
+    side = z[:, :1] * torch.minimum(heights, widths)
+    x, y = (z[:, 1:2] + 1) * 0.5 * widths, (z[:, 2:3] + 1) * 0.5 * heights
     steps = (torch.arange(size, dtype=z.dtype, device=z.device) + 0.5) / size - 0.5  # in (-1/2, 1/2)
-    xs = x[:, None] + steps[None] * side[:, None]  # (B, W) source x of each glimpse column
-    ys = y[:, None] + steps[None] * side[:, None]
+    xs = x + steps * side  # (B, W) source x of each glimpse column
+    ys = y + steps * side
     # Source pixel coordinate -> grid_sample's normalised patch coordinate (align_corners=False).
-    gx = 2 * (xs - left[:, None]) / (level[:, None] * cols) - 1
-    gy = 2 * (ys - top[:, None]) / (level[:, None] * rows) - 1
+    gx = 2 * (xs - left) / (level * cols) - 1
+    gy = 2 * (ys - top) / (level * rows) - 1
     grid = torch.stack([gx[:, None, :].expand(-1, size, -1), gy[:, :, None].expand(-1, -1, size)], dim=-1)
     return F.grid_sample(batch, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -110,7 +110,7 @@ class IterativePatchSelection(nn.Module):
         return kept
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
-                noise=None) -> SaccadeOutput:
+                noise=None, kl: bool = True) -> SaccadeOutput:
         """images: B LargeImages (the proxy is checked, not used). The M patches are the best-scored ones whatever
         `source` and `sample` ask: IPS's selection is deterministic."""
         check_inputs(self.config, images, proxy, proxy_mask)

@@ -44,7 +44,7 @@ MAX_SCALE = 8.0
 @dataclass
 class LocationStep:
     z: torch.Tensor  # (B, 3) latent (s, u, v)
-    kl: torch.Tensor  # (B,) KL(q || p) of this step (zero when z did not come from the posterior)
+    kl: torch.Tensor | None  # (B,) KL(q || p) of this step (zero when z did not come from the posterior; None unasked)
     log_q_cell: torch.Tensor | None = None  # (B,) log q(c_t) of the chosen cell (mixture)
     cell: torch.Tensor | None = None  # (B,) chosen cell index (mixture)
     cell_log_probs: torch.Tensor | None = None  # (B, c^2) log q(c_t) of every cell (mixture posterior)
@@ -67,12 +67,18 @@ def as_normal(params: torch.Tensor) -> Independent:
     params = torch.nan_to_num(params.float(), nan=0.0)
     mean, raw_scale = params.chunk(2, dim=-1)
     scale = (F.softplus(raw_scale + INITIAL_SCALE_SHIFT) + MIN_SCALE).clamp(max=MAX_SCALE)
-    return Independent(Normal(mean.clamp(-LOC_BOUND, LOC_BOUND), scale), 1)
+    # validate_args=False: the parameters are finite and in range by construction, and torch's checks cost more
+    # than the distribution itself at inference
+    return Independent(Normal(mean.clamp(-LOC_BOUND, LOC_BOUND), scale, validate_args=False), 1, validate_args=False)
 
 
 def cell_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """Finite cell logits in [MASKED, -MASKED] (NaN reads as 0), excluded cells at MASKED."""
     return torch.nan_to_num(logits.float(), nan=0.0).clamp(MASKED, -MASKED).masked_fill(~allowed, MASKED)
+
+
+def categorical(logits: torch.Tensor, allowed: torch.Tensor) -> Categorical:
+    return Categorical(logits=cell_logits(logits, allowed), validate_args=False)
 
 
 def draw(dist: Independent, noise, sample: bool) -> torch.Tensor:
@@ -133,12 +139,13 @@ class GaussianLocations(nn.Module):
         p = as_normal(self.prior(torch.cat([h, e], -1) if self.prior_sees_proxy else h))
         return q, p
 
-    def forward(self, e, h, source: str, sample: bool, noise) -> LocationStep:
+    def forward(self, e, h, source: str, sample: bool, noise, kl: bool = True) -> LocationStep:
         q, p = self.distributions(e, h)
         dist = q if source == "posterior" else p
         a = draw(dist, noise, sample)
-        kl = kl_divergence(q, p) if source == "posterior" else torch.zeros(len(e), device=e.device)
-        return LocationStep(self.to_z(a), kl)
+        if source != "posterior":
+            return LocationStep(self.to_z(a), torch.zeros(len(e), device=e.device))
+        return LocationStep(self.to_z(a), kl_divergence(q, p) if kl else None)
 
 
 class CellMixture(Distribution):
@@ -226,17 +233,19 @@ class MixtureLocations(nn.Module):
         """values (B, c^2, D), cell (B,) -> (B, D): each image's row for its cell."""
         return values.gather(1, cell[:, None, None].expand(-1, 1, values.shape[-1]))[:, 0]
 
-    def distributions(self, features, keys, h, anchor, allowed) -> tuple[CellMixture, CellMixture]:
-        """The posterior q(c, a | e, h) and prior p(c, a | h[, cell features]) of one step."""
+    def distributions(self, features, keys, h, anchor, allowed, with_prior: bool = True) -> tuple[CellMixture, CellMixture | None]:
+        """The posterior q(c, a | e, h) and prior p(c, a | h[, cell features]) of one step (p is None with_prior=False)."""
         anchor = self.proxy_prior_weight * anchor
         cell_features = features.flatten(2).transpose(1, 2)  # (B, c^2, F)
 
         def with_cell(cell):
             return torch.cat([self.gather_cells(cell_features, cell), h], -1)
 
-        q = CellMixture(Categorical(logits=cell_logits(self.posterior_cell_logits(keys, h) + anchor, allowed)),
+        q = CellMixture(categorical(self.posterior_cell_logits(keys, h) + anchor, allowed),
                         lambda cell: as_normal(self.posterior_offset(with_cell(cell))))
-        p = CellMixture(Categorical(logits=cell_logits(self.prior_logits(h) + anchor, allowed)),
+        if not with_prior:
+            return q, None
+        p = CellMixture(categorical(self.prior_logits(h) + anchor, allowed),
                         lambda cell: as_normal(self.prior_offset(with_cell(cell) if self.prior_sees_cell else h)))
         return q, p
 
@@ -250,14 +259,14 @@ class MixtureLocations(nn.Module):
         return torch.cat([self.s_min + (self.s_max - self.s_min) * torch.sigmoid(a[:, :1]), uv], -1)
 
     def forward(self, features, keys, h, anchor, allowed, centres, half_cell, source: str, sample: bool, noise,
-                centroids: torch.Tensor | None = None) -> LocationStep:
+                centroids: torch.Tensor | None = None, kl: bool = True) -> LocationStep:
         """features (B, F, c, c); keys (B, c^2, score_width) from cell_keys; h (B, H); anchor (B, c^2) proxy prior
         logits; allowed (B, c^2) bool; centres (B, c^2, 2) cell centres (u, v); half_cell (B, 2) half a cell;
         noise: a model/noise.py Noise; centroids (B, c^2, 2) optional offsets (in half-cells) the learned offset
-        is measured from."""
-        q, p = self.distributions(features, keys, h, anchor, allowed)
+        is measured from. kl=False: the posterior's step without the prior (its kl is None)."""
+        q, p = self.distributions(features, keys, h, anchor, allowed, with_prior=kl or source != "posterior")
         cell, a = (q if source == "posterior" else p).draw(noise, sample)
         z = self.window(cell, a, centres, half_cell, centroids)
         if source != "posterior":
             return LocationStep(z, torch.zeros(len(h), device=h.device), None, cell)
-        return LocationStep(z, mixture_kl(q, p, cell), q.cells.log_prob(cell), cell, q.cells.logits)
+        return LocationStep(z, mixture_kl(q, p, cell) if kl else None, q.cells.log_prob(cell), cell, q.cells.logits)

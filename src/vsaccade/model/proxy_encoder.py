@@ -50,6 +50,9 @@ class ProxyEncoder(nn.Module):
 
     def forward(self, proxy: torch.Tensor, cell_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """proxy (B, C', P, P), cell_mask (B, cells, cells) -> features (B, F, cells, cells), e (B, hidden)."""
-        features = F.adaptive_avg_pool2d(self.features(proxy), self.cells) * cell_mask[:, None]
+        maps = self.features(proxy)
+        if maps.shape[-2:] != (self.cells, self.cells):  # pooling to the size a map has costs as much as a convolution
+            maps = F.adaptive_avg_pool2d(maps, self.cells)
+        features = maps * cell_mask[:, None]
         pooled = features if self.embed_grid == self.cells else F.adaptive_avg_pool2d(features, self.embed_grid)
         return features, self.embed(pooled.flatten(1))

@@ -1,7 +1,8 @@
 """Model registry (timm style): every model is built from its name and a ModelConfig's fields.
 
-Every registered model takes `forward(images, proxy, proxy_mask, source="posterior", sample=True, noise=None)` and
-returns a SaccadeOutput (model/saccader.py); `noise` (model/noise.py) supplies every random draw. `reference_sources`
+Every registered model takes `forward(images, proxy, proxy_mask, source="posterior", sample=True, noise=None, kl=True)`
+and returns a SaccadeOutput (model/saccader.py); `noise` (model/noise.py) supplies every random draw; kl=False says
+the caller will not read the KL (a prediction), which a model with a prior may then skip (its kl is None). `reference_sources`
 lists the other values of `source` it accepts ("random": uniform glimpses, "prior": glimpses from its prior), which
 evaluation reports beside the model's own glimpses; models that choose no locations return T = 0 glimpses and have
 none. `glimpses_per_image` is T. What a model reads is counted by the images it reads (images.LargeImage: the

@@ -81,7 +81,8 @@ class ResNetBaseline(nn.Module):
             return instruments.proxy(image, RESIZED)
         return instruments.read_region(image, 0, 0, image.height, image.width)
 
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None) -> SaccadeOutput:
+    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None,
+                kl: bool = True) -> SaccadeOutput:
         for image in images:
             if image.channels != self.config.image_channels:
                 raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")

@@ -46,7 +46,7 @@ LOCATION_POLICIES = {"learned": None, "random": ("random", True), "prior": ("pri
 class SaccadeOutput:
     logits: dict  # head -> (B, classes)
     z: torch.Tensor  # (B, T, 3) latents (s, u, v)
-    kl: torch.Tensor  # (B, T)
+    kl: torch.Tensor | None  # (B, T); None from a call with kl=False
     glimpses: torch.Tensor  # (B, T, C, W, W)
     log_q_cells: torch.Tensor | None = None  # (B, T) log q(c_t) of the chosen cells (mixture posterior)
     reconstruction: torch.Tensor | None = None  # (B, T) log p(x~ | z_t, h_{t-1})
@@ -148,7 +148,7 @@ class VariationalSaccader(nn.Module):
         return self.fixed_policy if self.fixed_policy is not None and source == "posterior" else (source, sample)
 
     def begin_search(self, images, proxy, proxy_mask, cell_mask, features, e, anchor, source: str, sample: bool, noise,
-                     look: Look):
+                     look: Look, kl: bool = True):
         """The search for this batch's windows, by `source` (model/search.py)."""
         c = self.config
         if source == "random":
@@ -156,12 +156,13 @@ class VariationalSaccader(nn.Module):
         if source == "grid":
             return GridSearch(c.s_max, c.glimpses)
         if isinstance(self.locations, GaussianLocations):
-            return GaussianSearch(self.locations, e, source, sample, noise)
+            return GaussianSearch(self.locations, e, source, sample, noise, kl)
         return MixtureSearch(self.locations, images, proxy, proxy_mask, cell_mask, features, anchor, self.cell_geometry,
-                             look, source, sample, noise)
+                             look, source, sample, noise, kl)
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True,
-                noise: Noise | None = None, box_z: torch.Tensor | None = None, look: Look | None = None) -> SaccadeOutput:
+                noise: Noise | None = None, box_z: torch.Tensor | None = None, look: Look | None = None,
+                kl: bool = True) -> SaccadeOutput:
         """images: B LargeImages; proxy (B, C', P, P); proxy_mask (B, P, P) bool.
 
         source: where z_t comes from ("posterior", "prior", "random" uniform or "grid" fixed); sample=False takes
@@ -169,6 +170,8 @@ class VariationalSaccader(nn.Module):
         noise: where random draws come from (model/noise.py); default torch's global generator.
         box_z: (B, 3) windows (box_supervision.box_windows) read only by the per-glimpse heads, for box supervision.
         look: inhibition rules and centroid offsets for this call (model/search.py); default the model's own.
+        kl=False: a prediction's call, which the objective does not read: the prior and the KL are not computed
+        (SaccadeOutput.kl is None).
         """
         source, sample = self.policy(source, sample)
         check_inputs(self.config, images, proxy, proxy_mask)
@@ -177,7 +180,7 @@ class VariationalSaccader(nn.Module):
         features, e = self.proxy_encoder(proxy, cell_mask)
         anchor, proxy_logits = self.anchor(proxy, cell_mask.flatten(1))
         search = self.begin_search(images, proxy, proxy_mask, cell_mask, features, e, anchor, source, sample, noise,
-                                   look or self.look)  # a Look is always truthy
+                                   look or self.look, kl)  # a Look is always truthy
         state, steps = self.core.initial(e), []
         for _ in range(self.config.glimpses):
             h = self.core.output(state)
@@ -205,7 +208,7 @@ class VariationalSaccader(nn.Module):
         return SaccadeOutput(
             logits=self.readout(logits, glimpse_logits),
             z=torch.stack([w.z for w in where], 1),
-            kl=torch.stack([w.kl for w in where], 1),
+            kl=stack_steps([w.kl for w in where]),
             glimpses=torch.stack([s.glimpse for s in seen], 1),
             log_q_cells=stack_steps([w.log_q_cell for w in where]),
             reconstruction=stack_steps(list(reconstruction)),

@@ -97,8 +97,8 @@ class MixtureSearch:
     """The mixture posterior's (or prior's) search over proxy cells, with inhibition of return."""
 
     def __init__(self, locations, images, proxy, proxy_mask, cell_mask, features, anchor, geometry: CellGeometry,
-                 look, source: str, sample: bool, noise):
-        self.locations, self.features, self.anchor = locations, features, anchor
+                 look, source: str, sample: bool, noise, kl: bool = True):
+        self.locations, self.features, self.anchor, self.kl = locations, features, anchor, kl
         self.source, self.sample, self.noise, self.rules = source, sample, noise, [INHIBITION_RULES[r] for r in look.inhibit]
         self.valid = cell_mask.flatten(1)
         self.visited = torch.zeros_like(self.valid)
@@ -116,7 +116,7 @@ class MixtureSearch:
         allowed = self.valid & ~self.visited
         allowed = torch.where(allowed.any(1, keepdim=True), allowed, self.valid)  # every cell seen: allow all
         step = self.locations(self.features, self.keys, h, self.anchor, allowed, self.centres, self.half_cell,
-                              self.source, self.sample, self.noise, self.centroids)
+                              self.source, self.sample, self.noise, self.centroids, self.kl)
         for rule in self.rules:
             self.visited = rule(self, step)
         if not self.sample:  # the mode: no score function for the cell
@@ -125,11 +125,11 @@ class MixtureSearch:
 
 
 class GaussianSearch:
-    def __init__(self, locations, e, source: str, sample: bool, noise):
-        self.locations, self.e, self.source, self.sample, self.noise = locations, e, source, sample, noise
+    def __init__(self, locations, e, source: str, sample: bool, noise, kl: bool = True):
+        self.locations, self.e, self.source, self.sample, self.noise, self.kl = locations, e, source, sample, noise, kl
 
     def step(self, h) -> LocationStep:
-        return self.locations(self.e, h, self.source, self.sample, self.noise)
+        return self.locations(self.e, h, self.source, self.sample, self.noise, self.kl)
 
 
 class RandomSearch:
