@@ -220,3 +220,22 @@ def test_region_reads_from_a_level_equal_vips_crops(tmp_path):
         y1, x1 = min((top + height) // 2, level.height), min((left + width) // 2, level.width)
         expected[:, y0 - top // 2 : y1 - top // 2, x0 - left // 2 : x1 - left // 2] = to_tensor(level.crop(x0, y0, x1 - x0, y1 - y0))
         assert torch.equal(ours, expected), (top, left)
+
+
+@pytest.mark.parametrize("bigtiff", [False, True])
+def test_pyramid_page_sizes_come_from_the_tiff_directory(tmp_path, bigtiff):
+    """FileImage learns its pyramid from the TIFF's directory (no page opened until read): the same sizes vips reports,
+    classic and BigTIFF; None for what is not a TIFF (vips then opens each page)."""
+    from vsaccade.file_images import tiff_page_sizes
+
+    pixels = (np.random.default_rng(0).random((700, 900)) * 255).astype(np.uint8)
+    path = tmp_path / "p.tif"
+    pyvips.Image.new_from_memory(pixels.tobytes(), 900, 700, 1, "uchar").tiffsave(
+        str(path), tile=True, tile_width=64, tile_height=64, pyramid=True, bigtiff=bigtiff)
+    pages = pyvips.Image.new_from_file(str(path)).get("n-pages")
+    expected = [(pyvips.Image.new_from_file(str(path), page=k).width, pyvips.Image.new_from_file(str(path), page=k).height)
+                for k in range(pages)]
+    assert tiff_page_sizes(path) == expected
+    assert FileImage(path).pyramid == [(2, 1), (4, 2), (8, 3), (16, 4)]
+    (tmp_path / "x.tif").write_bytes(b"not a tiff at all")
+    assert tiff_page_sizes(tmp_path / "x.tif") is None

@@ -94,7 +94,7 @@ def model_input(model, image) -> ModelInput:
     return ModelInput(image, proxy, proxy_valid_mask(image.height, image.width, c.proxy_size))
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode", names: list[str] | None = None) -> list[Prediction]:
     """Classify a batch of prepared images in one forward (per sample of `policy`). With `names` (e.g. file paths),
     the draws of `samples:K` are keyed by each name: a file's prediction does not depend on its batch."""

@@ -303,7 +303,7 @@ def run_inference(model, name: str, kind: str, source, batch: int, device):
         else:
             proxy = torch.stack([instruments.proxy(image, c.proxy_size) for image in images])
         mask = proxy_valid_mask(height, width, c.proxy_size)[None].expand(batch, -1, -1)
-        with torch.no_grad():
+        with torch.inference_mode():
             return model(images, proxy.to(device), mask.to(device), sample=False, kl=False)
 
 

@@ -87,7 +87,11 @@ def to_channels(image, channels: int, value_range: tuple[float, float] | None = 
     """A vips image -> 8-bit sRGB (or 8-bit luminance for channels=1), alpha composited on black; floats scaled by
     `value_range` (see to_8_bits)."""
     pyvips = require_pyvips()
-    if image.get_typeof("icc-profile-data"):
+    profile = image.get_typeof("icc-profile-data")
+    if (not profile and image.format == "uchar" and image.bands == channels and not image.hasalpha()
+            and image.interpretation == ("b-w" if channels == 1 else "srgb")):
+        return image  # already 8-bit grey or sRGB: the conversions below would each build an operation to copy it
+    if profile:
         try:
             image = image.icc_transform("srgb", embedded=True, intent="relative")
         except pyvips.Error:
@@ -103,6 +107,44 @@ def to_channels(image, channels: int, value_range: tuple[float, float] | None = 
     if image.bands != channels:
         raise ImageError(f"cannot convert a {image.bands}-band image to {channels} channels")
     return image
+
+
+def tiff_page_sizes(path) -> list[tuple[int, int]] | None:
+    """[(width, height)] of every top-level page of a TIFF (classic or BigTIFF), read from its image file directories
+    (a few hundred bytes); None where the file cannot be parsed so (then vips opens each page)."""
+    import struct
+
+    try:
+        with open(path, "rb") as handle:
+            order = {b"II": "<", b"MM": ">"}[handle.read(2)]
+            (magic,) = struct.unpack(order + "H", handle.read(2))
+            big = magic == 43
+            if magic not in (42, 43):
+                return None
+            if big:
+                handle.read(4)  # offset size (8) and a reserved 0
+            count_format, entry_size, offset_format = ("Q", 20, "Q") if big else ("H", 12, "I")
+            (offset,) = struct.unpack(order + offset_format, handle.read(8 if big else 4))
+            sizes, seen = [], set()
+            while offset and offset not in seen and len(sizes) < 1000:
+                seen.add(offset)
+                handle.seek(offset)
+                (entries,) = struct.unpack(order + count_format, handle.read(8 if big else 2))
+                block = handle.read(entries * entry_size + (8 if big else 4))
+                found = {}
+                for index in range(entries):
+                    entry = block[index * entry_size : (index + 1) * entry_size]
+                    tag, kind = struct.unpack(order + "HH", entry[:4])
+                    if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8, stored in the entry
+                        value = entry[12:] if big else entry[8:]
+                        found[tag] = struct.unpack(order + {3: "H", 4: "I", 16: "Q"}[kind], value[: {3: 2, 4: 4, 16: 8}[kind]])[0]
+                if len(found) != 2:
+                    return None
+                sizes.append((found[256], found[257]))
+                (offset,) = struct.unpack(order + offset_format, block[entries * entry_size :])
+            return sizes
+    except (OSError, KeyError, struct.error):
+        return None
 
 
 def to_tensor(image) -> torch.Tensor:
@@ -153,21 +195,27 @@ class FileImage(LargeImage):
         self.proxy_source = None  # how the last proxy was made (shrink-on-load / pyramid level), for run records
 
     def _pyramid_levels(self, stored) -> list[tuple[int, int]]:
-        """Pages of an upright tiled pyramidal TIFF that halve the previous one: [(2^k, page k)], k >= 1."""
+        """Pages of an upright tiled pyramidal TIFF that halve the previous one: [(2^k, page k)], k >= 1. The pages'
+        sizes come from the file's directory (tiff_page_sizes; each page is opened only when read), else from
+        opening each page's header."""
         if self.loader != "tiffload" or self.orientation != 1 or not stored.get_typeof("n-pages"):
             return []
-        pyvips = require_pyvips()
+        pages = stored.get("n-pages")
+        sizes = tiff_page_sizes(self.path)
+        if sizes is None or len(sizes) < pages:
+            sizes = [(stored.width, stored.height)]
+            for page in range(1, pages):
+                try:
+                    header = self._page(page)
+                except require_pyvips().Error:  # an unreadable page ends the pyramid
+                    break
+                sizes.append((header.width, header.height))
         levels = []
-        for page in range(1, stored.get("n-pages")):
+        for page, (width, height) in enumerate(sizes[1:pages], 1):
             factor = 2**page
-            try:
-                header = pyvips.Image.new_from_file(str(self.path), page=page, access="random")
-            except pyvips.Error:
-                break
-            if abs(header.width - stored.width / factor) > 1 or abs(header.height - stored.height / factor) > 1:
+            if abs(width - stored.width / factor) > 1 or abs(height - stored.height / factor) > 1:
                 break
             levels.append((factor, page))
-            self._pages[page] = header  # opened once: the proxy and the region reads of this level reuse it
         return levels
 
     def __getstate__(self):
@@ -221,10 +269,10 @@ class FileImage(LargeImage):
             return self._decoded
 
     def _page(self, page: int):
-        """Pyramid page `page` as stored (opened once)."""
+        """Pyramid page `page` as stored (opened once, by the TIFF loader: no format sniffing)."""
         if page not in self._pages:
             pyvips = require_pyvips()
-            self._pages[page] = pyvips.Image.new_from_file(str(self.path), page=page, access="random", fail=True)
+            self._pages[page] = pyvips.Image.tiffload(str(self.path), page=page, access="random", fail=True)
         return self._pages[page]
 
     def _level(self, page: int):
