@@ -312,7 +312,7 @@ def add_predict_command(sub) -> None:
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
     p.add_argument("--threads", type=positive_int, help="torch threads for the model (default: torch's)")
     p.add_argument("--readers", type=positive_int, default=2, help="threads opening files ahead of the model (default 2)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="images per forward (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_predict)
 
