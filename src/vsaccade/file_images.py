@@ -17,6 +17,7 @@ Formats that allow region reads (tiled TIFF, including pyramidal) are never deco
 from __future__ import annotations
 
 import math
+import struct
 import threading
 from pathlib import Path
 
@@ -109,11 +110,12 @@ def to_channels(image, channels: int, value_range: tuple[float, float] | None = 
     return image
 
 
+TIFF_INTEGERS = {3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}  # SHORT, LONG, LONG8: struct format and size
+
+
 def tiff_page_sizes(path) -> list[tuple[int, int]] | None:
     """[(width, height)] of every top-level page of a TIFF (classic or BigTIFF), read from its image file directories
     (a few hundred bytes); None where the file cannot be parsed so (then vips opens each page)."""
-    import struct
-
     try:
         with open(path, "rb") as handle:
             order = {b"II": "<", b"MM": ">"}[handle.read(2)]
@@ -135,9 +137,9 @@ def tiff_page_sizes(path) -> list[tuple[int, int]] | None:
                 for index in range(entries):
                     entry = block[index * entry_size : (index + 1) * entry_size]
                     tag, kind = struct.unpack(order + "HH", entry[:4])
-                    if tag in (256, 257):  # ImageWidth, ImageLength: SHORT, LONG or LONG8, stored in the entry
-                        value = entry[12:] if big else entry[8:]
-                        found[tag] = struct.unpack(order + {3: "H", 4: "I", 16: "Q"}[kind], value[: {3: 2, 4: 4, 16: 8}[kind]])[0]
+                    if tag in (256, 257):  # ImageWidth, ImageLength: an integer stored in the entry itself
+                        code, size = TIFF_INTEGERS[kind]
+                        found[tag] = struct.unpack(order + code, (entry[12:] if big else entry[8:])[:size])[0]
                 if len(found) != 2:
                     return None
                 sizes.append((found[256], found[257]))
@@ -149,7 +151,12 @@ def tiff_page_sizes(path) -> list[tuple[int, int]] | None:
 
 def to_tensor(image) -> torch.Tensor:
     """A uchar vips image -> (C, H, W) float32 in [0, 1]."""
-    array = np.ndarray(buffer=image.write_to_memory(), dtype=np.uint8, shape=[image.height, image.width, image.bands])
+    return pixels_to_tensor(image.write_to_memory(), image.height, image.width, image.bands)
+
+
+def pixels_to_tensor(data: bytes, height: int, width: int, bands: int) -> torch.Tensor:
+    """Interleaved uchar pixels (vips' memory layout) -> (C, H, W) float32 in [0, 1]."""
+    array = np.frombuffer(data, dtype=np.uint8).reshape(height, width, bands)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
@@ -289,8 +296,7 @@ class FileImage(LargeImage):
             if page not in self._regions:
                 self._regions[page] = require_pyvips().Region.new(level)
             data = self._regions[page].fetch(left, top, width, height)
-        array = np.frombuffer(data, dtype=np.uint8).reshape(height, width, level.bands)
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+        return pixels_to_tensor(data, height, width, level.bands)
 
     def _read_from_level(self, top, left, height, width, downsample, factor, page) -> torch.Tensor:
         """A downsampled read from the pyramid level `factor` (<= downsample): about (W + margin)^2 level pixels
