@@ -10,7 +10,9 @@ of the saccader's `speed-signs` preset is trained on them alone, cheaply, in one
     deep = four 3x3 convolutions (receptive field ~19 proxy pixels);
   * mil-attention: the class label only, through the attention-pooled classifier of model/proxy_attention.py
     (what the `speed-signs` preset trains with `proxy_loss_weight`);
-  * mil-max: the label "sign or none" only, max-pooled over cells (the sharpest multiple-instance pooling).
+  * mil-max: the label "sign or none" only, max-pooled over cells (the sharpest multiple-instance pooling);
+  * mil-max-classes: the class label, each class's logit max-pooled over cells (no "none" singled out in training;
+    cells are ranked by their largest logit of a class other than none).
 
 Printed per epoch, on the validation split: whether the top-scoring cell and any of the top 4 cells lie within
 one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
@@ -31,16 +33,16 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-CELLS, PROXY = 64, 256
+CELLS, PROXY = 64, 256  # defaults: the speed-signs preset's grid on the DSLR rung (--cells, --proxy-size)
 
 
-def cached_proxies(root: str, cache: Path, boxes: str = "") -> dict:
+def cached_proxies(root: str, cache: Path, boxes: str = "", proxy_size: int = PROXY) -> dict:
     """The train and validation proxies (vsaccade.cached_proxies, one file per split) in the form used below."""
     import vsaccade
 
     data = {}
     for split in ("train", "validation"):
-        task = vsaccade.make_task("folder", split, root=root, proxy_size=PROXY, channels=3, boxes=boxes)
+        task = vsaccade.make_task("folder", split, root=root, proxy_size=proxy_size, channels=3, boxes=boxes)
         cached = vsaccade.cached_proxies(task, cache.with_name(f"{cache.stem}-{split}.pt"))
         data[split] = {"proxy": cached["proxy"], "label": cached["labels"]["label"],
                        "box": torch.stack([b[0] if len(b) else torch.full((4,), -1.0) for b in cached["boxes"]]),
@@ -49,45 +51,52 @@ def cached_proxies(root: str, cache: Path, boxes: str = "") -> dict:
     return data
 
 
-def sign_cells(boxes: torch.Tensor, longer_side: int) -> torch.Tensor:
-    scale = PROXY / longer_side / (PROXY / CELLS)  # image pixels -> cells
+def sign_cells(boxes: torch.Tensor, longer_side: int, cells: int = CELLS) -> torch.Tensor:
+    scale = cells / longer_side  # image pixels -> cells
     x, y = (boxes[:, 0] + boxes[:, 2]) / 2 * scale, (boxes[:, 1] + boxes[:, 3]) / 2 * scale
-    return y.long() * CELLS + x.long()
+    return y.long() * cells + x.long()
 
 
-def near(cells: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return ((cells // CELLS - target // CELLS).abs() <= 1) & ((cells % CELLS - target % CELLS).abs() <= 1)
+def near(found: torch.Tensor, target: torch.Tensor, cells: int = CELLS) -> torch.Tensor:
+    return ((found // cells - target // cells).abs() <= 1) & ((found % cells - target % cells).abs() <= 1)
 
 
-def scorer(mode: str, classes: int) -> nn.Module:
-    out = classes if mode == "mil-attention" else 1
+def scorer(mode: str, classes: int, proxy_size: int = PROXY, cells: int = CELLS) -> nn.Module:
+    out = classes if mode in ("mil-attention", "mil-max-classes") else 1
     if mode == "supervised-deep":
         return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
                              nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
     if mode == "mil-attention":
         from vsaccade import ProxyAttention
 
-        return ProxyAttention(3, PROXY, CELLS, 32, [{"name": "label", "num_classes": classes, "kind": "class"}])
-    cell = PROXY // CELLS
+        return ProxyAttention(3, proxy_size, cells, 32, [{"name": "label", "num_classes": classes, "kind": "class"}])
+    cell = proxy_size // cells
     return nn.Sequential(nn.Conv2d(3, 32, 2 * cell, cell, cell // 2), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
 
 
-def run(net, mode, proxy, valid):
+def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1):
     """-> per-cell scores (B, c^2) for ranking, and classifier logits (or None)."""
     x = proxy.float() / 255
     if mode == "mil-attention":
         log_attention, logits = net(x, valid)
         return log_attention, logits["label"]
-    scores = F.adaptive_avg_pool2d(net(x), CELLS).flatten(1).masked_fill(~valid, -1e9)
+    if mode == "mil-max-classes":
+        per_class = F.adaptive_avg_pool2d(net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)  # (B, K, c^2)
+        objects = [k for k in range(per_class.shape[1]) if k != none]
+        return per_class[:, objects].amax(1), per_class.amax(2)
+    scores = F.adaptive_avg_pool2d(net(x), cells).flatten(1).masked_fill(~valid, -1e9)
     return scores, (scores.max(1).values if mode == "mil-max" else None)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
-    parser.add_argument("--mode", required=True, choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max"))
+    parser.add_argument("--mode", required=True,
+                        choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--proxy-size", type=int, default=PROXY, help="the proxy's longer side")
+    parser.add_argument("--cells", type=int, default=CELLS, help="cells per side of the location grid")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--boxes", default="", help="the boxes folder beside the root (vsaccade generate's DST-boxes)")
     parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-proxies.pt")
@@ -96,15 +105,17 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     root = Path(args.root)
-    data = cached_proxies(args.root, Path(args.cache or root.parent / f"{root.name}-proxies.pt"), args.boxes)
+    proxy_size, cells = args.proxy_size, args.cells
+    data = cached_proxies(args.root, Path(args.cache or root.parent / f"{root.name}-proxies-{proxy_size}.pt"), args.boxes,
+                          proxy_size)
     train, validation = data["train"], data["validation"]
     longer = max(train["height"], train["width"])
-    rows = round(PROXY * train["height"] / longer / (PROXY / CELLS))
-    valid_grid = torch.zeros(CELLS, CELLS, dtype=torch.bool)
-    valid_grid[:rows, : round(PROXY * train["width"] / longer / (PROXY / CELLS))] = True
+    rows = round(cells * train["height"] / longer)
+    valid_grid = torch.zeros(cells, cells, dtype=torch.bool)
+    valid_grid[:rows, : round(cells * train["width"] / longer)] = True
     valid_cells = valid_grid.flatten()
     none = train["none"]
-    net = scorer(args.mode, int(train["label"].max()) + 1)
+    net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells)
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     supervised = args.mode.startswith("supervised")
     keep = train["box"][:, 0] >= 0 if supervised else torch.ones(len(train["label"]), dtype=torch.bool)
@@ -114,9 +125,9 @@ def main(argv=None):
         order = torch.randperm(len(proxies))
         for start in range(0, len(order), 16):
             index = order[start : start + 16]
-            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1))
+            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1), cells, none)
             if supervised:
-                loss = F.cross_entropy(scores, sign_cells(boxes[index], longer))
+                loss = F.cross_entropy(scores, sign_cells(boxes[index], longer, cells))
             elif args.mode == "mil-max":
                 loss = F.binary_cross_entropy_with_logits(logits, (labels[index] != none).float())
             else:
@@ -125,13 +136,14 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            scores, logits = run(net, args.mode, validation["proxy"], valid_cells.expand(len(validation["label"]), -1))
+            scores, logits = run(net, args.mode, validation["proxy"], valid_cells.expand(len(validation["label"]), -1),
+                                 cells, none)
         has_sign = validation["box"][:, 0] >= 0
-        target = sign_cells(validation["box"][has_sign], longer)
+        target = sign_cells(validation["box"][has_sign], longer, cells)
         top = scores[has_sign].topk(4, 1).indices
         record = {"epoch": epoch + 1, "seconds": time.time() - started,
-                  "top1_within_one_cell": float(near(top[:, 0], target).float().mean()),
-                  "top4_within_one_cell": float(near(top, target[:, None]).any(1).float().mean())}
+                  "top1_within_one_cell": float(near(top[:, 0], target, cells).float().mean()),
+                  "top4_within_one_cell": float(near(top, target[:, None], cells).any(1).float().mean())}
         if logits is not None:
             said_sign = logits > 0 if args.mode == "mil-max" else logits.argmax(1) != none
             record["sign_vs_none_accuracy"] = float((said_sign == has_sign).float().mean())
