@@ -95,6 +95,8 @@ def main(argv=None):
                         choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes"))
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--balance", action="store_true",
+                        help="weigh the label losses by inverse class frequency (Attention Sampling's speed-limit setting)")
     parser.add_argument("--proxy-size", type=int, default=PROXY, help="the proxy's longer side")
     parser.add_argument("--cells", type=int, default=CELLS, help="cells per side of the location grid")
     parser.add_argument("--threads", type=int, default=1)
@@ -120,6 +122,12 @@ def main(argv=None):
     supervised = args.mode.startswith("supervised")
     keep = train["box"][:, 0] >= 0 if supervised else torch.ones(len(train["label"]), dtype=torch.bool)
     proxies, labels, boxes = train["proxy"][keep], train["label"][keep], train["box"][keep]
+    counts = torch.bincount(labels, minlength=int(train["label"].max()) + 1).float()
+    weights = (1 / counts.clamp_min(1)) / (1 / counts.clamp_min(1)).mean() if args.balance else None
+    binary_weights = None
+    if args.balance:
+        sign_share = float((labels != none).float().mean())
+        binary_weights = torch.tensor([0.5 / (1 - sign_share), 0.5 / sign_share])  # none, sign
     history, started = [], time.time()
     for epoch in range(args.epochs):
         order = torch.randperm(len(proxies))
@@ -129,9 +137,11 @@ def main(argv=None):
             if supervised:
                 loss = F.cross_entropy(scores, sign_cells(boxes[index], longer, cells))
             elif args.mode == "mil-max":
-                loss = F.binary_cross_entropy_with_logits(logits, (labels[index] != none).float())
+                target = (labels[index] != none).float()
+                weight = binary_weights[target.long()] if binary_weights is not None else None
+                loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
             else:
-                loss = F.cross_entropy(logits, labels[index])
+                loss = F.cross_entropy(logits, labels[index], weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -150,7 +160,7 @@ def main(argv=None):
         history.append(record)
         print(json.dumps(record), flush=True)
         report = {"command": "python experiments/speed-signs/localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "mode": args.mode, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "mode": args.mode, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
                   "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
                   "history": history}
         if args.json:  # after every epoch, so a stopped run keeps what it measured
