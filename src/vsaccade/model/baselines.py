@@ -72,16 +72,16 @@ class Heads(nn.Module):
         return logits
 
 
-class FullResolutionCNN(nn.Module):
+class WholeImageClassifier(nn.Module):
+    """A `trunk` and `heads` over a view of each whole image (`view`: all its pixels here), one batched pass where
+    the views share a shape, else one pass each. What fullres and the ResNet-18 baselines (model/resnet.py) share."""
+
     reads_proxy = False  # callers need not make one (api.model_input, bench)
     reference_sources = ()
     glimpses_per_image = 0
 
-    def __init__(self, config: ModelConfig):
-        super().__init__()
-        self.config = config
-        self.trunk = StridedCNN(config.image_channels, 16, config.backbone_stages, config.hidden, stem_stride=4)
-        self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
+    def view(self, image) -> torch.Tensor:
+        return instruments.read_region(image, 0, 0, image.height, image.width)
 
     def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None,
                 kl: bool = True) -> SaccadeOutput:
@@ -89,14 +89,21 @@ class FullResolutionCNN(nn.Module):
             if image.channels != self.config.image_channels:
                 raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")
         device = proxy.device
-        if len({(i.height, i.width) for i in images}) == 1:  # one batched pass
-            pixels = torch.stack([instruments.read_region(i, 0, 0, i.height, i.width) for i in images]).to(device)
-            logits = self.heads(*self.trunk(pixels))
+        views = [self.view(image) for image in images]
+        if len({view.shape for view in views}) == 1:  # one batched pass
+            logits = self.heads(*self.trunk(torch.stack(views).to(device)))
         else:  # images of different sizes: one pass each
-            each = [self.heads(*self.trunk(instruments.read_region(i, 0, 0, i.height, i.width)[None].to(device)))
-                    for i in images]
+            each = [self.heads(*self.trunk(view[None].to(device))) for view in views]
             logits = {name: torch.cat([e[name] for e in each]) for name in each[0]}
         return empty_output(logits, len(images), self.config.image_channels, device)
+
+
+class FullResolutionCNN(WholeImageClassifier):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.trunk = StridedCNN(config.image_channels, 16, config.backbone_stages, config.hidden, stem_stride=4)
+        self.heads = Heads(config.hidden, config.heads, config.readout, self.trunk.channels)
 
 
 class ProxyCNN(nn.Module):

@@ -16,9 +16,8 @@ from torch import nn
 
 from .. import instruments
 from ..config import ModelConfig
-from .baselines import Heads, empty_output
+from .baselines import Heads, WholeImageClassifier
 from .registry import register_model
-from .saccader import SaccadeOutput
 
 RESIZED = 224
 BLOCKS = (2, 2, 2, 2)
@@ -64,11 +63,7 @@ class ResNet18(nn.Module):
         return self.project(maps.mean((2, 3))), maps
 
 
-class ResNetBaseline(nn.Module):
-    reference_sources = ()
-    glimpses_per_image = 0
-    reads_proxy = False  # callers need not make one (api.model_input, bench)
-
+class ResNetBaseline(WholeImageClassifier):
     def __init__(self, config: ModelConfig, resized: bool):
         super().__init__()
         self.config, self.resized = config, resized
@@ -77,22 +72,7 @@ class ResNetBaseline(nn.Module):
 
     def view(self, image) -> torch.Tensor:
         """What the network sees of one image: all its pixels, or the image resized to 224 (padded)."""
-        if self.resized:
-            return instruments.proxy(image, RESIZED)
-        return instruments.read_region(image, 0, 0, image.height, image.width)
-
-    def forward(self, images, proxy, proxy_mask, source: str = "posterior", sample: bool = True, noise=None,
-                kl: bool = True) -> SaccadeOutput:
-        for image in images:
-            if image.channels != self.config.image_channels:
-                raise ValueError(f"model expects {self.config.image_channels}-channel images, got {image.channels} channels")
-        device = proxy.device
-        if self.resized or len({(i.height, i.width) for i in images}) == 1:  # one batched pass
-            logits = self.heads(*self.trunk(torch.stack([self.view(i) for i in images]).to(device)))
-        else:  # images of different sizes at full resolution: one pass each
-            each = [self.heads(*self.trunk(self.view(i)[None].to(device))) for i in images]
-            logits = {name: torch.cat([e[name] for e in each]) for name in each[0]}
-        return empty_output(logits, len(images), self.config.image_channels, device)
+        return instruments.proxy(image, RESIZED) if self.resized else super().view(image)
 
 
 @register_model("resnet18")
