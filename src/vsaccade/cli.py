@@ -303,6 +303,8 @@ def add_demo_command(sub) -> None:
 
 
 def add_predict_command(sub) -> None:
+    from .predict_files import BATCH_SIZE
+
     p = sub.add_parser("predict", help="classify image files/folders/globs into a CSV (glimpse boxes included)")
     p.add_argument("checkpoint", help="a checkpoint file or the name of a bundled one")
     p.add_argument("paths", nargs="+", help="image files, folders (recursive) or glob patterns")
@@ -312,7 +314,7 @@ def add_predict_command(sub) -> None:
     p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
     p.add_argument("--threads", type=positive_int, help="torch threads for the model (default: torch's)")
     p.add_argument("--readers", type=positive_int, default=2, help="threads opening files ahead of the model (default 2)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="images per forward (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help=f"images per forward (default {BATCH_SIZE})")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=command_predict)
 
