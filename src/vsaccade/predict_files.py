@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .file_images import IMAGE_SUFFIXES
 from .images import ImageError
 
-BATCH_SIZE = 32  # images per forward: over 1,000 files, 12.0 s at 32 against 13.9 s at 8 (docs/benchmarks/files.md)
+BATCH_SIZE = 32  # images per forward; docs/benchmarks/files.md measures predict at this default
 
 
 def expand_paths(patterns: list[str]) -> list[Path]:
