@@ -12,7 +12,10 @@ of the saccader's `speed-signs` preset is trained on them alone, cheaply, in one
     (what the `speed-signs` preset trains with `proxy_loss_weight`);
   * mil-max: the label "sign or none" only, max-pooled over cells (the sharpest multiple-instance pooling);
   * mil-max-classes: the class label, each class's logit max-pooled over cells (no "none" singled out in training;
-    cells are ranked by their largest logit of a class other than none).
+    cells are ranked by their largest logit of a class other than none);
+  * mil-max-evidence: the class label, through K evidence channels per cell (--evidence K), each max-pooled over
+    cells, and a linear classifier on the K maxima (no class singled out anywhere; cells are ranked by their
+    evidence, each channel weighed by the norm of its classifier column).
 
 Printed per epoch, on the validation split: whether the top-scoring cell and any of the top 4 cells lie within
 one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
@@ -61,25 +64,56 @@ def near(found: torch.Tensor, target: torch.Tensor, cells: int = CELLS) -> torch
     return ((found // cells - target // cells).abs() <= 1) & ((found % cells - target % cells).abs() <= 1)
 
 
-def scorer(mode: str, classes: int, proxy_size: int = PROXY, cells: int = CELLS) -> nn.Module:
-    out = classes if mode in ("mil-attention", "mil-max-classes") else 1
+class MaxEvidence(nn.Module):
+    def __init__(self, cells_net: nn.Module, evidence: int, classes: int):
+        super().__init__()
+        self.cells_net, self.head = cells_net, nn.Linear(evidence, classes)
+
+    def forward(self, x, valid, cells):
+        evidence = F.adaptive_avg_pool2d(self.cells_net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)  # (B, K, c^2)
+        weight = self.head.weight.detach().norm(dim=0)  # (K,)
+        return torch.einsum("k,bkn->bn", weight, evidence.clamp_min(-1e4)).masked_fill(~valid, -1e9), self.head(evidence.amax(2))
+
+
+def cell_network(reader: str, out: int, proxy_size: int, cells: int) -> nn.Module:
+    """shallow: each cell sees itself and half a cell around it (ProxyAttention's instance network);
+    deep: four strided 3x3 convolutions (receptive field 31 input pixels), for inputs larger than the proxy."""
+    if reader == "deep":
+        return nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, 32, 3, 2, 1), nn.ReLU(),
+                             nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
+    cell = proxy_size // cells
+    return nn.Sequential(nn.Conv2d(3, 32, 2 * cell, cell, cell // 2), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
+
+
+def scorer(mode: str, classes: int, proxy_size: int = PROXY, cells: int = CELLS, evidence: int = 1,
+           reader: str = "shallow") -> nn.Module:
     if mode == "supervised-deep":
         return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
-                             nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
-    if mode == "mil-attention":
+                             nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 1, 1))
+    if mode == "mil-attention" and reader == "shallow":
         from vsaccade import ProxyAttention
 
         return ProxyAttention(3, proxy_size, cells, 32, [{"name": "label", "num_classes": classes, "kind": "class"}])
-    cell = proxy_size // cells
-    return nn.Sequential(nn.Conv2d(3, 32, 2 * cell, cell, cell // 2), nn.ReLU(), nn.Conv2d(32, 32, 1), nn.ReLU(), nn.Conv2d(32, out, 1))
+    out = {"mil-attention": 1 + classes, "mil-max-classes": classes, "mil-max-ovr": classes, "mil-max-evidence": evidence}
+    net = cell_network(reader, out.get(mode, 1), proxy_size, cells)
+    return MaxEvidence(net, evidence, classes) if mode == "mil-max-evidence" else net
 
 
 def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1):
     """-> per-cell scores (B, c^2) for ranking, and classifier logits (or None)."""
     x = proxy.float() / 255
-    if mode == "mil-attention":
+    if mode == "mil-attention" and not isinstance(net, nn.Sequential):
         log_attention, logits = net(x, valid)
         return log_attention, logits["label"]
+    if mode == "mil-attention":  # the deep reader: attention logit and class logits per cell
+        out = F.adaptive_avg_pool2d(net(x), cells).flatten(2)
+        log_attention = out[:, 0].masked_fill(~valid, -1e9).log_softmax(1)
+        return log_attention, torch.einsum("bn,bkn->bk", log_attention.exp(), out[:, 1:])
+    if mode == "mil-max-evidence":
+        return net(x, valid, cells)
+    if mode == "mil-max-ovr":
+        per_class = F.adaptive_avg_pool2d(net(x), cells).flatten(2)  # (B, K, c^2)
+        return per_class.sigmoid().sum(1).masked_fill(~valid, -1e9), per_class.masked_fill(~valid[:, None], -1e9).amax(2)
     if mode == "mil-max-classes":
         per_class = F.adaptive_avg_pool2d(net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)  # (B, K, c^2)
         objects = [k for k in range(per_class.shape[1]) if k != none]
@@ -92,7 +126,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
     parser.add_argument("--mode", required=True,
-                        choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes"))
+                        choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes",
+                                 "mil-max-evidence", "mil-max-ovr"))
+    parser.add_argument("--reader", choices=("shallow", "deep"), default="shallow",
+                        help="the per-cell network of the label-only modes (deep: for inputs larger than the proxy)")
+    parser.add_argument("--evidence", type=int, default=1, help="evidence channels per cell (mil-max-evidence)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--balance", action="store_true",
@@ -117,7 +155,7 @@ def main(argv=None):
     valid_grid[:rows, : round(cells * train["width"] / longer)] = True
     valid_cells = valid_grid.flatten()
     none = train["none"]
-    net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells)
+    net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells, args.evidence, args.reader)
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     supervised = args.mode.startswith("supervised")
     keep = train["box"][:, 0] >= 0 if supervised else torch.ones(len(train["label"]), dtype=torch.bool)
@@ -140,6 +178,10 @@ def main(argv=None):
                 target = (labels[index] != none).float()
                 weight = binary_weights[target.long()] if binary_weights is not None else None
                 loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+            elif args.mode == "mil-max-ovr":
+                target = F.one_hot(labels[index], logits.shape[1]).float()
+                pos_weight = (len(labels) - counts) / counts.clamp_min(1) if args.balance else None
+                loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
             else:
                 loss = F.cross_entropy(logits, labels[index], weight=weights)
             optimizer.zero_grad()
@@ -160,7 +202,7 @@ def main(argv=None):
         history.append(record)
         print(json.dumps(record), flush=True)
         report = {"command": "python experiments/speed-signs/localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "mode": args.mode, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "mode": args.mode, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
                   "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
                   "history": history}
         if args.json:  # after every epoch, so a stopped run keeps what it measured

@@ -24,15 +24,21 @@ def cached_proxies(task, path, progress: bool = True) -> dict:
 
 
 def read_proxies(task, name: str, progress: bool) -> dict:
-    proxies, labels, boxes, sizes = [], {}, [], []
+    # Nothing allocated per sample outlives the loop as a tensor (the proxies go into one tensor allocated up front,
+    # labels and boxes are kept as Python values): small tensors kept between each sample's freed megabyte-sized
+    # temporaries pin glibc's heap (measured: 4.5 GB resident for 300 proxies of 640x640, 0.4 GB this way).
+    proxies, labels, boxes, sizes = None, {}, [], []
     for index in tqdm(range(len(task)), desc=f"proxies ({name})", disable=not progress):
         sample = task[index]
         if not 0 <= float(sample.proxy.min()) <= float(sample.proxy.max()) <= 1:
             raise ValueError(f"sample {index}: proxy values outside [0, 1] cannot be cached as 8 bits")
-        proxies.append((sample.proxy * 255).round().to(torch.uint8))
+        if proxies is None:
+            proxies = torch.empty(len(task), *sample.proxy.shape, dtype=torch.uint8)
+        proxies[index] = (sample.proxy * 255).round()
         for head, value in sample.labels.items():
-            labels.setdefault(head, []).append(torch.as_tensor(value))
-        boxes.append(sample.boxes)
+            labels.setdefault(head, []).append(torch.as_tensor(value).tolist())
+        boxes.append(sample.boxes.tolist())
         sizes.append((sample.image.height, sample.image.width))
-    return {"proxy": torch.stack(proxies), "labels": {h: torch.stack(v) for h, v in labels.items()}, "boxes": boxes,
+    return {"proxy": proxies, "labels": {h: torch.tensor(v) for h, v in labels.items()},
+            "boxes": [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes],
             "sizes": torch.tensor(sizes)}
