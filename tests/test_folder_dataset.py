@@ -112,3 +112,21 @@ def test_file_images_survive_pickling_for_dataloader_workers(tmp_path):
     before = image.read_region(0, 0, 32, 32)
     copy = pickle.loads(pickle.dumps(image))
     assert torch.equal(copy.read_region(0, 0, 32, 32), before)
+
+
+@pytest.mark.parametrize("preset", ["folder", "speed-signs"])
+def test_label_only_presets_never_read_the_boxes(tmp_path, preset):
+    # Labels only, enforced: the same run with the boxes file deleted gives a bit-identical model (the boxes may
+    # only be read to measure hit rates after training).
+    root = make_folder(tmp_path / "data", per_class=8, size=320, with_none=True)
+    argv = ["train", "--preset", preset, "--no-progress", "--epochs", "2", "--set", f"task.root={root}",
+            "--set", "task.proxy_size=32", "--set", "model.location_cells=8", "--set", "model.glimpse_size=16",
+            "--set", "model.hidden=32", "--set", "model.s_min=0.1", "--set", "model.s_max=0.3",
+            "--set", "train.batch_size=8", "--set", "train.threads=1", "--set", "train.seed=3"]
+    assert main(argv + ["--out", str(tmp_path / "with")]) == 0
+    for split in ("train", "test"):
+        (root / split / "boxes.csv").unlink()
+    assert main(argv + ["--out", str(tmp_path / "without")]) == 0
+    with_boxes, without = (torch.load(tmp_path / run / "best.pt", weights_only=False)["state_dict"] for run in ("with", "without"))
+    assert with_boxes.keys() == without.keys()
+    assert all(torch.equal(with_boxes[name], without[name]) for name in with_boxes)
