@@ -90,7 +90,8 @@ class ModelConfig(PlainConfig):
     s_max: float = 0.35
     locator: str = "mixture"  # "mixture" (categorical over proxy cells + Gaussian offset) or "gaussian"
     estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
-    anchor: str = "intensity"  # the mixture's location anchor: "intensity" (of the proxy) or "attention" (learned)
+    anchor: str = "intensity"  # the mixture's location anchor: "intensity" (of the proxy), "attention" (learned) or
+    # "presence" (learned; its classifier says whether any cell shows an object: needs `background`)
     anchor_weight: float = 1.0  # weight of the anchor's logits in the cell distributions (mixture only)
     centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
@@ -118,7 +119,7 @@ class ModelConfig(PlainConfig):
     glimpse_heads: bool = False  # per-glimpse classifier heads p(y | g_t), for per-glimpse losses and rewards
     readout: str = "mean"  # "mean" (an MLP over pooled features), "count" (count heads: summed counts) or "any" (class
     # heads: what the per-glimpse heads most sure of an object say, `background` where none is; model/classifier.py)
-    background: str = ""  # readout="any": the class that means "no object", by name (e.g. the folder "none")
+    background: str = ""  # readout="any", anchor="presence": the class that means "no object", by name (e.g. "none")
     # "detached": glimpses and the core see each window z_t detached, so its offset and side learn only from box
     # supervision (objective.window_weight) and the KL, not from the likelihood through the glimpse (which drowned it)
     window_gradient: str = "through"
@@ -141,7 +142,7 @@ class ModelConfig(PlainConfig):
         choices = {"locator": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
                    "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
                    "policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any"),
-                   "anchor": ("intensity", "attention"), "inhibit": ("none", "cell", "window", "cell+window"),
+                   "anchor": ("intensity", "attention", "presence"), "inhibit": ("none", "cell", "window", "cell+window"),
                    "reader": ("glimpses", "none", "separate"), "decoder": ("none", "proxy"),
                    "window_gradient": ("through", "detached")}
         for name, allowed in choices.items():
@@ -164,15 +165,18 @@ class ModelConfig(PlainConfig):
         if self.readout == "any":
             if self.architecture != "saccader" or not self.glimpse_heads:
                 raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")
+        if self.readout == "any" or self.anchor == "presence":
             # A folder task names its classes only when training starts (train.model_config_for); the model checks
             # again when it is built.
             if any("classes" in h for h in self.heads) or not self.background:
                 self.check_background()
 
     def check_background(self) -> None:
-        """readout=any: `background` must be a class of a class head."""
+        """readout=any and anchor=presence: `background` must be a class of a class head."""
         if not any(h["kind"] == "class" and self.background in h.get("classes", ()) for h in self.heads):
-            raise ConfigError(f"readout=any needs model.background set to a class of a class head; got {self.background!r}, "
+            needs = " and ".join(n for n, used in (("readout=any", self.readout == "any"),
+                                                    ("anchor=presence", self.anchor == "presence")) if used)
+            raise ConfigError(f"{needs} needs model.background set to a class of a class head; got {self.background!r}, "
                               "classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}" for h in self.heads))
 
 

@@ -72,7 +72,7 @@ OUTPUT_SOURCES = {"cell_log_probs": "model.architecture=saccader with model.loca
                   "cells": "model.architecture=saccader with model.locator=mixture and model.policy=learned",
                   "log_q_cells": "model.architecture=saccader with model.locator=mixture and model.policy=learned",
                   "glimpse_logits": "model.glimpse_heads=true", "box_glimpse_logits": "model.glimpse_heads=true",
-                  "proxy_logits": "model.anchor=attention", "attention_entropy": "model.architecture=ats",
+                  "proxy_logits": "model.anchor=attention or presence", "attention_entropy": "model.architecture=ats",
                   "reconstruction": "model.decoder=proxy"}
 
 

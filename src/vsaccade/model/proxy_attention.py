@@ -17,6 +17,17 @@ cell logits in place of the proxy-intensity anchor (which only suits dark backgr
 
 The anchor is detached there: the attention learns from the proxy classifier's loss only, and the posterior's
 own cell scores (initialised at zero) learn what the glimpses add on top of it.
+
+Presence (anchor="presence"): where a class head holds a background class b ("none": no object), that head's
+classifier is factorised into whether any cell shows an object and which object it is,
+
+    m = max over valid cells of A(f)                    (B,)   the most object-like cell's score
+    p(b | x~) = sigmoid(-m),   p(c | x~) = sigmoid(m) * softmax over c != b of the pooled logits
+
+so the label trains A directly as a multiple-instance detector (an object is in the image iff some cell shows
+one), through the one cell that is most object-like. On the street-scale speed signs, the 9-class softmax over
+attention-pooled logits never started to localise from labels, while this binary max-pooled signal did
+(docs/results/street-localisation.json): the proxy shows that a sign is there long before it shows which.
 """
 
 from __future__ import annotations
@@ -29,8 +40,11 @@ MASKED = -1e9
 
 
 class ProxyAttention(nn.Module):
-    def __init__(self, channels: int, proxy_size: int, cells: int, width: int, heads: list[dict]):
+    def __init__(self, channels: int, proxy_size: int, cells: int, width: int, heads: list[dict],
+                 background: dict | None = None):
+        """background: {class head: index of its background class} for the presence factorisation (above)."""
         super().__init__()
+        self.background = dict(background or {})
         cell = max(1, proxy_size // cells)
         self.cells = cells
         self.instances = nn.Sequential(nn.Conv2d(channels, width, 2 * cell, cell, cell // 2), nn.ReLU(inplace=True),
@@ -42,6 +56,18 @@ class ProxyAttention(nn.Module):
     def forward(self, proxy: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, dict]:
         """proxy (B, C', P, P), valid (B, c^2) bool -> log attention (B, c^2), {head: logits (B, classes)}."""
         features = F.adaptive_avg_pool2d(self.instances(proxy), self.cells)
-        log_attention = self.attention(features).flatten(1).masked_fill(~valid, MASKED).log_softmax(1)
+        scores = self.attention(features).flatten(1).masked_fill(~valid, MASKED)
+        log_attention = scores.log_softmax(1)
         pooled = torch.einsum("bn,bkn->bk", log_attention.exp(), self.cell_logits(features).flatten(2))
-        return log_attention, dict(zip(self.sizes, pooled.split(list(self.sizes.values()), 1)))
+        logits = dict(zip(self.sizes, pooled.split(list(self.sizes.values()), 1)))
+        for head, background in self.background.items():
+            logits[head] = presence_log_probs(scores.amax(1), logits[head], background)
+        return log_attention, logits
+
+
+def presence_log_probs(presence: torch.Tensor, logits: torch.Tensor, background: int) -> torch.Tensor:
+    """presence (B,) score m, logits (B, K) -> (B, K) log p: log sigmoid(-m) for the background class, log sigmoid(m)
+    + log softmax over the other classes for them."""
+    objects = logits.index_fill(1, torch.tensor([background], device=logits.device), MASKED).log_softmax(1)
+    log_probs = F.logsigmoid(presence)[:, None] + objects
+    return log_probs.index_copy(1, torch.tensor([background], device=logits.device), F.logsigmoid(-presence)[:, None])

@@ -87,14 +87,16 @@ class VariationalSaccader(nn.Module):
         super().__init__()
         if config.location_cells > config.proxy_size:
             raise ConfigError(f"location_cells ({config.location_cells}) cannot exceed proxy_size ({config.proxy_size})")
-        if config.anchor == "attention" and config.locator != "mixture":
-            raise ConfigError("anchor=attention needs locator=mixture")
+        if config.anchor in ("attention", "presence") and config.locator != "mixture":
+            raise ConfigError(f"anchor={config.anchor} needs locator=mixture")
         c = config
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
                                           c.proxy_encoder)
         mixture = c.locator == "mixture"
-        self.anchor = (AttentionAnchor(ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads))
-                       if c.anchor == "attention" else IntensityAnchor(c.location_cells) if mixture else NoAnchor())
+        background = any_object_heads(c.heads, c.background) if c.anchor == "presence" else None
+        self.anchor = (AttentionAnchor(ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads,
+                                                      background))
+                       if c.anchor in ("attention", "presence") else IntensityAnchor(c.location_cells) if mixture else NoAnchor())
         self.locations = (MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.anchor_weight,
                                            c.cell_score_width, c.offset_prior_sees_cell) if mixture
                           else GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy))
@@ -119,7 +121,7 @@ class VariationalSaccader(nn.Module):
     def config(self, config: ModelConfig) -> None:
         """The settings that do not change which modules exist; set again when a trained model's test-time
         settings change (checkpoint.with_test_time_settings)."""
-        if config.readout == "any":
+        if config.readout == "any" or config.anchor == "presence":
             config.check_background()
         untrained = {h["name"] for h in config.heads if h["kind"] != "count"} - set(self.classifier.heads)
         if config.readout != "any" and untrained:
@@ -228,7 +230,7 @@ def saccader_outputs(c: ModelConfig) -> set:
              "prior": {"cells"}}.get(c.policy, set())
     given = set(cells) if c.locator == "mixture" else set()
     for field, flag in (({"glimpse_logits", "box_glimpse_logits"}, c.glimpse_heads),
-                        ({"proxy_logits"}, c.anchor == "attention"), ({"reconstruction"}, c.decoder == "proxy"),
+                        ({"proxy_logits"}, c.anchor in ("attention", "presence")), ({"reconstruction"}, c.decoder == "proxy"),
                         ({"glimpse_counts"}, c.readout == "count")):
         given |= field if flag else set()
     return given
