@@ -130,3 +130,20 @@ def test_label_only_presets_never_read_the_boxes(tmp_path, preset):
     with_boxes, without = (torch.load(tmp_path / run / "best.pt", weights_only=False)["state_dict"] for run in ("with", "without"))
     assert with_boxes.keys() == without.keys()
     assert all(torch.equal(with_boxes[name], without[name]) for name in with_boxes)
+
+
+def test_dataloader_workers_read_files_without_hanging(tmp_path):
+    # A forked worker waited forever on libvips' thread pool, started in the parent by the file scan; workers are
+    # spawned now. Run in a subprocess so that a regression fails on the timeout instead of hanging the suite.
+    import os
+    import subprocess
+    import sys
+
+    root = make_folder(tmp_path / "data", per_class=6)
+    argv = [sys.executable, "-m", "vsaccade.cli", "train", "--preset", "folder", "--out", str(tmp_path / "run"),
+            "--no-progress", "--epochs", "1", "--set", f"task.root={root}", "--set", "task.proxy_size=32",
+            "--set", "model.location_cells=8", "--set", "model.glimpse_size=16", "--set", "model.hidden=32",
+            "--set", "train.batch_size=4", "--set", "train.threads=1", "--set", "train.num_workers=1"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "VSACCADE_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "results.json").exists()

@@ -92,6 +92,7 @@ class ModelConfig(PlainConfig):
     estimator: str = "score"  # gradient estimator for the mixture's discrete cell: "score" or "ats"
     anchor: str = "intensity"  # the mixture's location anchor: "intensity" (of the proxy), "attention" (learned) or
     # "presence" (learned; its classifier says whether any cell shows an object: needs `background`)
+    anchor_network: str = "cell"  # anchor=attention/presence: per-cell features from "cell" or "strided" convolutions
     anchor_weight: float = 1.0  # weight of the anchor's logits in the cell distributions (mixture only)
     centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
@@ -142,7 +143,7 @@ class ModelConfig(PlainConfig):
         choices = {"locator": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
                    "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
                    "policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any"),
-                   "anchor": ("intensity", "attention", "presence"), "inhibit": ("none", "cell", "window", "cell+window"),
+                   "anchor": ("intensity", "attention", "presence"), "anchor_network": ("cell", "strided"), "inhibit": ("none", "cell", "window", "cell+window"),
                    "reader": ("glimpses", "none", "separate"), "decoder": ("none", "proxy"),
                    "window_gradient": ("through", "detached")}
         for name, allowed in choices.items():

@@ -385,8 +385,11 @@ def run_epoch(run: Run) -> None:
     order = epoch_order(config.seed, epoch, len(train_task), weights)
     global_batches = [order[i * config.batch_size:(i + 1) * config.batch_size] for i in range(run.batches_per_epoch)]
     shards = [cluster.shard(b) for b in global_batches[run.step_in_epoch:]]
+    # Workers are spawned, not forked: a child forked after libvips started its thread pool waits forever on it
+    # (seen as an epoch stuck at 0/N with num_workers=1 on a folder of JPEGs).
     loader = torch.utils.data.DataLoader(train_task, batch_sampler=shards, collate_fn=collate,
-                                         num_workers=config.num_workers, generator=torch.Generator())
+                                         num_workers=config.num_workers, generator=torch.Generator(),
+                                         multiprocessing_context="spawn" if config.num_workers else None)
     bar = tqdm(zip(range(run.step_in_epoch, run.batches_per_epoch), shards, loader), total=len(shards),
                desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress)
     seconds, step, t0 = {"data": 0.0, "step": 0.0}, run.step_in_epoch, time.time()

@@ -95,7 +95,7 @@ class VariationalSaccader(nn.Module):
         mixture = c.locator == "mixture"
         background = any_object_heads(c.heads, c.background) if c.anchor == "presence" else None
         self.anchor = (AttentionAnchor(ProxyAttention(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.heads,
-                                                      background))
+                                                      background, c.anchor_network))
                        if c.anchor in ("attention", "presence") else IntensityAnchor(c.location_cells) if mixture else NoAnchor())
         self.locations = (MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.anchor_weight,
                                            c.cell_score_width, c.offset_prior_sees_cell) if mixture
