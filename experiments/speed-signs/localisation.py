@@ -138,12 +138,13 @@ def main(argv=None):
     parser.add_argument("--proxy-size", type=int, default=PROXY, help="the proxy's longer side")
     parser.add_argument("--cells", type=int, default=CELLS, help="cells per side of the location grid")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boxes", default="", help="the boxes folder beside the root (vsaccade generate's DST-boxes)")
     parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-proxies.pt")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     root = Path(args.root)
     proxy_size, cells = args.proxy_size, args.cells
     data = cached_proxies(args.root, Path(args.cache or root.parent / f"{root.name}-proxies-{proxy_size}.pt"), args.boxes,
@@ -202,7 +203,7 @@ def main(argv=None):
         history.append(record)
         print(json.dumps(record), flush=True)
         report = {"command": "python experiments/speed-signs/localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "mode": args.mode, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "mode": args.mode, "seed": args.seed, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
                   "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
                   "history": history}
         if args.json:  # after every epoch, so a stopped run keeps what it measured

@@ -71,7 +71,11 @@ class ProxyAttention(nn.Module):
         features = F.adaptive_avg_pool2d(self.instances(proxy), self.cells)
         scores = self.attention(features).flatten(1).masked_fill(~valid, MASKED)
         log_attention = scores.log_softmax(1)
-        pooled = torch.einsum("bn,bkn->bk", log_attention.exp(), self.cell_logits(features).flatten(2))
+        # With a presence head, the cell features and the attention learn from presence alone: which object is seen
+        # is read from them without moving them (that gradient is the 9-class one which, on the street-scale signs,
+        # kept the attention off the sign).
+        weights, seen = (log_attention.exp().detach(), features.detach()) if self.background else (log_attention.exp(), features)
+        pooled = torch.einsum("bn,bkn->bk", weights, self.cell_logits(seen).flatten(2))
         logits = dict(zip(self.sizes, pooled.split(list(self.sizes.values()), 1)))
         for head, background in self.background.items():
             logits[head] = presence_log_probs(scores.amax(1), logits[head], background)
