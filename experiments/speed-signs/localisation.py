@@ -1,27 +1,35 @@
-"""Can the proxy say where the speed sign is? A diagnostic for the speed-sign benchmark (docs/benchmarks/files.md).
+"""Can the proxy say where the speed sign is? A diagnostic for the speed-sign benchmarks (docs/benchmarks/files.md,
+docs/benchmarks/labels-only.md).
 
-The 256x192 proxies of a folder dataset (`vsaccade generate speed-signs`, `vsaccade prepare`) are read once
-through the real pipeline (`FolderTask`, cached in --cache) and a per-cell localiser over the 64x64 cell grid
-of the saccader's `speed-signs` preset is trained on them alone, cheaply, in one of four ways:
+The proxies of a folder dataset (`vsaccade generate speed-signs`) are read once through the real pipeline
+(`FolderTask`, cached beside the root) and a per-cell localiser over the saccader's cell grid is trained on them
+alone, cheaply, in one of these ways (each cell's features: --reader shallow, one convolution over the cell and half
+a cell around it, as model.anchor_network=cell; or deep, four strided 3x3 convolutions, as anchor_network=strided):
 
   * supervised-shallow / supervised-deep: the sign's cell is the target (softmax over cells; images with a sign
-    only). An upper bound on what the proxy shows: it uses the boxes, which the method never sees.
-    shallow = ProxyAttention's instance network (each cell sees itself and half a cell around it);
-    deep = four 3x3 convolutions (receptive field ~19 proxy pixels);
-  * mil-attention: the class label only, through the attention-pooled classifier of model/proxy_attention.py
-    (what the `speed-signs` preset trains with `proxy_loss_weight`);
-  * mil-max: the label "sign or none" only, max-pooled over cells (the sharpest multiple-instance pooling);
-  * mil-max-classes: the class label, each class's logit max-pooled over cells (no "none" singled out in training;
-    cells are ranked by their largest logit of a class other than none);
-  * mil-max-evidence: the class label, through K evidence channels per cell (--evidence K), each max-pooled over
-    cells, and a linear classifier on the K maxima (no class singled out anywhere; cells are ranked by their
-    evidence, each channel weighed by the norm of its classifier column).
+    only). An upper bound on what the proxy shows: it uses the boxes, which the method never sees;
+  * mil-attention: the class label, through an attention-pooled classifier (model/proxy_attention.py, what
+    model.anchor=attention trains with objective.proxy_loss_weight);
+  * presence: the class label, through the model's own presence classifier (vsaccade.ProxyAttention with the
+    background class `none`: model.anchor=presence);
+  * mil-max: "sign or none", max-pooled over cells (--top K: the mean of the K best cells; --heads K: K score maps,
+    each max-pooled; --dense-negatives: every cell of a none image is a negative);
+  * mil-noisy-or: "sign or none", p(none) = product over cells of sigmoid(-score);
+  * mil-instances: "sign or none" given to every cell (cross-entropy averaged over cells);
+  * mil-max-classes: the class label, each class's logit max-pooled over cells (cells ranked by their largest logit
+    of a class other than none);
+  * mil-max-ovr: the class label as one-vs-rest targets, each class's logit max-pooled (cells ranked by the sum of
+    their class probabilities);
+  * mil-max-evidence: the class label, through K evidence channels per cell (--evidence K), each max-pooled, and a
+    linear classifier on the K maxima (cells ranked by their evidence, each channel weighed by its column's norm).
 
 Printed per epoch, on the validation split: whether the top-scoring cell and any of the top 4 cells lie within
 one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
-sign-vs-none accuracy. Results go to --json.
+sign-vs-none accuracy. Results go to --json. --anchor-of CHECKPOINT trains nothing and measures a trained model's
+anchor instead. Hits use the boxes: diagnosis only, never selection.
 
-    python experiments/speed-signs/localisation.py --root runs/speed-signs-tiff --mode mil-attention --epochs 6
+    python experiments/speed-signs/localisation.py --root DATA --boxes DATA-boxes --mode mil-max --reader deep \
+        --proxy-size 384 --cells 48 --epochs 3 --seed 0
 """
 
 from __future__ import annotations
@@ -86,23 +94,30 @@ def cell_network(reader: str, out: int, proxy_size: int, cells: int) -> nn.Modul
 
 
 def scorer(mode: str, classes: int, proxy_size: int = PROXY, cells: int = CELLS, evidence: int = 1,
-           reader: str = "shallow") -> nn.Module:
+           reader: str = "shallow", none: int = -1, heads: int = 1) -> nn.Module:
     if mode == "supervised-deep":
         return nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(),
                              nn.Conv2d(32, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 3, 1, 1), nn.ReLU(), nn.Conv2d(32, 1, 1))
-    if mode == "mil-attention" and reader == "shallow":
+    if mode == "mil-attention" and reader == "shallow" or mode == "presence":
         from vsaccade import ProxyAttention
 
-        return ProxyAttention(3, proxy_size, cells, 32, [{"name": "label", "num_classes": classes, "kind": "class"}])
-    out = {"mil-attention": 1 + classes, "mil-max-classes": classes, "mil-max-ovr": classes, "mil-max-evidence": evidence}
+        return ProxyAttention(3, proxy_size, cells, 32, [{"name": "label", "num_classes": classes, "kind": "class"}],
+                              {"label": none} if mode == "presence" else None, "strided" if reader == "deep" else "cell")
+    out = {"mil-attention": 1 + classes, "mil-max-classes": classes, "mil-max-ovr": classes, "mil-max-evidence": evidence,
+           "mil-max": heads}
     net = cell_network(reader, out.get(mode, 1), proxy_size, cells)
     return MaxEvidence(net, evidence, classes) if mode == "mil-max-evidence" else net
 
 
-def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1):
+def scores_for_negatives(net, proxy, valid, cells):
+    """(N, K, c^2) every head's cell scores (invalid cells at -1e4, where their cross-entropy with 0 is 0)."""
+    return F.adaptive_avg_pool2d(net(proxy.float() / 255), cells).flatten(2).masked_fill(~valid, -1e4)
+
+
+def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1, top: int = 1):
     """-> per-cell scores (B, c^2) for ranking, and classifier logits (or None)."""
     x = proxy.float() / 255
-    if mode == "mil-attention" and not isinstance(net, nn.Sequential):
+    if mode in ("mil-attention", "presence") and not isinstance(net, nn.Sequential):
         log_attention, logits = net(x, valid)
         return log_attention, logits["label"]
     if mode == "mil-attention":  # the deep reader: attention logit and class logits per cell
@@ -118,8 +133,32 @@ def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1):
         per_class = F.adaptive_avg_pool2d(net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)  # (B, K, c^2)
         objects = [k for k in range(per_class.shape[1]) if k != none]
         return per_class[:, objects].amax(1), per_class.amax(2)
+    if mode == "mil-max":  # (B, K, c^2) per head; -> ranking (B, c^2), logits (B, K)
+        maps = F.adaptive_avg_pool2d(net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)
+        return maps.log_softmax(2).amax(1), maps.topk(top, 2).values.mean(2)
     scores = F.adaptive_avg_pool2d(net(x), cells).flatten(1).masked_fill(~valid, -1e9)
-    return scores, (scores.max(1).values if mode == "mil-max" else None)
+    if mode == "mil-instances":
+        return scores, scores
+    if mode == "mil-noisy-or":  # -> log p(none): the logit of "sign" is log p(sign) - log p(none)
+        log_none = F.logsigmoid(-scores).sum(1).clamp(max=-1e-6)
+        return scores, torch.log(-torch.expm1(log_none)) - log_none
+    return scores, None
+
+
+def measure(net, mode, validation, valid_cells, cells, none, top, longer) -> dict:
+    """Hits of the ranking on the validation split (and, for the label-only modes, sign-vs-none accuracy)."""
+    with torch.no_grad():
+        scores, logits = run(net, mode, validation["proxy"], valid_cells.expand(len(validation["label"]), -1), cells, none, top)
+    has_sign = validation["box"][:, 0] >= 0
+    target = sign_cells(validation["box"][has_sign], longer, cells)
+    ranked = scores[has_sign].topk(4, 1).indices
+    record = {"top1_within_one_cell": float(near(ranked[:, 0], target, cells).float().mean()),
+              "top4_within_one_cell": float(near(ranked, target[:, None], cells).any(1).float().mean())}
+    if logits is not None:
+        binary = mode in ("mil-max", "mil-noisy-or", "mil-instances")
+        said_sign = logits.reshape(len(logits), -1).amax(1) > 0 if binary else logits.argmax(1) != none
+        record["sign_vs_none_accuracy"] = float((said_sign == has_sign).float().mean())
+    return record
 
 
 def main(argv=None):
@@ -127,7 +166,7 @@ def main(argv=None):
     parser.add_argument("--root", required=True)
     parser.add_argument("--mode", required=True,
                         choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes",
-                                 "mil-max-evidence", "mil-max-ovr"))
+                                 "mil-max-evidence", "mil-max-ovr", "mil-noisy-or", "mil-instances", "presence"))
     parser.add_argument("--reader", choices=("shallow", "deep"), default="shallow",
                         help="the per-cell network of the label-only modes (deep: for inputs larger than the proxy)")
     parser.add_argument("--evidence", type=int, default=1, help="evidence channels per cell (mil-max-evidence)")
@@ -139,6 +178,16 @@ def main(argv=None):
     parser.add_argument("--cells", type=int, default=CELLS, help="cells per side of the location grid")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anchor-of", default=None, metavar="CHECKPOINT",
+                        help="train nothing: measure the hits of a trained model's proxy attention (anchor=attention "
+                             "or presence) on the validation proxies")
+    parser.add_argument("--dense-negatives", action="store_true",
+                        help="mil-max: in images of the background class every cell is a negative (cross-entropy "
+                             "averaged over cells) instead of the max alone")
+    parser.add_argument("--heads", type=int, default=1,
+                        help="mil-max: K score maps from the shared features, each max-pooled and trained on its own; "
+                             "cells ranked by their best head's score (after each head's own softmax over cells)")
+    parser.add_argument("--top", type=int, default=1, help="mil-max: pool the mean of the top K cells' scores (1: the max)")
     parser.add_argument("--boxes", default="", help="the boxes folder beside the root (vsaccade generate's DST-boxes)")
     parser.add_argument("--cache", default=None, help="default: ROOT/../<root name>-proxies.pt")
     parser.add_argument("--json", default=None)
@@ -156,7 +205,15 @@ def main(argv=None):
     valid_grid[:rows, : round(cells * train["width"] / longer)] = True
     valid_cells = valid_grid.flatten()
     none = train["none"]
-    net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells, args.evidence, args.reader)
+    if args.anchor_of:
+        import vsaccade
+
+        model = vsaccade.load(args.anchor_of)
+        record = {"checkpoint": args.anchor_of, **measure(model.anchor.attention, "presence", validation, valid_cells, cells,
+                                                          none, 1, longer)}
+        print(json.dumps(record))
+        return record
+    net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells, args.evidence, args.reader, train["none"], args.heads)
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     supervised = args.mode.startswith("supervised")
     keep = train["box"][:, 0] >= 0 if supervised else torch.ones(len(train["label"]), dtype=torch.bool)
@@ -172,13 +229,27 @@ def main(argv=None):
         order = torch.randperm(len(proxies))
         for start in range(0, len(order), 16):
             index = order[start : start + 16]
-            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1), cells, none)
+            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1), cells, none, args.top)
             if supervised:
                 loss = F.cross_entropy(scores, sign_cells(boxes[index], longer, cells))
-            elif args.mode == "mil-max":
+            elif args.mode == "mil-instances":
+                target = (labels[index] != none).float()[:, None].expand(-1, logits.shape[1])
+                loss = F.binary_cross_entropy_with_logits(logits, target, weight=valid_cells.float().expand_as(target),
+                                                          reduction="sum") / (len(index) * valid_cells.sum())
+            elif args.mode in ("mil-max", "mil-noisy-or"):
                 target = (labels[index] != none).float()
                 weight = binary_weights[target.long()] if binary_weights is not None else None
-                loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
+                if logits.ndim == 2:  # one logit per head
+                    target = target[:, None].expand_as(logits)
+                    weight = weight[:, None].expand_as(logits) if weight is not None else None
+                if args.dense_negatives:
+                    positive = target[:, 0] > 0
+                    cell_scores = scores_for_negatives(net, proxies[index][~positive], valid_cells, cells)
+                    negatives = F.binary_cross_entropy_with_logits(cell_scores, torch.zeros_like(cell_scores), reduction="none")
+                    loss = (F.binary_cross_entropy_with_logits(logits[positive], target[positive], reduction="sum")
+                            + (negatives * valid_cells).sum() / valid_cells.sum()) / len(index)
+                else:
+                    loss = F.binary_cross_entropy_with_logits(logits, target, weight=weight)
             elif args.mode == "mil-max-ovr":
                 target = F.one_hot(labels[index], logits.shape[1]).float()
                 pos_weight = (len(labels) - counts) / counts.clamp_min(1) if args.balance else None
@@ -188,22 +259,12 @@ def main(argv=None):
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        with torch.no_grad():
-            scores, logits = run(net, args.mode, validation["proxy"], valid_cells.expand(len(validation["label"]), -1),
-                                 cells, none)
-        has_sign = validation["box"][:, 0] >= 0
-        target = sign_cells(validation["box"][has_sign], longer, cells)
-        top = scores[has_sign].topk(4, 1).indices
         record = {"epoch": epoch + 1, "seconds": time.time() - started,
-                  "top1_within_one_cell": float(near(top[:, 0], target, cells).float().mean()),
-                  "top4_within_one_cell": float(near(top, target[:, None], cells).any(1).float().mean())}
-        if logits is not None:
-            said_sign = logits > 0 if args.mode == "mil-max" else logits.argmax(1) != none
-            record["sign_vs_none_accuracy"] = float((said_sign == has_sign).float().mean())
+                  **measure(net, args.mode, validation, valid_cells, cells, none, args.top, longer)}
         history.append(record)
         print(json.dumps(record), flush=True)
         report = {"command": "python experiments/speed-signs/localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "mode": args.mode, "seed": args.seed, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "mode": args.mode, "seed": args.seed, "top": args.top, "heads": args.heads, "dense_negatives": args.dense_negatives, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
                   "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
                   "history": history}
         if args.json:  # after every epoch, so a stopped run keeps what it measured
