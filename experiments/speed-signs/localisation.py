@@ -114,7 +114,7 @@ def scores_for_negatives(net, proxy, valid, cells):
     return F.adaptive_avg_pool2d(net(proxy.float() / 255), cells).flatten(2).masked_fill(~valid, -1e4)
 
 
-def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1, top: int = 1):
+def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1, top: int = 1, novelty: float = 0.0):
     """-> per-cell scores (B, c^2) for ranking, and classifier logits (or None)."""
     x = proxy.float() / 255
     if mode in ("mil-attention", "presence") and not isinstance(net, nn.Sequential):
@@ -133,6 +133,16 @@ def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1, top: int = 
         per_class = F.adaptive_avg_pool2d(net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)  # (B, K, c^2)
         objects = [k for k in range(per_class.shape[1]) if k != none]
         return per_class[:, objects].amax(1), per_class.amax(2)
+    if mode == "mil-max" and novelty:  # one head; the pooled cell chosen with the novelty prior
+        features = F.adaptive_avg_pool2d(net[:-1](x), cells).flatten(2)  # (B, F, c^2)
+        maps = torch.einsum("fk,bfn->bkn", net[-1].weight[:, :, 0, 0].t(), features) + net[-1].bias[None, :, None]
+        maps = maps.masked_fill(~valid[:, None], -1e9)
+        with torch.no_grad():
+            mean = (features * valid[:, None]).sum(2, keepdim=True) / valid.sum(1)[:, None, None]
+            distance = (features - mean).norm(dim=1)
+            far = (distance - distance.mean(1, keepdim=True)) / distance.std(1, keepdim=True).clamp_min(1e-6)
+            chosen = (maps[:, 0] + novelty * far).masked_fill(~valid, -1e9).argmax(1)
+        return maps.log_softmax(2).amax(1), maps[:, 0].gather(1, chosen[:, None])
     if mode == "mil-max":  # (B, K, c^2) per head; -> ranking (B, c^2), logits (B, K)
         maps = F.adaptive_avg_pool2d(net(x), cells).flatten(2).masked_fill(~valid[:, None], -1e9)
         return maps.log_softmax(2).amax(1), maps.topk(top, 2).values.mean(2)
@@ -184,6 +194,9 @@ def main(argv=None):
     parser.add_argument("--dense-negatives", action="store_true",
                         help="mil-max: in images of the background class every cell is a negative (cross-entropy "
                              "averaged over cells) instead of the max alone")
+    parser.add_argument("--novelty", type=float, default=0.0,
+                        help="mil-max: the pooled cell is the argmax of score + W x novelty, where novelty is how far "
+                             "a cell's features lie from the image's mean feature (z-scored, no gradient)")
     parser.add_argument("--heads", type=int, default=1,
                         help="mil-max: K score maps from the shared features, each max-pooled and trained on its own; "
                              "cells ranked by their best head's score (after each head's own softmax over cells)")
@@ -229,7 +242,8 @@ def main(argv=None):
         order = torch.randperm(len(proxies))
         for start in range(0, len(order), 16):
             index = order[start : start + 16]
-            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1), cells, none, args.top)
+            scores, logits = run(net, args.mode, proxies[index], valid_cells.expand(len(index), -1), cells, none, args.top,
+                                 args.novelty)
             if supervised:
                 loss = F.cross_entropy(scores, sign_cells(boxes[index], longer, cells))
             elif args.mode == "mil-instances":
@@ -264,7 +278,7 @@ def main(argv=None):
         history.append(record)
         print(json.dumps(record), flush=True)
         report = {"command": "python experiments/speed-signs/localisation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                  "mode": args.mode, "seed": args.seed, "top": args.top, "heads": args.heads, "dense_negatives": args.dense_negatives, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
+                  "mode": args.mode, "seed": args.seed, "top": args.top, "heads": args.heads, "dense_negatives": args.dense_negatives, "novelty": args.novelty, "evidence": args.evidence, "reader": args.reader, "proxy_size": proxy_size, "cells": cells, "balance": args.balance, "root": args.root, "train_images": len(proxies), "validation_images": len(validation["label"]),
                   "sign_share_validation": float((validation["box"][:, 0] >= 0).float().mean()), "threads": args.threads,
                   "history": history}
         if args.json:  # after every epoch, so a stopped run keeps what it measured

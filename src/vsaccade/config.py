@@ -143,7 +143,8 @@ class ModelConfig(PlainConfig):
         choices = {"locator": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
                    "proxy_encoder": ("wide", "strided"), "glimpse_pool": ("flatten", "mean"),
                    "policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any"),
-                   "anchor": ("intensity", "attention", "presence"), "anchor_network": ("cell", "strided"), "inhibit": ("none", "cell", "window", "cell+window"),
+                   "anchor": ("intensity", "attention", "presence"), "anchor_network": ("cell", "strided"),
+                   "inhibit": ("none", "cell", "window", "cell+window"),
                    "reader": ("glimpses", "none", "separate"), "decoder": ("none", "proxy"),
                    "window_gradient": ("through", "detached")}
         for name, allowed in choices.items():

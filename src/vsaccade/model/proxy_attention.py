@@ -26,8 +26,9 @@ classifier is factorised into whether any cell shows an object and which object 
 
 so the label trains A directly as a multiple-instance detector (an object is in the image iff some cell shows
 one), through the one cell that is most object-like. On the street-scale speed signs, the 9-class softmax over
-attention-pooled logits never started to localise from labels, while this binary max-pooled signal did
-(docs/results/street-localisation.json): the proxy shows that a sign is there long before it shows which.
+attention-pooled logits never started to localise from labels, while this binary max-pooled signal did, though not
+from every initialisation (docs/benchmarks/labels-only.md): the proxy shows that a sign is there long before it
+shows which.
 """
 
 from __future__ import annotations
