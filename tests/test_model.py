@@ -299,6 +299,8 @@ def test_the_presence_anchor_finds_objects_whose_class_the_proxy_cannot_show():
     assert (log_attention[objects].argmax(1) == cells[objects]).float().mean() > 0.9
     with pytest.raises(ConfigError, match="anchor=presence needs model.background"):
         create_model("saccader", anchor="presence", background="", heads=heads)
+    with pytest.raises(ConfigError, match="anchor_network=strided .* needs model.anchor=attention or presence"):
+        create_model("saccader", anchor="intensity", anchor_network="strided")
 
 
 def test_proxy_loss_needs_proxy_attention():

@@ -167,6 +167,9 @@ class ModelConfig(PlainConfig):
         if self.readout == "any":
             if self.architecture != "saccader" or not self.glimpse_heads:
                 raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")
+        if self.anchor_network != "cell" and self.anchor not in ("attention", "presence"):
+            raise ConfigError(f"model.anchor_network={self.anchor_network} shapes the proxy attention: it needs "
+                              f"model.anchor=attention or presence, got {self.anchor!r}")
         if self.readout == "any" or self.anchor == "presence":
             # A folder task names its classes only when training starts (train.model_config_for); the model checks
             # again when it is built.
