@@ -102,7 +102,7 @@ def scorer(mode: str, classes: int, proxy_size: int = PROXY, cells: int = CELLS,
         from vsaccade import ProxyAttention
 
         return ProxyAttention(3, proxy_size, cells, 32, [{"name": "label", "num_classes": classes, "kind": "class"}],
-                              {"label": none} if mode == "presence" else None, "strided" if reader == "deep" else "cell")
+                              {"label": none} if mode == "presence" else None, reader if reader.startswith("strided") else "strided" if reader == "deep" else "cell")
     out = {"mil-attention": 1 + classes, "mil-max-classes": classes, "mil-max-ovr": classes, "mil-max-evidence": evidence,
            "mil-max": heads}
     net = cell_network(reader, out.get(mode, 1), proxy_size, cells)
@@ -157,8 +157,11 @@ def run(net, mode, proxy, valid, cells: int = CELLS, none: int = -1, top: int = 
 
 def measure(net, mode, validation, valid_cells, cells, none, top, longer) -> dict:
     """Hits of the ranking on the validation split (and, for the label-only modes, sign-vs-none accuracy)."""
+    was_training = net.training
+    net.eval()
     with torch.no_grad():
         scores, logits = run(net, mode, validation["proxy"], valid_cells.expand(len(validation["label"]), -1), cells, none, top)
+    net.train(was_training)
     has_sign = validation["box"][:, 0] >= 0
     target = sign_cells(validation["box"][has_sign], longer, cells)
     ranked = scores[has_sign].topk(4, 1).indices
@@ -177,7 +180,7 @@ def main(argv=None):
     parser.add_argument("--mode", required=True,
                         choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes",
                                  "mil-max-evidence", "mil-max-ovr", "mil-noisy-or", "mil-instances", "presence"))
-    parser.add_argument("--reader", choices=("shallow", "deep"), default="shallow",
+    parser.add_argument("--reader", choices=("shallow", "deep", "strided-bn", "strided-in", "strided-ln"), default="shallow",
                         help="the per-cell network of the label-only modes (deep: for inputs larger than the proxy)")
     parser.add_argument("--evidence", type=int, default=1, help="evidence channels per cell (mil-max-evidence)")
     parser.add_argument("--epochs", type=int, default=6)
