@@ -130,6 +130,13 @@ def test_label_only_presets_never_read_the_boxes(tmp_path, preset):
     with_boxes, without = (torch.load(tmp_path / run / "best.pt", weights_only=False)["state_dict"] for run in ("with", "without"))
     assert with_boxes.keys() == without.keys()
     assert all(torch.equal(with_boxes[name], without[name]) for name in with_boxes)
+    # Without boxes, the log still says where the model looks: the first glimpse's spread over cells, how often it
+    # repeats the last epoch's cell, and (with a proxy attention anchor) what the proxy alone reads.
+    epochs = [json.loads(line)["validation"]["model"] for line in (tmp_path / "without" / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[0]["hit_rate"] == 0.0 and "first_look_repeat" not in epochs[0]["location"]
+    location = epochs[1]["location"]
+    assert 0.0 < location["first_look_spread"] <= 1.0 and 0.0 <= location["first_look_repeat"] <= 1.0
+    assert ("proxy_heads" in location) == (preset == "speed-signs")
 
 
 def test_dataloader_workers_read_files_without_hanging(tmp_path):

@@ -262,24 +262,27 @@ def test_proxy_attention_learns_where_the_evidence_is_and_anchors_the_posterior(
     assert (looked_at[positive] == cells[positive]).float().mean() > 0.8
 
 
-def test_the_presence_anchor_finds_objects_whose_class_the_proxy_cannot_show():
+@pytest.mark.parametrize("network", ["cell", "strided"])
+def test_the_presence_anchor_finds_objects_whose_class_the_proxy_cannot_show(network):
     # Classes none / a / b: a and b draw the same bright blob (which one is illegible on the proxy), none draws
     # nothing. The presence classifier (anchor=presence, background "none") learns from the labels alone that the
-    # blob means "not none", and its attention goes to the blob's cell; its probabilities are normalised.
+    # blob means "not none", and its attention goes to the blob's cell (measured in eval mode: the strided
+    # network's batch statistics are the running ones); its probabilities are normalised.
     torch.manual_seed(0)
     heads = [{"name": "label", "num_classes": 3, "kind": "class", "classes": ["a", "b", "none"]}]
-    model = create_model("saccader", proxy_size=16, location_cells=4, glimpses=1, glimpse_size=16, hidden=32,
-                         proxy_encoder="strided", anchor="presence", background="none", heads=heads)
+    model = create_model("saccader", proxy_size=32, location_cells=4, glimpses=1, glimpse_size=16, hidden=32,
+                         proxy_encoder="strided", anchor="presence", anchor_network=network, background="none",
+                         heads=heads)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = torch.Generator().manual_seed(1)
 
     def scenes(count):
-        proxy = 0.3 * torch.rand(count, 1, 16, 16, generator=generator)
+        proxy = 0.3 * torch.rand(count, 1, 32, 32, generator=generator)
         labels, cells = torch.randint(0, 3, (count,), generator=generator), torch.randint(0, 16, (count,), generator=generator)
         for i in range(count):
             row, col = divmod(int(cells[i]), 4)
             if labels[i] != 2:
-                proxy[i, 0, 4 * row + 1 : 4 * row + 3, 4 * col + 1 : 4 * col + 3] = 1.0
+                proxy[i, 0, 8 * row + 3 : 8 * row + 6, 8 * col + 3 : 8 * col + 6] = 1.0
         return proxy, labels, cells
 
     valid = torch.ones(32, 16, dtype=torch.bool)
@@ -292,7 +295,7 @@ def test_the_presence_anchor_finds_objects_whose_class_the_proxy_cannot_show():
         optimizer.step()
     proxy, labels, cells = scenes(200)
     with torch.no_grad():
-        log_attention, logits = model.anchor.attention(proxy, torch.ones(200, 16, dtype=torch.bool))
+        log_attention, logits = model.eval().anchor.attention(proxy, torch.ones(200, 16, dtype=torch.bool))
     assert torch.allclose(logits["label"].exp().sum(1), torch.ones(200), atol=1e-5)
     objects = labels != 2
     assert ((logits["label"].argmax(1) != 2) == objects).float().mean() > 0.9

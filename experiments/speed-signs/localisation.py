@@ -4,7 +4,8 @@ docs/benchmarks/labels-only.md).
 The proxies of a folder dataset (`vsaccade generate speed-signs`) are read once through the real pipeline
 (`FolderTask`, cached beside the root) and a per-cell localiser over the saccader's cell grid is trained on them
 alone, cheaply, in one of these ways (each cell's features: --reader shallow, one convolution over the cell and half
-a cell around it, as model.anchor_network=cell; or deep, four strided 3x3 convolutions, as anchor_network=strided):
+a cell around it, as model.anchor_network=cell; or deep, four strided 3x3 convolutions, as anchor_network=strided without its batch normalisation; the presence
+mode uses the model's own module, normalised):
 
   * supervised-shallow / supervised-deep: the sign's cell is the target (softmax over cells; images with a sign
     only). An upper bound on what the proxy shows: it uses the boxes, which the method never sees;
@@ -102,7 +103,7 @@ def scorer(mode: str, classes: int, proxy_size: int = PROXY, cells: int = CELLS,
         from vsaccade import ProxyAttention
 
         return ProxyAttention(3, proxy_size, cells, 32, [{"name": "label", "num_classes": classes, "kind": "class"}],
-                              {"label": none} if mode == "presence" else None, reader if reader.startswith("strided") else "strided" if reader == "deep" else "cell")
+                              {"label": none} if mode == "presence" else None, "strided" if reader == "deep" else "cell")
     out = {"mil-attention": 1 + classes, "mil-max-classes": classes, "mil-max-ovr": classes, "mil-max-evidence": evidence,
            "mil-max": heads}
     net = cell_network(reader, out.get(mode, 1), proxy_size, cells)
@@ -180,7 +181,7 @@ def main(argv=None):
     parser.add_argument("--mode", required=True,
                         choices=("supervised-shallow", "supervised-deep", "mil-attention", "mil-max", "mil-max-classes",
                                  "mil-max-evidence", "mil-max-ovr", "mil-noisy-or", "mil-instances", "presence"))
-    parser.add_argument("--reader", choices=("shallow", "deep", "strided-bn", "strided-in", "strided-ln"), default="shallow",
+    parser.add_argument("--reader", choices=("shallow", "deep"), default="shallow",
                         help="the per-cell network of the label-only modes (deep: for inputs larger than the proxy)")
     parser.add_argument("--evidence", type=int, default=1, help="evidence channels per cell (mil-max-evidence)")
     parser.add_argument("--epochs", type=int, default=6)

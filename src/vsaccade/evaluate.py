@@ -6,6 +6,12 @@ Localisation, objects = the task's boxes (digits only, never distractors or nois
     4x the object's longer side (seen, at a usable resolution).
 Both are reported for the model's glimpses and, as references, for uniformly random glimpses and for
 glimpses drawn from the learned prior alone.
+
+Without boxes (a user's folder), whether location learning has started shows in signals read from labels and the
+model alone (`model.location`): the proxy attention's own accuracy (anchor=attention/presence: what the proxy alone
+says, above the majority share once it finds the objects), and the spread of the first glimpse's distribution over
+cells (its entropy over the log of the valid cells: 1 = uniform, falling as the model settles where to look);
+the trainer adds how often the first glimpse's cell repeats the last epoch's.
 """
 
 from __future__ import annotations
@@ -139,8 +145,9 @@ def predict_batch(model, batch, policy: str = "mode", source: str = "posterior",
 
 @torch.no_grad()
 def evaluate(model, task, policy: str = "mode", batch_size: int = 128, references: bool = True, progress: bool = True,
-             limit: int | None = None, seed: int = 0, cluster: Cluster | None = None) -> dict:
-    """Accuracy per head and localisation on `task`, with random/prior-glimpse references if asked.
+             limit: int | None = None, seed: int = 0, cluster: Cluster | None = None, first_cells: bool = False) -> dict:
+    """Accuracy per head and localisation on `task`, with random/prior-glimpse references if asked; first_cells: the
+    (N,) cells of every sample's first glimpse under "first_cells" (-1 without a cell grid), for the trainer.
 
     Random draws are keyed by (seed, draw, sample index) and leave the caller's generator untouched. With a
     cluster of N processes, each evaluates a contiguous 1/N of the samples (each sample exactly once) and every
@@ -154,6 +161,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
     reads = {"pixels": 0, "tiles": 0, "image_pixels": 0}  # the model's own pass, proxy included (images.LargeImage)
+    proxy_scores, spread, cells = HeadScores(model.config.heads), torch.zeros(()), torch.zeros(count, dtype=torch.long)
     starts = range(mine.start, mine.stop, batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         indices = range(start, min(start + batch_size, mine.stop))
@@ -162,6 +170,11 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
             probs, output = predict_batch(model, batch, policy if source == "posterior" else "mode", source, indices, seed)
             if source == "posterior":  # fresh images: what they counted so far is the proxy and this pass
                 reads = add_reads(reads, batch.images)
+                if output.proxy_logits is not None:
+                    proxy_scores.add(head_probabilities(output.proxy_logits, model.config.heads), batch.labels)
+                if output.cell_log_probs is not None:
+                    spread += first_look_spread(output.cell_log_probs[:, 0]).sum().cpu()
+                    cells[start : start + len(indices)] = output.cells[:, 0].cpu() + 1  # 0: not filled by this rank
             scores[source].add(probs, batch.labels)
             found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.cpu()))
             counts[source] = {k: counts[source][k] + found[k] for k in found}
@@ -193,7 +206,25 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
             "coverage": n["covered"] / max(n["objects"], 1),
         }
         result["model" if source == "posterior" else f"{source}_glimpses"] = entry
+    has_proxy_heads, has_cells = cluster.any(proxy_scores.count > 0, bool(cells.any()))  # a rank may have no samples
+    location = {}
+    if has_proxy_heads:
+        proxy_scores.merge_ranks(cluster)
+        location["proxy_heads"] = proxy_scores.result()
+    if has_cells:
+        location["first_look_spread"] = float(cluster.sum(spread.double())) / samples
+    if location:
+        result["model"]["location"] = location
+    if first_cells:
+        result["first_cells"] = cluster.sum(cells) - 1
     return result
+
+
+def first_look_spread(log_probs: torch.Tensor) -> torch.Tensor:
+    """(B, c^2) log q over cells (-inf where invalid) -> (B,) entropy / log(valid cells), in [0, 1]."""
+    valid = torch.isfinite(log_probs) & (log_probs > -1e8)
+    entropy = -torch.where(valid, log_probs.exp() * log_probs, torch.zeros_like(log_probs)).sum(1)
+    return entropy / valid.sum(1).clamp_min(2).log()
 
 
 def add_reads(reads: dict, images) -> dict:
@@ -212,6 +243,13 @@ def summary_line(result: dict) -> str:
         parts.append(f"{name} {100 * next(iter(score.values())):.1f}%"
                      + (f" (MAE {score['mean_absolute_error']:.2f})" if "mean_absolute_error" in score else ""))
     line = ", ".join(parts) + f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
+    location = result["model"].get("location", {})
+    for name, score in location.get("proxy_heads", {}).items():
+        line += f" | proxy alone: {name} {100 * next(iter(score.values())):.1f}%"
+    if "first_look_spread" in location:
+        line += f" | first look: spread {location['first_look_spread']:.2f}"
+    if "first_look_repeat" in location:
+        line += f", repeat {100 * location['first_look_repeat']:.0f}%"
     for ref in ("random_glimpses", "prior_glimpses"):
         if ref in result:
             line += f" | {ref.split('_')[0]}: hit {100 * result[ref]['hit_rate']:.1f}% cover {100 * result[ref]['coverage']:.1f}%"

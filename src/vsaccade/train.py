@@ -191,6 +191,7 @@ class Run:
         self.loss = Objective(objective, model_config.estimator)
         self.started = self.last_save = time.time()
         self.run_info: dict = {}
+        self.first_cells = None  # the validation samples' first-glimpse cells at the last epoch's end (evaluate.py)
         self.batches_per_epoch = math.ceil(len(tasks["train"]) / config.batch_size)
         self.autocast = torch.autocast(cluster.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
@@ -205,6 +206,7 @@ class Run:
         self.minutes_before = payload.get("train_minutes", 0.0)
         self.sums = {**self.sums, **payload.get("epoch_sums", {})}
         self.skipped_total = payload.get("skipped_steps", 0)
+        self.first_cells = payload.get("validation_first_cells")
 
     def save(self, path: Path, epoch: int, step_in_epoch: int, metrics: dict) -> None:
         if not self.cluster.is_main:
@@ -215,7 +217,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(), "rng": rng_state(), "epoch": epoch, "step_in_epoch": step_in_epoch,
             "global_step": self.global_step, "images_seen": self.images_seen, "best_validation": self.best,
             "metrics": metrics, "train_minutes": self.minutes(), "epoch_sums": self.sums,
-            "skipped_steps": self.skipped_total,
+            "skipped_steps": self.skipped_total, "validation_first_cells": self.first_cells,
             "scheduler": {"name": config.lr_schedule, "lr": self.optimizer.param_groups[0]["lr"]},
             "data_order": {"seed": config.seed, "epoch": epoch, "step_in_epoch": step_in_epoch,
                            "batch_size": config.batch_size, "processes": self.cluster.world_size},
@@ -423,7 +425,12 @@ def end_epoch(run: Run, step: int, seconds: dict) -> None:
     train_metrics["data_fraction"] = seconds["data"] / max(seconds["data"] + seconds["step"], 1e-9)
     train_metrics["images_per_second"] = run.sums["images"] / max(seconds["data"] + seconds["step"], 1e-9)
     validation = evaluate(run.module, run.tasks["validation"], "mode", config.eval_batch_size, references=False,
-                          progress=run.progress, seed=config.seed, cluster=cluster)
+                          progress=run.progress, seed=config.seed, cluster=cluster, first_cells=True)
+    first_cells = validation.pop("first_cells")
+    if run.first_cells is not None and (first_cells >= 0).any():
+        repeat = float((first_cells == run.first_cells).double().mean())
+        validation["model"].setdefault("location", {})["first_look_repeat"] = repeat
+    run.first_cells = first_cells
     score = mean_head_score(validation)
     improved = score > run.best
     run.best = max(run.best, score)

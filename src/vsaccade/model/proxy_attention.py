@@ -46,12 +46,12 @@ def instance_network(kind: str, channels: int, proxy_size: int, cells: int, widt
     proxy pixels wide whose shape, not one cell's colours, tells them apart. Without the normalisation the presence
     anchor started from some initialisations in the first epoch and from others after 17 or more; with it, within
     3 from every one tried (docs/results/street-localisation.json)."""
-    if kind.startswith("strided"):
-        norm = {"strided": None, "strided-bn": nn.BatchNorm2d, "strided-in": lambda c: nn.GroupNorm(c, c),
-                "strided-ln": lambda c: nn.GroupNorm(1, c)}[kind]
-        layers = []
+    if kind == "strided":
+        # Output j of the stride-8 stack is centred on input pixel 8j, the corner of cell j: shifting the input by
+        # half the stride centres it on the cell (else its top cell is as often the neighbour as the object's).
+        layers = [nn.ZeroPad2d((-4, 4, -4, 4))]
         for c_in, c_out, stride in ((channels, width // 2, 2), (width // 2, width, 2), (width, width, 1), (width, width, 2)):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), *([norm(c_out)] if norm else []), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
         return nn.Sequential(*layers)
     cell = max(1, proxy_size // cells)
     return nn.Sequential(nn.Conv2d(channels, width, 2 * cell, cell, cell // 2), nn.ReLU(inplace=True),
