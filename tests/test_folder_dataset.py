@@ -3,6 +3,7 @@ trained on through the CLI, and predicted; layout, orientation and boxes survive
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -67,22 +68,29 @@ def test_folder_task_splits_classes_and_boxes(tmp_path):
         make_task("folder", "train", root=str(tmp_path / "nowhere"))
 
 
-def test_train_and_predict_from_prepared_files(tmp_path):
-    root = make_folder(tmp_path / "src", per_class=12)
+def test_train_and_predict_from_prepared_files(tmp_path, capsys):
+    # The folder preset as a user runs it, scaled down: its sizes are formulas of the images' (a 0.2 x 160-px proxy
+    # is 32 pixels, one location cell per 8 of them), and its presence anchor needs the class without objects.
+    root = make_folder(tmp_path / "src", per_class=12, with_none=True)
     assert main(["prepare", str(root), str(tmp_path / "tiff"), "--no-progress"]) == 0
     run = tmp_path / "run"
     argv = ["train", "--preset", "folder", "--out", str(run), "--no-progress", "--epochs", "2",
-            "--set", f"task.root={tmp_path / 'tiff'}", "--set", "task.proxy_size=32", "--set", "model.location_cells=8",
+            "--set", f"task.root={tmp_path / 'tiff'}", "--set", "task.proxy_size=0.2",
             "--set", "model.glimpse_size=16", "--set", "model.glimpses=2", "--set", "model.hidden=32",
             "--set", "train.batch_size=8", "--set", "train.threads=1"]
     assert main(argv) == 0
     results = json.loads((run / "results.json").read_text())
-    assert results["task"]["classes"] == ["left", "right"] and results["test"]["samples"] == 8
-    assert results["model_config"]["heads"][0]["classes"] == ["left", "right"]
+    assert results["task"]["classes"] == ["left", "none", "right"] and results["test"]["samples"] == 12
+    assert results["model_config"]["heads"][0]["classes"] == ["left", "none", "right"]
+    assert (results["model_config"]["proxy_size"], results["model_config"]["location_cells"]) == (32, 4)
     out = tmp_path / "predictions.csv"
     assert main(["predict", str(run / "best.pt"), str(tmp_path / "tiff" / "test"), "--out", str(out), "--no-progress"]) == 0
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 8 and {r["label"] for r in rows} <= {"left", "right"} and "label_p_left" in rows[0]
+    assert len(rows) == 12 and {r["label"] for r in rows} <= {"left", "none", "right"} and "label_p_left" in rows[0]
+    capsys.readouterr()
+    shutil.rmtree(tmp_path / "tiff" / "train" / "none")
+    assert main(argv[:4] + [str(tmp_path / "run2")] + argv[5:]) == 2
+    assert "model.background" in capsys.readouterr().err
 
 
 def test_the_box_supervised_speed_sign_preset_trains_on_a_folder_with_boxes(tmp_path, capsys):
@@ -136,7 +144,7 @@ def test_label_only_presets_never_read_the_boxes(tmp_path, preset):
     assert epochs[0]["hit_rate"] == 0.0 and "first_look_repeat" not in epochs[0]["location"]
     location = epochs[1]["location"]
     assert 0.0 < location["first_look_spread"] <= 1.0 and 0.0 <= location["first_look_repeat"] <= 1.0
-    assert ("proxy_heads" in location) == (preset == "speed-signs")
+    assert location["proxy_heads"]["label"]["accuracy"] >= 0.0  # both presets look through a proxy attention
 
 
 def test_dataloader_workers_read_files_without_hanging(tmp_path):
@@ -146,7 +154,7 @@ def test_dataloader_workers_read_files_without_hanging(tmp_path):
     import subprocess
     import sys
 
-    root = make_folder(tmp_path / "data", per_class=6)
+    root = make_folder(tmp_path / "data", per_class=6, with_none=True)
     argv = [sys.executable, "-m", "vsaccade.cli", "train", "--preset", "folder", "--out", str(tmp_path / "run"),
             "--no-progress", "--epochs", "1", "--set", f"task.root={root}", "--set", "task.proxy_size=32",
             "--set", "model.location_cells=8", "--set", "model.glimpse_size=16", "--set", "model.hidden=32",

@@ -115,7 +115,7 @@ def test_bad_label_files_get_one_line_errors(tmp_path):
 def test_training_scans_files_first_and_skip_bad_leaves_them_out(tmp_path, capsys):
     from test_folder_dataset import make_folder
 
-    root = make_folder(tmp_path / "data", per_class=6)
+    root = make_folder(tmp_path / "data", per_class=6, with_none=True)
     (root / "train" / "left" / "truncated.jpg").write_bytes((root / "train" / "left" / "0.jpg").read_bytes()[:200])
     (root / "train" / "right" / "empty.jpg").write_bytes(b"")
     argv = ["train", "--preset", "folder", "--no-progress", "--epochs", "1", "--set", f"task.root={root}",
@@ -127,7 +127,8 @@ def test_training_scans_files_first_and_skip_bad_leaves_them_out(tmp_path, capsy
     assert "train split" in error and "--skip-bad" in error and ("truncated.jpg" in error or "empty.jpg" in error)
     assert main(argv + ["--out", str(tmp_path / "run"), "--skip-bad"]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert sorted(p.rsplit("/", 1)[-1] for p, _ in config["bad_files"]["train"]) == ["empty.jpg", "truncated.jpg"]
+    bad = [path for split in ("train", "validation") for path, _ in config["bad_files"].get(split, [])]
+    assert sorted(p.rsplit("/", 1)[-1] for p in bad) == ["empty.jpg", "truncated.jpg"]
 
 
 def test_extreme_posteriors_give_finite_locations_and_kl():

@@ -33,10 +33,12 @@ def status(key):
 import torch
 torch.set_num_threads(int(sys.argv[3]))
 import vsaccade
-if sys.argv[1] == "untrained":  # the folder preset's RGB model (memory and latency do not depend on the weights)
-    model_config = vsaccade.resolve("folder")[0].replace(image_channels=3, proxy_channels=3, proxy_size=256,
-                                                         heads=[{"name": "label", "num_classes": 9, "kind": "class"}])
-    model = vsaccade.create_model("saccader", **model_config.to_dict()).eval()
+if sys.argv[1] == "untrained":  # an RGB model (memory and latency do not depend on the weights): the folder preset's
+    # when measured (docs/benchmarks/files.md)
+    model = vsaccade.create_model("saccader", image_channels=3, proxy_channels=3, proxy_size=256, location_cells=16,
+                                  glimpses=4, glimpse_size=64, s_min=0.05, s_max=0.2, anchor_weight=0.0,
+                                  proxy_encoder="strided", cell_score_width=32, glimpse_heads=True,
+                                  heads=[{"name": "label", "num_classes": 9, "kind": "class"}]).eval()
 else:
     model = vsaccade.load(sys.argv[1])
 channels = model.config.image_channels if model.config.image_channels in (1, 3) else None

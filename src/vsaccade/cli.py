@@ -187,7 +187,8 @@ def command_generate(args):
                            data_dir=args.data_dir, progress=not args.no_progress,
                            **({"canvas_size": int(args.size)} if args.size else {}))
         print(f"Megapixel MNIST in {root} (labels of all four heads in {root}-labels, digit boxes in {root}-boxes; "
-              f"vsaccade train --preset folder --set task.root={root} --set task.channels=1 --set task.boxes={root}-boxes)")
+              f"vsaccade train --preset folder --set task.root={root} --set task.channels=1 --set model.anchor=attention "
+              f"--set task.boxes={root}-boxes; every canvas shows digits: no background class for the presence anchor)")
         return root
     from .config import ConfigError
     from .tasks.folder import boxes_folder

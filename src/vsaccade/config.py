@@ -47,6 +47,8 @@ class PlainConfig:
                 raise ConfigError(f"{type(self).__name__}.{f.name} must be finite, got {value!r}")
 
 
+CELL_PIXELS = 8  # model.location_cells=0: one location cell per this many proxy pixels
+
 # The baselines' own small configs: the ModelConfig fields each one reads (model/baselines.py, model/ats.py; a test
 # checks these lists against their code). A baseline's config is those fields alone: config.json and checkpoints
 # list only them, every other field keeps its default (and is ignored when a saved config names it), and an
@@ -83,7 +85,8 @@ class ModelConfig(PlainConfig):
     image_channels: int = 1
     proxy_channels: int = 1
     proxy_size: int = 16  # P: the proxy is resized to P x P (aspect kept, padding masked)
-    location_cells: int = 8  # the mixture posterior chooses among location_cells^2 proxy cells
+    location_cells: int = 8  # the mixture posterior chooses among location_cells^2 proxy cells; 0: one cell per
+    # CELL_PIXELS proxy pixels, set from the task's proxy when training starts (train.model_config_for)
     glimpses: int = 4  # T
     glimpse_size: int = 32  # W: each glimpse is W x W pixels
     s_min: float = 0.2  # window side, as a fraction of the shorter image side
@@ -152,10 +155,13 @@ class ModelConfig(PlainConfig):
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not 0 < self.s_min <= self.s_max <= 1:
             raise ConfigError(f"need 0 < s_min <= s_max <= 1, got s_min={self.s_min}, s_max={self.s_max}")
-        for name in ("glimpses", "glimpse_size", "proxy_size", "location_cells", "hidden", "proxy_width", "glimpse_width",
+        for name in ("glimpses", "glimpse_size", "proxy_size", "hidden", "proxy_width", "glimpse_width",
                      "backbone_stages", "resnet_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.location_cells < 0:
+            raise ConfigError(f"ModelConfig.location_cells must be positive (0: one per {CELL_PIXELS} proxy pixels), "
+                              f"got {self.location_cells}")
         if self.cell_score_width < 0:
             raise ConfigError(f"ModelConfig.cell_score_width must be >= 0 (0: hidden), got {self.cell_score_width}")
         if self.glimpse_size < 8:
@@ -181,8 +187,11 @@ class ModelConfig(PlainConfig):
         if not any(h["kind"] == "class" and self.background in h.get("classes", ()) for h in self.heads):
             needs = " and ".join(n for n, used in (("readout=any", self.readout == "any"),
                                                     ("anchor=presence", self.anchor == "presence")) if used)
-            raise ConfigError(f"{needs} needs model.background set to a class of a class head; got {self.background!r}, "
-                              "classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}" for h in self.heads))
+            hint = (" (the class of images that show no object; if every image shows one, use model.anchor=attention)"
+                    if self.anchor == "presence" else "")
+            raise ConfigError(f"{needs} needs model.background set to a class of a class head{hint}; got "
+                              f"{self.background!r}, classes " + "; ".join(f"{h['name']}: {h.get('classes', 'unnamed')}"
+                                                                          for h in self.heads))
 
 
 # Fields removed when the model was built from parts: a saved config (checkpoint, config.json) is upgraded

@@ -61,14 +61,17 @@ PRESETS: dict[str, dict] = {
                   "max_minutes": 30.0,
                   "task_options": {"canvas_size": 500, "noise_patches": 6, "proxy_scale": 0.2}},
     },
-    # Folder datasets (root/<split>/<class>/<image>, any size, RGB): set task.root. A starting point, not a tuned
-    # result: no intensity anchor (natural photos are bright everywhere), per-glimpse heads and reward.
+    # Folder datasets (root/<split>/<class>/<image>, any size, RGB, labels only): set task.root. Where to look is
+    # learned from the labels by the presence anchor (docs/benchmarks/labels-only.md): it needs a class of images
+    # without an object, `none` (else --set model.background=CLASS). Sizes as formulas of the images': a proxy of
+    # 0.3 x their longer side, one location cell per 8 proxy pixels, windows of 0.05-0.08 x their shorter side.
     "folder": {
-        "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.2, "location_cells": 16,
-                  "anchor_weight": 0.0, "proxy_encoder": "strided", "cell_score_width": 32, "glimpse_heads": True},
-        "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0},
+        "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.08, "location_cells": 0,
+                  "anchor": "presence", "anchor_network": "strided", "background": "none", "anchor_weight": 1.0,
+                  "inhibit": "cell+window", "proxy_encoder": "strided", "cell_score_width": 32, "glimpse_heads": True},
+        "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0, "proxy_loss_weight": 1.0},
         "train": {"task": "folder", "epochs": 20, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
-                  "eval_batch_size": 32, "task_options": {"proxy_size": 256, "channels": 3}},
+                  "eval_batch_size": 32, "task_options": {"proxy_size": 0.3, "channels": 3}},
     },
     # The large-photo benchmark (`vsaccade generate speed-signs`, then `vsaccade prepare`): 4000x3000 scenes, one
     # 40-120 px sign or none. 64x64 cells of 62 px; 150-240 px windows read into W=64; where to look comes from

@@ -34,7 +34,7 @@ from . import faults
 from .atomic import write_text
 from .checkpoint import (CheckpointError, load_initial_weights, model_from_checkpoint, optimizer_state, read_checkpoint,
                          remove_stale_temporaries, save_checkpoint)
-from .config import ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, upgrade_model_fields
+from .config import CELL_PIXELS, ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, upgrade_model_fields
 from .distributed import Cluster
 from .evaluate import evaluate, localisation_counts, summary_line
 from .images import ImageError
@@ -62,7 +62,7 @@ def model_config_for(task, model_config: ModelConfig) -> ModelConfig:
     """Fill the task-dependent fields (heads, channels, proxy size) of a model config."""
     heads = [{"name": h.name, "num_classes": h.num_classes, "kind": h.kind, **({"classes": list(h.classes)} if h.classes else {})}
              for h in task.heads]
-    cells = min(model_config.location_cells, task.proxy_size)
+    cells = min(model_config.location_cells or task.proxy_size // CELL_PIXELS, task.proxy_size)
     return model_config.replace(heads=heads, image_channels=task.image_channels, proxy_channels=task.proxy_channels,
                                 proxy_size=task.proxy_size, location_cells=cells)
 

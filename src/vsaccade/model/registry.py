@@ -14,7 +14,7 @@ from typing import Callable
 
 from torch import nn
 
-from ..config import ModelConfig, check_baseline_fields
+from ..config import CELL_PIXELS, ConfigError, ModelConfig, check_baseline_fields
 
 MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
 OUTPUTS: dict[str, Callable[[ModelConfig], set]] = {}
@@ -48,6 +48,10 @@ def create_model(name: str | None = None, **config) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; registered models: {sorted(MODELS)}")
     check_baseline_fields(name, sorted(set(config) & set(ModelConfig.__dataclass_fields__)))
-    model = MODELS[name](ModelConfig.from_dict(config))
+    model_config = ModelConfig.from_dict(config)
+    if model_config.location_cells == 0:
+        raise ConfigError(f"model.location_cells=0 (one cell per {CELL_PIXELS} proxy pixels) is set from the task's proxy when "
+                          "training starts; give a number of cells to build a model directly")
+    model = MODELS[name](model_config)
     model.model_name = name
     return model

@@ -7,6 +7,9 @@ Classes are the sorted sub-folders of `root/train`, the same for every split. Sp
 and `test`; without a `validation` folder, every 10th training image (in sorted order) is held out as the
 validation split and never trained on.
 
+The proxy (`task.proxy_size`) is a number of pixels on its longer side or a fraction of the images' longer side:
+`--set task.proxy_size=0.3` is 384 for 1280x960 photos (`proxy_side`).
+
 Optional object boxes (hit rates; the box-supervised variant) come from `task.boxes`, a folder beside the root
 holding `<split>.csv` (what `vsaccade generate` writes as `DST-boxes`), or else from `root/<split>/boxes.csv` (the
 layout `vsaccade prepare` keeps). Columns `path,x0,y0,x1,y1`: the path relative to the split folder, matched
@@ -25,6 +28,8 @@ from ..file_images import IMAGE_SUFFIXES
 from ..images import ImageError
 from .base import Head, Sample, Task, register_task
 HOLDOUT_EVERY = 10  # without root/validation, every 10th training image is the validation split
+SIDE_SAMPLE = 101  # a fractional proxy size is taken of the median longer side of this many training images at most
+PROXY_MULTIPLE = 8  # a fractional proxy size is rounded to a multiple of this (model.location_cells=0: one cell each)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -75,11 +80,36 @@ def read_boxes(path: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
+def proxy_side(proxy_size: int | float, train_dir: Path, classes: list[str]) -> int:
+    """The proxy's longer side: `proxy_size` pixels, or, for a fraction in (0, 1), that fraction of the median longer
+    side of the training images (headers of at most SIDE_SAMPLE of them, evenly spaced), rounded to a multiple of
+    PROXY_MULTIPLE. Every split computes it from the training images, so all agree."""
+    if isinstance(proxy_size, int) and not isinstance(proxy_size, bool) and proxy_size >= PROXY_MULTIPLE:
+        return proxy_size
+    if not isinstance(proxy_size, float) or not 0 < proxy_size < 1:
+        raise ImageError(f"task.proxy_size must be pixels (an integer >= {PROXY_MULTIPLE}) or a fraction of the images' "
+                         f"longer side in (0, 1), got {proxy_size!r}")
+    from ..file_images import FileImage
+
+    paths = [path for name in classes for path in list_images(train_dir / name)]
+    sides = []
+    for path in paths[:: max(1, len(paths) // SIDE_SAMPLE)][:SIDE_SAMPLE]:
+        try:
+            image = FileImage(path)
+            sides.append(max(image.height, image.width))
+        except ImageError:  # the scan reports it with its reason
+            continue
+    if not sides:
+        raise ImageError(f"no readable training image under {train_dir} to take a fractional proxy size of")
+    side = sorted(sides)[len(sides) // 2] * proxy_size
+    return max(PROXY_MULTIPLE, round(side / PROXY_MULTIPLE) * PROXY_MULTIPLE)
+
+
 @register_task("folder")
 class FolderTask(Task):
     name = "folder"
 
-    def __init__(self, split: str = "train", root: str | None = None, proxy_size: int = 256, channels: int = 3,
+    def __init__(self, split: str = "train", root: str | None = None, proxy_size: int | float = 256, channels: int = 3,
                  size: int | None = None, seed: int = 0, max_pixels: int = 10**10, boxes: str = "", **ignored):
         if not root:
             raise ImageError("the folder task needs a root: --set task.root=/path/holding/train/<class>/<image>")
@@ -94,7 +124,8 @@ class FolderTask(Task):
             raise ImageError(f"{train_dir} holds {len(self.classes)} class folder(s); need at least 2")
         self.heads = (Head("label", len(self.classes), classes=tuple(self.classes)),)
         self.image_channels = self.proxy_channels = channels
-        self.proxy_size, self.max_pixels = proxy_size, max_pixels
+        self.max_pixels = max_pixels
+        self.proxy_size = proxy_side(proxy_size, train_dir, self.classes)
         split_dir = self.root / split
         holdout = split in ("train", "validation") and not (self.root / "validation").is_dir()
         if holdout:
