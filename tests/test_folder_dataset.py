@@ -123,7 +123,7 @@ def test_file_images_survive_pickling_for_dataloader_workers(tmp_path):
 
 
 @pytest.mark.parametrize("preset", ["folder", "speed-signs"])
-def test_label_only_presets_never_read_the_boxes(tmp_path, preset):
+def test_label_only_presets_never_read_the_boxes(tmp_path, preset, capsys):
     # Labels only, enforced: the same run with the boxes file deleted gives a bit-identical model (the boxes may
     # only be read to measure hit rates after training).
     root = make_folder(tmp_path / "data", per_class=8, size=320, with_none=True)
@@ -145,6 +145,16 @@ def test_label_only_presets_never_read_the_boxes(tmp_path, preset):
     location = epochs[1]["location"]
     assert 0.0 < location["first_look_spread"] <= 1.0 and 0.0 <= location["first_look_repeat"] <= 1.0
     assert location["proxy_heads"]["label"]["accuracy"] >= 0.0  # both presets look through a proxy attention
+    if preset == "folder":  # after training, boxes kept elsewhere measure where the glimpses landed
+        (tmp_path / "boxes").mkdir()
+        make_folder(tmp_path / "again", per_class=8, size=320, with_none=True)
+        shutil.copy(tmp_path / "again" / "test" / "boxes.csv", tmp_path / "boxes" / "test.csv")
+        assert main(["evaluate", str(tmp_path / "without" / "best.pt"), "--boxes", str(tmp_path / "boxes"),
+                     "--no-references", "--json", str(tmp_path / "hits.json")]) == 0
+        assert json.loads((tmp_path / "hits.json").read_text())["task"]["boxes"] == str(tmp_path / "boxes" / "test.csv")
+        capsys.readouterr()
+        assert main(["evaluate", "megapixel", "--boxes", str(tmp_path / "boxes")]) == 2
+        assert "--boxes is for folder datasets" in capsys.readouterr().err
 
 
 def test_dataloader_workers_read_files_without_hanging(tmp_path):

@@ -21,6 +21,9 @@ def add_checkpoint_arguments(parser):
     """Arguments of the commands that read a checkpoint and rebuild its task."""
     parser.add_argument("checkpoint", help="a checkpoint file or the name of a bundled one")
     parser.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    parser.add_argument("--boxes", help="folder datasets: a folder of <split>.csv object boxes (vsaccade generate's "
+                                        "DST-boxes), read to measure where the glimpses landed; a model trained from "
+                                        "labels alone never saw them")
     add_test_time_arguments(parser)
     add_data_arguments(parser)
 
@@ -68,6 +71,11 @@ def task_from_checkpoint(model, split, args, size=None):
     train_config = model.checkpoint["train_config"]
     recorded = (model.checkpoint.get("digit_source") or {}).get("source", "auto")
     options = dict(train_config["task_options"])
+    if getattr(args, "boxes", None):
+        if train_config["task"] != "folder":
+            from .config import ConfigError
+            raise ConfigError(f"--boxes is for folder datasets; this model was trained on {train_config['task']!r}")
+        options["boxes"] = args.boxes
     size = size or train_config.get(f"{split}_size") or None
     return make_task(train_config["task"], split, seed=train_config["seed"], digit_source=args.digits or recorded,
                      data_dir=args.data_dir, **({"size": size} if size else {}), **options)
