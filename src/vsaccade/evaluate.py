@@ -161,7 +161,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
     reads = {"pixels": 0, "tiles": 0, "image_pixels": 0}  # the model's own pass, proxy included (images.LargeImage)
-    proxy_scores, spread, cells = HeadScores(model.config.heads), torch.zeros(()), torch.zeros(count, dtype=torch.long)
+    looks = LookSignals(model.config.heads, count)
     starts = range(mine.start, mine.stop, batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         indices = range(start, min(start + batch_size, mine.stop))
@@ -170,11 +170,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
             probs, output = predict_batch(model, batch, policy if source == "posterior" else "mode", source, indices, seed)
             if source == "posterior":  # fresh images: what they counted so far is the proxy and this pass
                 reads = add_reads(reads, batch.images)
-                if output.proxy_logits is not None:
-                    proxy_scores.add(head_probabilities(output.proxy_logits, model.config.heads), batch.labels)
-                if output.cell_log_probs is not None:
-                    spread += first_look_spread(output.cell_log_probs[:, 0]).sum().cpu()
-                    cells[start : start + len(indices)] = output.cells[:, 0].cpu() + 1  # 0: not filled by this rank
+                looks.add(output, batch.labels, start)
             scores[source].add(probs, batch.labels)
             found = localisation_counts(batch.boxes, glimpse_boxes_pixels(batch.images, output.z.cpu()))
             counts[source] = {k: counts[source][k] + found[k] for k in found}
@@ -200,24 +196,41 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
     }
     for source in sources:
         n = counts[source]
-        entry = {
-            "heads": scores[source].result(),
-            "hit_rate": n["hits"] / max(n["glimpses"], 1),
-            "coverage": n["covered"] / max(n["objects"], 1),
-        }
-        result["model" if source == "posterior" else f"{source}_glimpses"] = entry
-    has_proxy_heads, has_cells = cluster.any(proxy_scores.count > 0, bool(cells.any()))  # a rank may have no samples
-    location = {}
-    if has_proxy_heads:
-        proxy_scores.merge_ranks(cluster)
-        location["proxy_heads"] = proxy_scores.result()
-    if has_cells:
-        location["first_look_spread"] = float(cluster.sum(spread.double())) / samples
-    if location:
-        result["model"]["location"] = location
-    if first_cells:
-        result["first_cells"] = cluster.sum(cells) - 1
-    return result
+        result["model" if source == "posterior" else f"{source}_glimpses"] = {
+            "heads": scores[source].result(), "hit_rate": n["hits"] / max(n["glimpses"], 1),
+            "coverage": n["covered"] / max(n["objects"], 1)}
+    location, cells = looks.result(cluster, samples)
+    result["model"].update({"location": location} if location else {})
+    return {**result, "first_cells": cells} if first_cells else result
+
+
+class LookSignals:
+    """Where the model looks, without boxes (the module's docstring): the proxy attention's own scores, the first
+    look's spread over cells and every sample's first cell."""
+
+    def __init__(self, heads: list[dict], count: int):
+        self.heads, self.proxy_scores = heads, HeadScores(heads)
+        # per sample, so that the totals do not depend on how the samples were split among ranks
+        self.spreads, self.cells = torch.zeros(count, dtype=torch.float64), torch.zeros(count, dtype=torch.long)
+
+    def add(self, output, labels: dict, start: int) -> None:
+        if output.proxy_logits is not None:
+            self.proxy_scores.add(head_probabilities(output.proxy_logits, self.heads), labels)
+        if output.cell_log_probs is not None:
+            batch = slice(start, start + len(output.cells))
+            self.spreads[batch] = first_look_spread(output.cell_log_probs[:, 0]).cpu().double()
+            self.cells[batch] = output.cells[:, 0].cpu() + 1  # 0: not filled by this rank
+
+    def result(self, cluster: Cluster, samples: int) -> tuple[dict, torch.Tensor]:
+        """-> ({"proxy_heads", "first_look_spread"} where the model has them, the (N,) first cells (-1: none))."""
+        has_proxy_heads, has_cells = cluster.any(self.proxy_scores.count > 0, bool(self.cells.any()))  # a rank may have no samples
+        location = {}
+        if has_proxy_heads:
+            self.proxy_scores.merge_ranks(cluster)
+            location["proxy_heads"] = self.proxy_scores.result()
+        if has_cells:
+            location["first_look_spread"] = float(cluster.sum(self.spreads).sum()) / samples
+        return location, cluster.sum(self.cells) - 1
 
 
 def first_look_spread(log_probs: torch.Tensor) -> torch.Tensor:
