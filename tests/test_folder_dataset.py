@@ -145,6 +145,7 @@ def test_label_only_presets_never_read_the_boxes(tmp_path, preset, capsys):
     location = epochs[1]["location"]
     assert 0.0 < location["first_look_spread"] <= 1.0 and 0.0 <= location["first_look_repeat"] <= 1.0
     assert location["proxy_heads"]["label"]["accuracy"] >= 0.0  # both presets look through a proxy attention
+    assert ("object_or_background" in location["proxy_heads"]["label"]) == (preset == "folder")  # the presence anchor
     if preset == "folder":  # after training, boxes kept elsewhere measure where the glimpses landed
         (tmp_path / "boxes").mkdir()
         make_folder(tmp_path / "again", per_class=8, size=320, with_none=True)

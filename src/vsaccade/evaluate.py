@@ -9,7 +9,8 @@ glimpses drawn from the learned prior alone.
 
 Without boxes (a user's folder), whether location learning has started shows in signals read from labels and the
 model alone (`model.location`): the proxy attention's own accuracy (anchor=attention/presence: what the proxy alone
-says, above the majority share once it finds the objects), and the spread of the first glimpse's distribution over
+says; with the presence anchor also whether it says rightly that an object is there, which rises from the share of
+the larger of object and background as the anchor finds the objects), and the spread of the first glimpse's distribution over
 cells (its entropy over the log of the valid cells: 1 = uniform, falling as the model settles where to look);
 the trainer adds how often the first glimpse's cell repeats the last epoch's.
 """
@@ -21,6 +22,7 @@ from tqdm import tqdm
 
 from .config import parse_policy
 from .distributed import Cluster
+from .model.classifier import any_object_heads
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .model.noise import Noise, sample_key
 from .tasks.base import collate
@@ -161,7 +163,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
     scores = {s: HeadScores(model.config.heads) for s in sources}
     counts = {s: {"hits": 0, "glimpses": 0, "covered": 0, "objects": 0} for s in sources}
     reads = {"pixels": 0, "tiles": 0, "image_pixels": 0}  # the model's own pass, proxy included (images.LargeImage)
-    looks = LookSignals(model.config.heads, count)
+    looks = LookSignals(model.config, count)
     starts = range(mine.start, mine.stop, batch_size)
     for start in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
         indices = range(start, min(start + batch_size, mine.stop))
@@ -208,14 +210,21 @@ class LookSignals:
     """Where the model looks, without boxes (the module's docstring): the proxy attention's own scores, the first
     look's spread over cells and every sample's first cell."""
 
-    def __init__(self, heads: list[dict], count: int):
-        self.heads, self.proxy_scores = heads, HeadScores(heads)
+    def __init__(self, config, count: int):
+        self.heads, self.proxy_scores = config.heads, HeadScores(config.heads)
+        # anchor=presence: how often the proxy alone says rightly whether an object is there (its class may be
+        # illegible on the proxy: this is the part that shows the anchor has found the objects)
+        self.background = any_object_heads(config.heads, config.background) if config.anchor == "presence" else {}
+        self.present = {name: 0 for name in self.background}
         # per sample, so that the totals do not depend on how the samples were split among ranks
         self.spreads, self.cells = torch.zeros(count, dtype=torch.float64), torch.zeros(count, dtype=torch.long)
 
     def add(self, output, labels: dict, start: int) -> None:
         if output.proxy_logits is not None:
             self.proxy_scores.add(head_probabilities(output.proxy_logits, self.heads), labels)
+            for name, background in self.background.items():
+                said = output.proxy_logits[name].argmax(1).cpu() != background
+                self.present[name] += int((said == (labels[name].cpu() != background)).sum())
         if output.cell_log_probs is not None:
             batch = slice(start, start + len(output.cells))
             self.spreads[batch] = first_look_spread(output.cell_log_probs[:, 0]).cpu().double()
@@ -228,6 +237,9 @@ class LookSignals:
         if has_proxy_heads:
             self.proxy_scores.merge_ranks(cluster)
             location["proxy_heads"] = self.proxy_scores.result()
+            present = cluster.sum(torch.tensor([float(v) for v in self.present.values()], dtype=torch.float64))
+            for (name, _), right in zip(self.present.items(), present):
+                location["proxy_heads"][name]["object_or_background"] = float(right) / samples
         if has_cells:
             location["first_look_spread"] = float(cluster.sum(self.spreads).sum()) / samples
         return location, cluster.sum(self.cells) - 1
@@ -258,7 +270,8 @@ def summary_line(result: dict) -> str:
     line = ", ".join(parts) + f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
     location = result["model"].get("location", {})
     for name, score in location.get("proxy_heads", {}).items():
-        line += f" | proxy alone: {name} {100 * next(iter(score.values())):.1f}%"
+        line += f" | proxy alone: {name} {100 * score['accuracy']:.1f}%" + (
+            f" (object or not {100 * score['object_or_background']:.1f}%)" if "object_or_background" in score else "")
     if "first_look_spread" in location:
         line += f" | first look: spread {location['first_look_spread']:.2f}"
     if "first_look_repeat" in location:
