@@ -62,6 +62,13 @@ def test_folder_task_splits_classes_and_boxes(tmp_path):
     train, validation = make_task("folder", "train", root=str(root)), make_task("folder", "validation", root=str(root))
     assert train.classes == ["left", "right"] and len(train) == 18 and len(validation) == 2  # every 10th held out
     assert not {p for p, _ in train.items} & {p for p, _ in validation.items}
+    from vsaccade.train import balancing_weights  # train.balance_classes: each class drawn equally often
+
+    for name in ("0.jpg", "1.jpg"):
+        (root / "train" / "left" / name).unlink()
+    unbalanced = make_task("folder", "train", root=str(root))
+    weights, labels = balancing_weights(unbalanced), torch.tensor(unbalanced.class_labels())
+    assert torch.bincount(labels).tolist() == [8, 9] and torch.allclose(weights[labels == 0].sum(), weights[labels == 1].sum())
     sample = make_task("folder", "test", root=str(root), proxy_size=32)[5]
     assert sample.proxy.shape == (3, 32, 32) and sample.labels == {"label": 1} and sample.boxes.shape == (1, 4)
     with pytest.raises(Exception, match="root/<split>/<class>/<image>"):

@@ -150,6 +150,10 @@ class FolderTask(Task):
     def __len__(self):
         return len(self.items)
 
+    def class_labels(self) -> list[int]:
+        """Every sample's class index, in order (train.balance_classes)."""
+        return [label for _, label in self.items]
+
     def scan(self, progress: bool = False) -> list[tuple[Path, str]]:
         """Open every image and make its proxy (what each sample needs first): [(path, one-line reason)] of the
         files that fail, e.g. truncated, corrupt, empty, not an image, too many pixels."""
