@@ -574,3 +574,20 @@ def test_a_prediction_call_without_the_kl_looks_and_answers_the_same(architectur
         assert full.kl is not None
         if architecture == "saccader":
             assert lean.kl is None and (full.kl.abs().sum() > 0 or not sample)
+
+
+@pytest.mark.parametrize("reach", [0.5, 1.5])
+def test_the_offset_reaches_as_many_cells_as_asked(reach):
+    # A window moves from its cell's centre by at most `offset_reach` cells (the default half a cell tiles the
+    # image; a learned anchor that is right only within its receptive field needs more), and can reach that far.
+    from vsaccade.config import ConfigError
+
+    locations = MixtureLocations(hidden=8, feature_width=4, cells=4, s_min=0.1, s_max=0.3, proxy_prior_weight=1.0,
+                                 reach=reach)
+    centres, half_cell = torch.zeros(2, 16, 2), torch.full((2, 2), 0.25)  # cells of 0.5 in [-1, 1] coordinates
+    a = torch.tensor([[0.0, 50.0, -50.0], [0.0, 0.0, 0.0]])
+    z = locations.window(torch.tensor([5, 5]), a, centres, half_cell)
+    assert torch.allclose(z[0, 1:], torch.tensor([reach * 0.5, -reach * 0.5])) and torch.equal(z[1, 1:], torch.zeros(2))
+    assert create_model("saccader", offset_reach=reach).locations.reach == reach
+    with pytest.raises(ConfigError, match="offset_reach is in cells"):
+        create_model("saccader", offset_reach=0.0)

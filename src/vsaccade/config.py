@@ -106,6 +106,9 @@ class ModelConfig(PlainConfig):
     # mixture: the offset prior p(offset | cell features, h_{t-1}) instead of p(offset | h_{t-1}), so the KL does not
     # hold every window to one side whatever its cell shows
     offset_prior_sees_cell: bool = False
+    # mixture: how far, in cells, the learned offset can move a window from its cell's centre. Half a cell tiles the
+    # image; a learned anchor that says only "within my receptive field" (anchor=presence) needs more
+    offset_reach: float = 0.5
     proxy_encoder: str = "wide"  # "wide" or "strided" (model/proxy_encoder.py)
     proxy_width: int = 32
     glimpse_width: int = 64
@@ -153,6 +156,8 @@ class ModelConfig(PlainConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not 0 < self.offset_reach <= 4:
+            raise ConfigError(f"model.offset_reach is in cells, in (0, 4]; got {self.offset_reach}")
         if not 0 < self.s_min <= self.s_max <= 1:
             raise ConfigError(f"need 0 < s_min <= s_max <= 1, got s_min={self.s_min}, s_max={self.s_max}")
         for name in ("glimpses", "glimpse_size", "proxy_size", "hidden", "proxy_width", "glimpse_width",

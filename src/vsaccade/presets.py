@@ -63,12 +63,14 @@ PRESETS: dict[str, dict] = {
     },
     # Folder datasets (root/<split>/<class>/<image>, any size, RGB, labels only): set task.root. Where to look is
     # learned from the labels by the presence anchor (docs/benchmarks/labels-only.md): it needs a class of images
-    # without an object, `none` (else --set model.background=CLASS). Sizes as formulas of the images': a proxy of
+    # without an object, `none` (else --set model.background=CLASS); the anchor is right within its receptive field
+    # (about two cells), so a window may move 1.5 cells from its cell. Sizes as formulas of the images': a proxy of
     # 0.3 x their longer side, one location cell per 8 proxy pixels, windows of 0.05-0.08 x their shorter side.
     "folder": {
         "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.08, "location_cells": 0,
                   "anchor": "presence", "anchor_network": "strided", "background": "none", "anchor_weight": 1.0,
-                  "inhibit": "cell+window", "proxy_encoder": "strided", "cell_score_width": 32, "glimpse_heads": True},
+                  "offset_reach": 1.5, "inhibit": "cell+window", "proxy_encoder": "strided", "cell_score_width": 32,
+                  "glimpse_heads": True},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0, "proxy_loss_weight": 1.0},
         "train": {"task": "folder", "epochs": 20, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
                   "eval_batch_size": 32, "task_options": {"proxy_size": 0.3, "channels": 3}},

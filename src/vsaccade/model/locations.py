@@ -8,8 +8,8 @@ Two families (`ModelConfig.locator`):
 
 * "mixture": one component per proxy cell. q(c_t) is a Categorical over the location_cells^2 cells (padding
   cells and, with inhibition of return, cells already visited are masked out), and a Normal over
-  (a_s, a_du, a_dv) conditioned on the chosen cell's features gives the scale and an offset of up to half a
-  cell: z = (s(a_s), u_c + tanh(a_du) * half_cell_u, v_c + tanh(a_dv) * half_cell_v).
+  (a_s, a_du, a_dv) conditioned on the chosen cell's features gives the scale and an offset of up to `offset_reach`
+  cells (default half a cell): z = (s(a_s), u_c + tanh(a_du) * reach * cell_u, v_c + tanh(a_dv) * reach * cell_v).
   The offset and scale are reparameterised. The discrete cell is not: its gradient comes from a named
   estimator, the one place this model departs from pure reparameterisation:
     - "score": the score-function (REINFORCE) estimator with a batch-mean baseline, applied in objective.py;
@@ -202,10 +202,10 @@ def mixture_kl(q: CellMixture, p: CellMixture, cell: torch.Tensor) -> torch.Tens
 
 class MixtureLocations(nn.Module):
     def __init__(self, hidden: int, feature_width: int, cells: int, s_min: float, s_max: float, proxy_prior_weight: float,
-                 score_width: int = 0, prior_sees_cell: bool = False):
+                 score_width: int = 0, prior_sees_cell: bool = False, reach: float = 0.5):
         super().__init__()
         score_width = score_width or hidden
-        self.s_min, self.s_max, self.cells = s_min, s_max, cells
+        self.s_min, self.s_max, self.cells, self.reach = s_min, s_max, cells, reach
         self.proxy_prior_weight = proxy_prior_weight
         # Cell logits = MLP([cell features, h]). Its first layer is split into a per-cell part, computed once per
         # image (`cell_keys`), and a per-step part from h, added as a bias: the same function, T times cheaper.
@@ -251,8 +251,8 @@ class MixtureLocations(nn.Module):
 
     def window(self, cell, a, centres, half_cell, centroids=None) -> torch.Tensor:
         """(B,) cells and (B, 3) offsets -> (B, 3) windows z = (s, u, v): the cell's centre (or its proxy centroid)
-        moved by tanh(a_du, a_dv) half-cells, the side squashed into [s_min, s_max]."""
-        shift = torch.tanh(a[:, 1:])
+        moved by tanh(a_du, a_dv) times `reach` cells, the side squashed into [s_min, s_max]."""
+        shift = torch.tanh(a[:, 1:]) * (2 * self.reach)  # in half-cells
         if centroids is not None:
             shift = shift + self.gather_cells(centroids, cell)
         uv = (self.gather_cells(centres, cell) + shift * half_cell).clamp(-1, 1)

@@ -98,7 +98,7 @@ class VariationalSaccader(nn.Module):
                                                       background, c.anchor_network))
                        if c.anchor in ("attention", "presence") else IntensityAnchor(c.location_cells) if mixture else NoAnchor())
         self.locations = (MixtureLocations(c.hidden, c.proxy_width, c.location_cells, c.s_min, c.s_max, c.anchor_weight,
-                                           c.cell_score_width, c.offset_prior_sees_cell) if mixture
+                                           c.cell_score_width, c.offset_prior_sees_cell, c.offset_reach) if mixture
                           else GaussianLocations(c.hidden, c.s_min, c.s_max, c.prior_sees_proxy))
         self.reader = (NoGlimpses(c.image_channels, c.glimpse_size, c.hidden) if c.reader == "none" else
                        GlimpseReader(GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool),
