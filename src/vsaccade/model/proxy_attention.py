@@ -44,11 +44,12 @@ def instance_network(kind: str, channels: int, proxy_size: int, cells: int, widt
     """Per-cell features. "cell": one convolution over the cell and half a cell around it; "strided": four 3x3
     convolutions, strides 2, 2, 1, 2 (receptive field 31 proxy pixels), each batch-normalised, for objects a few
     proxy pixels wide whose shape, not one cell's colours, tells them apart. Without the normalisation the presence
-    anchor started from some initialisations in the first epoch and from others after 17 or more; with it, within
-    3 from every one tried (docs/results/street-localisation.json)."""
+    anchor started on the street-scale signs from 2 of 8 initialisations within 3 epochs (another after 17); with
+    it, from 6 of 8 (docs/benchmarks/labels-only.md)."""
     if kind == "strided":
         # Output j of the stride-8 stack is centred on input pixel 8j, the corner of cell j: shifting the input by
-        # half the stride centres it on the cell (else its top cell is as often the neighbour as the object's).
+        # half the stride centres it on the cell (on a toy of blobs, its top cell was otherwise as often the blob's
+        # neighbour as the blob's; tests/test_model.py).
         layers = [nn.ZeroPad2d((-4, 4, -4, 4))]
         for c_in, c_out, stride in ((channels, width // 2, 2), (width // 2, width, 2), (width, width, 1), (width, width, 2)):
             layers += [nn.Conv2d(c_in, c_out, 3, stride, 1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
