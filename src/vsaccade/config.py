@@ -165,8 +165,8 @@ class ModelConfig(PlainConfig):
             if getattr(self, name) < 1:
                 raise ConfigError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.location_cells < 0:
-            raise ConfigError(f"ModelConfig.location_cells must be positive (0: one per {CELL_PIXELS} proxy pixels), "
-                              f"got {self.location_cells}")
+            raise ConfigError(f"ModelConfig.location_cells must be a number of cells (0: one per {CELL_PIXELS} proxy "
+                              f"pixels), got {self.location_cells}")
         if self.cell_score_width < 0:
             raise ConfigError(f"ModelConfig.cell_score_width must be >= 0 (0: hidden), got {self.cell_score_width}")
         if self.glimpse_size < 8:

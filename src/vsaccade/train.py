@@ -62,7 +62,7 @@ def model_config_for(task, model_config: ModelConfig) -> ModelConfig:
     """Fill the task-dependent fields (heads, channels, proxy size) of a model config."""
     heads = [{"name": h.name, "num_classes": h.num_classes, "kind": h.kind, **({"classes": list(h.classes)} if h.classes else {})}
              for h in task.heads]
-    cells = min(model_config.location_cells or task.proxy_size // CELL_PIXELS, task.proxy_size)
+    cells = min(model_config.location_cells or max(1, task.proxy_size // CELL_PIXELS), task.proxy_size)
     return model_config.replace(heads=heads, image_channels=task.image_channels, proxy_channels=task.proxy_channels,
                                 proxy_size=task.proxy_size, location_cells=cells)
 
