@@ -106,7 +106,8 @@ def draw_overlay(image, boxes: torch.Tensor, caption: str, path, view_size: int 
 
 
 def plot_curves(metrics_path, path) -> Path:
-    """Learning curves of a run (metrics.jsonl): training loss, accuracy per head and glimpse hit rate."""
+    """Learning curves of a run (metrics.jsonl): training loss, accuracy per head, and where the model looks: glimpse
+    hit rates where the task has boxes, the box-free signals where the model has them (evaluate.py)."""
     import json
 
     records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
@@ -118,8 +119,16 @@ def plot_curves(metrics_path, path) -> Path:
     for name in records[0]["validation"]["model"]["heads"]:
         scores = [next(iter(r["validation"]["model"]["heads"][name].values())) for r in records]
         acc_ax.plot(epochs, [100 * s for s in scores], "o-", label=f"validation {name}")
-    acc_ax.plot(epochs, [100 * r["validation"]["model"]["hit_rate"] for r in records], "s--", label="validation hit rate")
-    acc_ax.plot(epochs, [100 * r["train"]["hit_rate"] for r in records], "^:", label="train hit rate (sampled)")
+    if any(r["validation"]["model"]["hit_rate"] or r["train"]["hit_rate"] for r in records):  # else no boxes
+        acc_ax.plot(epochs, [100 * r["validation"]["model"]["hit_rate"] for r in records], "s--", label="validation hit rate")
+        acc_ax.plot(epochs, [100 * r["train"]["hit_rate"] for r in records], "^:", label="train hit rate (sampled)")
+    looks = [r["validation"]["model"].get("location", {}) for r in records]
+    for name, score in looks[-1].get("proxy_heads", {}).items():
+        if "object_or_background" in score:
+            acc_ax.plot(epochs, [100 * look["proxy_heads"][name]["object_or_background"] for look in looks], "d-.",
+                        label=f"proxy alone: object or not ({name})")
+    if "first_look_spread" in looks[-1]:
+        acc_ax.plot(epochs, [100 * look["first_look_spread"] for look in looks], "x:", label="first look's spread x 100")
     acc_ax.set_xlabel("epoch")
     acc_ax.set_ylabel("%")
     acc_ax.set_ylim(0, 100)
