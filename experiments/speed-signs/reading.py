@@ -24,7 +24,6 @@ import torch.nn.functional as F
 def own_glimpses(checkpoint: str, root: str, cache: Path) -> dict:
     """{split: {"glimpse": (N, T, C, W, W) uint8, "label": (N,)}} of the model's mode-policy glimpses, cached."""
     import vsaccade
-    from vsaccade.tasks import collate, make_task
 
     path = cache / "glimpses.pt"
     if path.exists():
@@ -33,10 +32,10 @@ def own_glimpses(checkpoint: str, root: str, cache: Path) -> dict:
     options = model.checkpoint["train_config"]["task_options"]
     data = {}
     for split in ("train", "validation"):
-        task = make_task("folder", split, root=root, proxy_size=options["proxy_size"], channels=options.get("channels", 3))
+        task = vsaccade.make_task("folder", split, root=root, proxy_size=options["proxy_size"], channels=options.get("channels", 3))
         glimpses, labels = [], []
         for start in range(0, len(task), 32):
-            batch = collate([task[i] for i in range(start, min(start + 32, len(task)))])
+            batch = vsaccade.collate([task[i] for i in range(start, min(start + 32, len(task)))])
             with torch.no_grad():
                 output = model(batch.images, batch.proxy, batch.proxy_mask, sample=False, kl=False)
             glimpses.append((output.glimpses.clamp(0, 1) * 255).round().to(torch.uint8))
