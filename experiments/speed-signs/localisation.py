@@ -27,7 +27,8 @@ mode uses the model's own module, normalised):
 Printed per epoch, on the validation split: whether the top-scoring cell and any of the top 4 cells lie within
 one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
 sign-vs-none accuracy. Results go to --json. --anchor-of CHECKPOINT trains nothing and measures a trained model's
-anchor instead. Hits use the boxes: diagnosis only, never selection.
+anchor instead (its hits, how often its top cell is exactly the sign's or one column left of it) and where its first
+glimpse lands (the sign's centre from the glimpse's, median pixels, on 64 validation signs). Hits use the boxes: diagnosis only, never selection.
 
     python experiments/speed-signs/localisation.py --root DATA --boxes DATA-boxes --mode mil-max --reader deep \
         --proxy-size 384 --cells 48 --epochs 3 --seed 0
@@ -175,6 +176,33 @@ def measure(net, mode, validation, valid_cells, cells, none, top, longer) -> dic
     return record
 
 
+def anchor_offsets(model, validation, valid_cells, cells, longer) -> dict:
+    """Where the anchor's top cell lies from the sign's cell, on the validation signs: exactly on it, one column left."""
+    with torch.no_grad():
+        log_attention, _ = model.anchor.attention(validation["proxy"].float() / 255,
+                                                  valid_cells.expand(len(validation["label"]), -1))
+    has_sign = validation["box"][:, 0] >= 0
+    top, target = log_attention[has_sign].argmax(1), sign_cells(validation["box"][has_sign], longer, cells)
+    rows, columns = top // cells - target // cells, top % cells - target % cells
+    return {"top_cell_exact": float(((rows == 0) & (columns == 0)).float().mean()),
+            "top_cell_one_column_left": float((columns == -1).float().mean())}
+
+
+def glimpse_offsets(model, root: str, boxes: str, proxy_size: int, count: int = 64) -> dict:
+    """The sign's centre from the first glimpse's centre (median, image pixels) and the window side, over the first
+    `count` validation images with a sign (the model's mode policy)."""
+    import vsaccade
+
+    task = vsaccade.make_task("folder", "validation", root=root, proxy_size=proxy_size, channels=3, boxes=boxes)
+    samples = [sample for sample in (task[i] for i in range(len(task))) if len(sample.boxes)][:count]
+    window = torch.stack([torch.as_tensor(vsaccade.predict(model, s.image).boxes[0], dtype=torch.float32) for s in samples])
+    sign = torch.stack([s.boxes[0] for s in samples])
+    centre = lambda b: ((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2)
+    (sx, sy), (gx, gy) = centre(sign), centre(window)
+    return {"sign_right_of_first_glimpse_px": float((sx - gx).median()), "sign_below_first_glimpse_px": float((sy - gy).median()),
+            "window_side_px": float((window[:, 2] - window[:, 0]).median())}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", required=True)
@@ -227,7 +255,9 @@ def main(argv=None):
 
         model = vsaccade.load(args.anchor_of)
         record = {"checkpoint": args.anchor_of, **measure(model.anchor.attention, "presence", validation, valid_cells, cells,
-                                                          none, 1, longer)}
+                                                          none, 1, longer),
+                  **anchor_offsets(model, validation, valid_cells, cells, longer),
+                  **glimpse_offsets(model, args.root, args.boxes, proxy_size)}
         print(json.dumps(record))
         return record
     net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells, args.evidence, args.reader, train["none"], args.heads)
