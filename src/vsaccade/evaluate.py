@@ -270,7 +270,7 @@ def summary_line(result: dict) -> str:
     line = ", ".join(parts) + f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
     location = result["model"].get("location", {})
     for name, score in location.get("proxy_heads", {}).items():
-        line += f" | proxy alone: {name} {100 * score['accuracy']:.1f}%" + (
+        line += f" | proxy alone: {name} {100 * next(iter(score.values())):.1f}%" + (
             f" (object or not {100 * score['object_or_background']:.1f}%)" if "object_or_background" in score else "")
     if "first_look_spread" in location:
         line += f" | first look: spread {location['first_look_spread']:.2f}"
