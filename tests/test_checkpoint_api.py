@@ -169,3 +169,25 @@ def test_initial_weights_copy_matching_tensors_and_reject_others(tmp_path):
     with pytest.raises(CheckpointError, match="initial weights not found"):  # before any data is read
         train(source.config, ObjectiveConfig(), TrainConfig(init_weights=str(tmp_path / "missing.pt")), tmp_path / "run",
               progress=False)
+
+
+def test_the_optimiser_state_of_a_batch_normalised_model_resumes():
+    # The presence anchor's strided network keeps batch norm's running statistics in the state dict, beside the
+    # parameters the optimiser holds: a killed folder-preset run must resume, not be refused.
+    from vsaccade.checkpoint import optimizer_state
+
+    heads = [{"name": "label", "num_classes": 3, "kind": "class", "classes": ["a", "b", "none"]}]
+    options = dict(proxy_size=32, location_cells=4, glimpse_size=16, hidden=32, proxy_encoder="strided",
+                   anchor="presence", anchor_network="strided", background="none", heads=heads)
+    torch.manual_seed(0)
+    model = vsaccade.create_model("saccader", **options)
+    optimizer = torch.optim.Adam(model.parameters())
+    sum(p.sum() for p in model.parameters()).backward()
+    optimizer.step()
+    payload = {"state_dict": model.state_dict(), "optimizer": optimizer.state_dict()}
+    assert any(k.endswith("running_mean") for k in payload["state_dict"])
+    fresh = vsaccade.create_model("saccader", **options)
+    restored = torch.optim.Adam(fresh.parameters())
+    restored.load_state_dict(optimizer_state(payload, fresh))
+    for ours, theirs in zip(restored.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

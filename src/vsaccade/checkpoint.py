@@ -148,7 +148,8 @@ def optimizer_state(payload: dict, model, path="checkpoint") -> dict:
     before the model was built from parts kept its parameters in another order, and some a model no longer builds
     (the no-glimpse control's glimpse encoder; readout=any's classifier heads), whose state is dropped."""
     state = payload["optimizer"]
-    saved = [name for name in upgrade_state_dict(payload["state_dict"])]
+    buffers = {name for name, _ in model.named_buffers()}  # in the state dict, not the optimiser's (batch norm's)
+    saved = [name for name in upgrade_state_dict(payload["state_dict"]) if name not in buffers]
     params = dict(model.named_parameters())
     if saved == list(params):
         return state
