@@ -401,10 +401,12 @@ def add_results_command(sub) -> None:
 
 def add_recipe_command(sub) -> None:
     p = sub.add_parser("recipe", help="train named stages in order, resumable (recipes.py): `seeds` of a preset and "
-                       "its no-glimpse control (mean and each seed), or `speed-signs-polished`, the box-supervised "
-                       "speed-sign model (pretrained reader, search, polish, chosen on validation)")
-    p.add_argument("recipe", choices=("seeds", "speed-signs-polished"))
-    p.add_argument("--preset", help="seeds: the preset (see `vsaccade presets`)")
+                       "its no-glimpse control (mean and each seed); `folder`, the label-only recipe for a folder of "
+                       "photos (the folder preset per seed, then its reader fitted to its own glimpses); or "
+                       "`speed-signs-polished`, the box-supervised speed-sign model (pretrained reader, search, "
+                       "polish, chosen on validation)")
+    p.add_argument("recipe", choices=("seeds", "folder", "speed-signs-polished"))
+    p.add_argument("--preset", help="seeds: the preset (see `vsaccade presets`); folder: default folder")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--control", action="store_true", help="seeds: also train the no-glimpse control (first seed)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override a config field (every stage)")
@@ -418,12 +420,14 @@ def add_recipe_command(sub) -> None:
 
 def command_recipe(args):
     from .config import ConfigError
-    from .recipes import run_recipe, seeds_recipe, speed_signs_polished_recipe, with_stage_settings
+    from .recipes import folder_recipe, run_recipe, seeds_recipe, speed_signs_polished_recipe, with_stage_settings
 
     if args.recipe == "seeds":
         if not args.preset:
             raise ConfigError("recipe seeds needs --preset")
         recipe = seeds_recipe(args.preset, tuple(args.seeds), args.control, tuple(args.set or []))
+    elif args.recipe == "folder":
+        recipe = folder_recipe(tuple(args.seeds), args.control, tuple(args.set or []), args.preset or "folder")
     else:
         if args.preset or args.control:
             raise ConfigError("recipe speed-signs-polished names its own presets and has no control: drop --preset "

@@ -141,7 +141,7 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
         progress: bool = True, log=print) -> list:
     """Epochs of Adam (cosine-annealed to 0 over all steps if settings["cosine"]) on cross-entropy of
     `read(uint8 glimpses)` against train["label"], shuffled by torch's global generator. After each epoch
-    `measure()` gives a history row and the state is saved to `state_path`; an existing one is resumed from."""
+    `measure(epoch)` gives a history row and the state is saved to `state_path`; an existing one is resumed from."""
     optimizer = torch.optim.Adam(trained, settings["lr"])
     steps = settings["epochs"] * -(-len(train["label"]) // settings["batch_size"])
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps)) if settings["cosine"] else None
@@ -167,7 +167,7 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-        history.append({"epoch": epoch, "seconds": time.time() - started, **measure()})
+        history.append({"epoch": epoch, "seconds": time.time() - started, **measure(epoch)})
         log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k not in ("epoch", "seconds")))
         save_tensors({"net": net.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
                       "schedule": schedule.state_dict() if schedule is not None else None, "history": history},
@@ -251,7 +251,7 @@ def pretrain_reader(stage, out: Path, init: Path | None, run: dict) -> dict:
     if init is not None:
         net.load_state_dict(from_saccader_names(torch.load(init)))
     history = fit(net, list(net.parameters()), lambda glimpses: net(glimpses.float() / 255), train, settings,
-                  out / stage.name / "state.pt", lambda: reading_accuracy(net, validation), progress, log)
+                  out / stage.name / "state.pt", lambda epoch: reading_accuracy(net, validation), progress, log)
     save_tensors(saccader_names(net), out / stage.name / "weights.pt")
     return {"stage": stage.name, "kind": stage.kind, "train_glimpses": len(train["label"]),
             "validation_glimpses": len(validation["label"]), "settings": settings, "history": history}
@@ -323,11 +323,9 @@ def polish_measure(model, own: dict, drawn: dict, none: int) -> dict:
 def with_separate_reader(payload: dict, path):
     """The checkpoint's model with reader=separate, its separate encoder a copy of its glimpse encoder."""
     from .checkpoint import model_from_checkpoint, upgrade_state_dict
-    from .config import ConfigError, upgrade_model_fields
+    from .config import upgrade_model_fields
 
     config = upgrade_model_fields(payload["model_config"])
-    if config.get("readout") != "any":
-        raise ConfigError(f"{path}: readout is {config.get('readout')!r}; polishing the reader needs readout=any")
     state = upgrade_state_dict(dict(payload["state_dict"]))
     if config.get("reader") != "separate":
         state.update({"reader.separate." + k[len("reader.encoder."):]: v for k, v in state.items()
@@ -357,6 +355,7 @@ def polish_reader(stage, out: Path, init: Path, run: dict) -> dict:
     recipe run's progress flag and log (recipes.run_recipe)."""
     progress, log = run["progress"], run["log"]
     from .checkpoint import read_checkpoint, save_checkpoint
+    from .config import ConfigError
     from .presets import resolve
 
     train_config = resolve(stage.preset, list(stage.overrides))[2]
@@ -364,6 +363,9 @@ def polish_reader(stage, out: Path, init: Path, run: dict) -> dict:
     torch.set_num_threads(train_config.threads)
     torch.manual_seed(0)
     payload = read_checkpoint(init)
+    if payload["model_config"].get("readout") != "any":
+        raise ConfigError(f"{init}: readout is {payload['model_config'].get('readout')!r}; polishing the reader needs "
+                          "readout=any")
     model = with_separate_reader(payload, init)
     none = model.config.heads[0]["classes"].index(model.config.background)
     own, drawn, held_out = polish_data(model, payload, train_config.task_options, settings, out / "cache", progress)
@@ -377,7 +379,7 @@ def polish_reader(stage, out: Path, init: Path, run: dict) -> dict:
         p.requires_grad_(True)
     before = polish_measure(model, own["validation"], held_out, none)
     history = fit(model, trained, lambda glimpses: read_separately(model, glimpses), train, settings,
-                  out / stage.name / "state.pt", lambda: polish_measure(model, own["validation"], held_out, none),
+                  out / stage.name / "state.pt", lambda epoch: polish_measure(model, own["validation"], held_out, none),
                   progress, log)
     polished = {k: payload[k] for k in DESCRIBES_THE_MODEL if k in payload}  # not the original run's progress
     polished.update(model_config=model.config.to_dict(), state_dict=model.state_dict(),

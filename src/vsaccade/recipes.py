@@ -2,11 +2,12 @@
 directory holds its spec (recipe.json) and, at the end, the summary of the whole (summary.json, results.py).
 
     vsaccade recipe seeds --preset megapixel-500 --seeds 0 1 --control --out runs/mp500
+    vsaccade recipe folder --seeds 0 1 --control --out runs/photos --set task.root=DATA
     vsaccade recipe speed-signs-polished --out runs/signs --set task.root=DATA --set task.boxes=DATA-boxes
 
 A stage is of one kind (STAGE_KINDS): `train` (one `vsaccade train` run of a preset with overrides),
-`pretrain-reader` and `polish-reader` (reader_stages.py), `select` (the candidate stage whose model reads the
-validation split best, evaluated once on the test split). A stage may start from an earlier stage's product
+`pretrain-reader` and `polish-reader` (reader_stages.py; they read boxes), `fit-reader` (label_reader.py; labels
+only), `select` (the candidate stage whose model reads the validation split best, evaluated once on the test split). A stage may start from an earlier stage's product
 (`init_from`: a train stage's best.pt, a pretrained reader's weights.pt, a polished or selected model.pt).
 
 * Resumable: a stage with results.json is done and skipped; a stage killed mid-way resumes where it stopped (train's
@@ -16,7 +17,8 @@ validation split best, evaluated once on the test split). A stage may start from
 
 `seeds` is the recipe users reach for first: the same preset under several seeds, and optionally the no-glimpse
 control, summarised as the mean and each seed's figure beside the control (the form the results pages take).
-`speed-signs-polished` is the box-supervised speed-sign model (docs/benchmarks/files.md).
+`folder` is the label-only recipe for a folder of photos: each seed's folder-preset model with its reader fitted to
+its own glimpses. `speed-signs-polished` is the box-supervised speed-sign model (docs/benchmarks/files.md).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Callable
 
 from .atomic import write_text
 from .config import ConfigError
+from .label_reader import FIT_SETTINGS, fit_reader
 from .reader_stages import POLISH_SETTINGS, PRETRAIN_SETTINGS, polish_reader, pretrain_reader
 
 
@@ -59,6 +62,18 @@ def seeds_recipe(preset: str, seeds=(0, 1), control: bool = False, overrides=())
     if control:
         stages.append(Stage("no-glimpses", preset, (*overrides, f"train.seed={seeds[0]}", "model.reader=none")))
     return Recipe(f"seeds:{preset}", stages, tuple(f"seed{s}" for s in seeds), "no-glimpses" if control else "")
+
+
+def folder_recipe(seeds=(0, 1), control: bool = False, overrides=(), preset: str = "folder") -> Recipe:
+    """The label-only recipe for a folder of photos (README): the folder preset once per seed, then its reader fitted
+    to its own glimpses from the image labels (`fit-reader`, label_reader.py); optionally the no-glimpse control
+    (first seed). Summarised over the fitted models, each evaluated once on the test split."""
+    trained = seeds_recipe(preset, seeds, control, overrides)
+    stages = []
+    for stage in trained.stages[:len(seeds)]:
+        stages += [stage, Stage(f"read-{stage.name}", preset, tuple(overrides), stage.name, "fit-reader")]
+    return Recipe(f"folder:{preset}", stages + trained.stages[len(seeds):], tuple(f"read-seed{s}" for s in seeds),
+                  trained.control)
 
 
 def speed_signs_polished_recipe(overrides=(), seeds=(0, 1)) -> Recipe:
@@ -122,22 +137,28 @@ def train_stage(stage: Stage, out: Path, init, run: dict) -> dict:
                  provenance={"preset": stage.preset, "command": run["command"]})
 
 
-def select_stage(stage: Stage, out: Path, init, run: dict) -> dict:
-    """The candidate whose model reads the validation split best (first head's metric; ties: the first), copied to
-    OUT/<stage>/model.pt and evaluated once on the test split, with the random- and prior-glimpse controls; each
-    model evaluated as its run was (its eval_policy and eval_batch_size)."""
-    from .atomic import write_bytes
+def evaluate_checkpoint(path: Path, split: str, references: bool, progress: bool) -> dict:
+    """A checkpoint's model on a split of its own task, evaluated as its run was (its eval_policy and
+    eval_batch_size)."""
     from .checkpoint import load
     from .evaluate import evaluate
-    from .results import head_metrics
     from .tasks import make_task
 
+    model = load(path)
+    config = model.checkpoint["train_config"]
+    task = make_task(config["task"], split, seed=config["seed"], **config["task_options"])
+    return evaluate(model, task, config["eval_policy"], config["eval_batch_size"], references=references,
+                    seed=config["seed"], progress=progress)
+
+
+def select_stage(stage: Stage, out: Path, init, run: dict) -> dict:
+    """The candidate whose model reads the validation split best (first head's metric; ties: the first), copied to
+    OUT/<stage>/model.pt and evaluated once on the test split, with the random- and prior-glimpse controls."""
+    from .atomic import write_bytes
+    from .results import head_metrics
+
     def evaluation(path: Path, split: str, references: bool) -> dict:
-        model = load(path)
-        config = model.checkpoint["train_config"]
-        task = make_task(config["task"], split, seed=config["seed"], **config["task_options"])
-        return evaluate(model, task, config["eval_policy"], config["eval_batch_size"], references=references,
-                        seed=config["seed"], progress=run["progress"])
+        return evaluate_checkpoint(path, split, references, run["progress"])
 
     candidates = {name: product(run["recipe"], out, name) for name in stage.settings["candidates"]}
     validation = {name: next(iter(head_metrics(evaluation(path, "validation", False)).values()))
@@ -159,6 +180,7 @@ class StageKind:
 STAGE_KINDS = {"train": StageKind(train_stage, "best.pt", {}),
                "pretrain-reader": StageKind(pretrain_reader, "weights.pt", PRETRAIN_SETTINGS),
                "polish-reader": StageKind(polish_reader, "model.pt", POLISH_SETTINGS),
+               "fit-reader": StageKind(fit_reader, "model.pt", FIT_SETTINGS),
                "select": StageKind(select_stage, "model.pt", {"candidates": []})}
 
 
@@ -219,12 +241,26 @@ def summary_of_selection(recipe: Recipe, results: dict, command: str) -> dict:
              f"trained seeds {[r['train_config']['seed'] for r in trained]}")
 
 
+def seed_summary(recipe: Recipe, results: dict, name: str, command: str) -> dict:
+    """One seed's summary: a train stage's run, or a fit-reader stage's model (its test evaluation; minutes and
+    images seen: its train stage's and its own)."""
+    from .results import summary_of_run
+
+    stage = stage_named(recipe, name)
+    if stage.kind == "train":
+        return summary_of_run(results[name], name, stage.preset, command)
+    trained = results[stage.init_from]
+    minutes = trained["train_minutes"] + results[name]["minutes"]
+    return summary_of_run({**trained, "test": results[name]["test"], "train_minutes": minutes}, name, stage.preset,
+                          command)
+
+
 def summarise(recipe: Recipe, results: dict, command: str) -> dict:
     from .results import combine_seeds, summary_of_run
 
     if recipe.summary_from:
         return summary_of_selection(recipe, results, command)
-    summaries = [summary_of_run(results[name], name, recipe.stages[0].preset, command) for name in recipe.seeds]
+    summaries = [seed_summary(recipe, results, name, command) for name in recipe.seeds]
     summary = combine_seeds(summaries, recipe.name) if summaries else {}
     if recipe.control and summary:
         control = summary_of_run(results[recipe.control], recipe.control, recipe.stages[0].preset, command)

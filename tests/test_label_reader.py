@@ -1,0 +1,123 @@
+"""The fit-reader stage (label_reader.py) and the folder recipe built on it: fitting per-glimpse heads from image
+labels alone learns which glimpse shows the object; the recipe runs end to end on a tiny generated folder, never
+reads the boxes (bit-identical without them), keeps the epoch that reads validation best, and a killed stage
+resumes bitwise."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import vsaccade
+from vsaccade.cli import main
+from vsaccade.label_reader import read_any
+from vsaccade.reader_stages import fit
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def bags(count: int, generator: torch.Generator):
+    """(count, T=3, 1, 16, 16) uint8 glimpses of noise and labels in {a, b, none}: an `a` bag shows a bright bar
+    across the top of one of its glimpses (which one at random), a `b` bag one down the left side, `none` neither."""
+    glimpses = (60 * torch.rand(count, 3, 1, 16, 16, generator=generator)).to(torch.uint8)
+    labels = torch.randint(0, 3, (count,), generator=generator)
+    where = torch.randint(0, 3, (count,), generator=generator)
+    for i in range(count):
+        if labels[i] == 0:
+            glimpses[i, where[i], 0, 2:5, 2:14] = 255
+        elif labels[i] == 1:
+            glimpses[i, where[i], 0, 2:14, 2:5] = 255
+    return glimpses, labels, where
+
+
+def test_fitting_from_image_labels_alone_learns_which_glimpse_shows_the_object(tmp_path):
+    torch.manual_seed(0)
+    heads = [{"name": "label", "num_classes": 3, "kind": "class", "classes": ["a", "b", "none"]}]
+    model = vsaccade.create_model("saccader", proxy_size=16, location_cells=4, glimpses=3, glimpse_size=16, hidden=32,
+                                  image_channels=1, proxy_channels=1, glimpse_heads=True, reader="separate",
+                                  readout="any", background="none", heads=heads)
+    generator = torch.Generator().manual_seed(1)
+    glimpses, labels, _ = bags(600, generator)
+    trained = [*model.reader.separate.parameters(), *model.glimpse_heads.parameters()]
+    settings = {"epochs": 6, "lr": 3e-3, "cosine": True, "batch_size": 32}
+    fit(model, trained, lambda g: read_any(model, g), {"glimpse": glimpses, "label": labels}, settings,
+        tmp_path / "state.pt", lambda epoch: {}, progress=False, log=lambda *a: None)
+    glimpses, labels, where = bags(300, generator)
+    with torch.no_grad():
+        assert (read_any(model.eval(), glimpses).argmax(1) == labels).float().mean() > 0.9
+        per_glimpse = model.glimpse_heads(model.reader.separate(glimpses.flatten(0, 1).float() / 255))["label"]
+    said = per_glimpse.argmax(-1).view(300, 3)
+    shows = torch.zeros(300, 3, dtype=torch.bool)
+    shows[labels != 2, where[labels != 2]] = True
+    # no glimpse was told what it shows: each learned it from its image's label
+    assert (said[shows] == labels[:, None].expand(-1, 3)[shows]).float().mean() > 0.9
+    assert (said[~shows] == 2).float().mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos") / "photos"
+    assert main(["generate", "speed-signs", str(root), "--size", "240x180", "--sign-sides", "16", "40", "--train", "24",
+                 "--validation", "8", "--test", "8", "--no-progress"]) == 0
+    return root
+
+
+def recipe_args(root, out):
+    sets = (f"task.root={root}", "train.threads=1", "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=8")
+    stages = ("read-seed0.epochs=2", "read-seed0.draws=2", "read-seed0.batch_size=8")
+    return ["recipe", "folder", "--seeds", "0", "--out", str(out), "--no-progress",
+            *[a for s in sets for a in ("--set", s)], *[a for s in stages for a in ("--stage", s)]]
+
+
+@pytest.fixture(scope="module")
+def fitted(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe") / "r"
+    assert main(recipe_args(folder, out)) == 0
+    return out
+
+
+def test_the_folder_recipe_fits_the_reader_and_writes_a_model_evaluate_loads(fitted, capsys):
+    summary = json.loads((fitted / "summary.json").read_text())
+    assert summary["supervision"] == "labels" and summary["seeds"] == [0] and "label" in summary["metrics"]
+    results = json.loads((fitted / "read-seed0" / "results.json").read_text())
+    assert summary["metrics"]["label"]["each"] == [results["test"]["model"]["heads"]["label"]["accuracy"]]
+    history = results["history"]
+    assert [row["epoch"] for row in history] == [0, 1, 2] and results["train_bags"] == 2 * 24
+    chosen = max(history, key=lambda row: (row["validation_images"], -row["epoch"]))
+    assert results["chosen_epoch"] == chosen["epoch"]  # the epoch that read validation best (the model as it was: 0)
+    payload = torch.load(fitted / "read-seed0" / "model.pt", weights_only=False)
+    assert payload["model_config"]["readout"] == "any" and payload["model_config"]["reader"] == "separate"
+    assert payload["fitted_reader"]["draws"] == 2 and payload["fitted_reader"]["epoch"] == chosen["epoch"]
+    capsys.readouterr()
+    assert main(["evaluate", str(fitted / "read-seed0" / "model.pt"), "--no-references"]) == 0
+    assert "label" in capsys.readouterr().out
+
+
+def same_weights(a, b) -> bool:
+    a, b = (torch.load(p, weights_only=False)["state_dict"] for p in (a, b))
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_folder_recipe_never_reads_the_boxes(folder, fitted, tmp_path):
+    copy = tmp_path / "photos"
+    shutil.copytree(folder, copy)  # no photos-boxes beside it
+    assert main(recipe_args(copy, tmp_path / "r")) == 0
+    assert same_weights(fitted / "read-seed0" / "model.pt", tmp_path / "r" / "read-seed0" / "model.pt")
+
+
+def test_a_killed_fit_reader_stage_resumes_bitwise(folder, fitted, tmp_path):
+    out = tmp_path / "r"
+    shutil.copytree(fitted / "seed0", out / "seed0")  # the train stage done; the fit stage killed after its epoch 1
+    env = {**os.environ, "VSACCADE_FAULT": "reader-epoch@1"}
+    died = subprocess.run([sys.executable, "-m", "vsaccade.cli", *recipe_args(folder, out)], env=env, capture_output=True)
+    assert died.returncode == -9 and (out / "read-seed0" / "state.pt").exists()
+    assert not (out / "read-seed0" / "model.pt").exists()
+    assert main(recipe_args(folder, out)) == 0
+    assert same_weights(fitted / "read-seed0" / "model.pt", out / "read-seed0" / "model.pt")
+    read = [[{k: v for k, v in row.items() if k != "seconds"}
+             for row in json.loads((run / "read-seed0" / "results.json").read_text())["history"]] for run in (out, fitted)]
+    assert read[0] == read[1]
