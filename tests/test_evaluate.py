@@ -22,3 +22,14 @@ def test_cover_needs_the_whole_object_in_a_window_small_enough():
     assert localisation_counts([box], windows) == {"hits": 3, "glimpses": 3, "covered": 1, "objects": 1}
     assert localisation_counts([box], windows[:, 1:]) == {"hits": 2, "glimpses": 2, "covered": 0, "objects": 1}
     assert localisation_counts([torch.zeros(0, 4)], windows) == {"hits": 0, "glimpses": 3, "covered": 0, "objects": 0}
+
+
+def test_the_log_line_names_hit_rates_only_where_the_split_has_boxes():
+    from vsaccade.evaluate import summary_line
+
+    def result(objects):
+        scores = {"heads": {"label": {"accuracy": 0.5}}, "hit_rate": 0.0, "coverage": 0.0, "objects": objects}
+        return {"model": scores, "random_glimpses": dict(scores)}
+
+    assert "hit" not in summary_line(result(0))  # a user's folder without boxes: no "hit 0%"
+    assert summary_line(result(3)).count("hit 0.0%") == 2

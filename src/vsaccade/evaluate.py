@@ -200,7 +200,7 @@ def evaluate(model, task, policy: str = "mode", batch_size: int = 128, reference
         n = counts[source]
         result["model" if source == "posterior" else f"{source}_glimpses"] = {
             "heads": scores[source].result(), "hit_rate": n["hits"] / max(n["glimpses"], 1),
-            "coverage": n["covered"] / max(n["objects"], 1)}
+            "coverage": n["covered"] / max(n["objects"], 1), "objects": n["objects"]}
     location, cells = looks.result(cluster, samples)
     result["model"].update({"location": location} if location else {})
     return {**result, "first_cells": cells} if first_cells else result
@@ -262,12 +262,16 @@ def add_reads(reads: dict, images) -> dict:
 
 
 def summary_line(result: dict) -> str:
-    """One line for logs: accuracy per head, hit rate and coverage beside the references."""
+    """One line for logs: accuracy per head, hit rate and coverage beside the references (where the split has boxes
+    to measure them by), the box-free signals where the model has them."""
     parts = []
     for name, score in result["model"]["heads"].items():
         parts.append(f"{name} {100 * next(iter(score.values())):.1f}%"
                      + (f" (MAE {score['mean_absolute_error']:.2f})" if "mean_absolute_error" in score else ""))
-    line = ", ".join(parts) + f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
+    boxes = result["model"].get("objects", 1) > 0  # results written before "objects" was counted had boxes
+    line = ", ".join(parts)
+    if boxes:
+        line += f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"
     location = result["model"].get("location", {})
     for name, score in location.get("proxy_heads", {}).items():
         line += f" | proxy alone: {name} {100 * next(iter(score.values())):.1f}%" + (
@@ -277,6 +281,6 @@ def summary_line(result: dict) -> str:
     if "first_look_repeat" in location:
         line += f", repeat {100 * location['first_look_repeat']:.0f}%"
     for ref in ("random_glimpses", "prior_glimpses"):
-        if ref in result:
+        if ref in result and boxes:
             line += f" | {ref.split('_')[0]}: hit {100 * result[ref]['hit_rate']:.1f}% cover {100 * result[ref]['coverage']:.1f}%"
     return line

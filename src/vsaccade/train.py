@@ -441,7 +441,8 @@ def end_epoch(run: Run, step: int, seconds: dict) -> None:
         with open(run.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(run.record) + "\n")
     run.log(f"epoch {run.record['epoch']:.2f}: train loss {train_metrics['loss']:.3f} "
-            f"acc {100 * train_metrics['accuracy']:.1f}% hit {100 * train_metrics['hit_rate']:.0f}% "
+            f"acc {100 * train_metrics['accuracy']:.1f}% "
+            + (f"hit {100 * train_metrics['hit_rate']:.0f}% " if validation["model"]["objects"] else "") +
             f"({train_metrics['images_per_second']:.0f} img/s, data {100 * train_metrics['data_fraction']:.0f}%) | "
             f"validation {summary_line(validation)}")
     run.sums = dict.fromkeys(EPOCH_SUMS, 0.0)
