@@ -85,6 +85,7 @@ def test_the_folder_recipe_fits_the_reader_and_writes_a_model_evaluate_loads(fit
     assert summary["supervision"] == "labels" and summary["seeds"] == [0] and "label" in summary["metrics"]
     results = json.loads((fitted / "read-seed0" / "results.json").read_text())
     assert summary["metrics"]["label"]["each"] == [results["test"]["model"]["heads"]["label"]["accuracy"]]
+    assert summary["commit"] == results["vsaccade_version"].rpartition("+")[2]  # the code that fitted it
     history = results["history"]
     assert [row["epoch"] for row in history] == [0, 1, 2] and results["train_bags"] == 2 * 24
     chosen = max(history, key=lambda row: (row["validation_images"], -row["epoch"]))

@@ -1,17 +1,27 @@
-"""Can a label-only model's own glimpses be read? A diagnostic for docs/benchmarks/labels-only.md.
+"""Can a label-only model's own glimpses be read, and what makes a reader learn them? A diagnostic for
+docs/benchmarks/labels-only.md.
 
-The glimpses a trained model takes (mode policy) of every training and validation image are read once and cached;
-then a small batch-normalised CNN, trained from scratch on the first glimpse of each image and its image label,
-says how much of the label those glimpses carry. If it reads far better than the model does, the model looks in
-the right place and its own reader is what limits it.
+The glimpses a trained model takes of every training and validation image are read once and cached (`--checkpoint`:
+the posterior mode, read here; or `--own-train FILE --own-validation FILE --draws D`: a `fit-reader` recipe stage's
+caches, D posterior draws per training image); then a reader is fitted from the image labels and its validation accuracy
+reported after every epoch. If it reads far better than the model does, the model looks in the right place and its
+own reader is what limits it. The reader (`--reader`): `cnn`, a small batch-normalised CNN from scratch, or
+`model`, the checkpoint's own glimpse encoder and per-glimpse heads (as the fit-reader stage starts; `--scratch`
+re-initialises them). What it is fitted on (`--bag`): `first`, the first glimpse of each image; `any`, all T under
+readout=any (vsaccade.any_object_log_probs), as the fit-reader stage. With draws, each epoch reads one draw per
+image, chosen at random.
 
     python experiments/speed-signs/reading.py --checkpoint runs/folder-s0/last.pt --root DATA --epochs 30 \
         --cache runs/reading --json runs/reading/reading.json
+    python experiments/speed-signs/reading.py --checkpoint runs/folder/seed0/best.pt --draws 4 \
+        --own-train runs/folder/cache/own-train-*.pt --own-validation runs/folder/cache/own-validation-*.pt \
+        --reader model --bag any --epochs 10
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -46,7 +56,7 @@ def own_glimpses(checkpoint: str, root: str, cache: Path) -> dict:
     return data
 
 
-def reader(channels: int, size: int, classes: int) -> nn.Module:
+def cnn(channels: int, size: int, classes: int) -> nn.Module:
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
 
@@ -54,38 +64,81 @@ def reader(channels: int, size: int, classes: int) -> nn.Module:
                          nn.Linear(64 * (size // 16) ** 2, 128), nn.ReLU(), nn.Linear(128, classes))
 
 
+class ModelReader(nn.Module):
+    """A copy of the checkpoint's glimpse encoder and per-glimpse heads: (N, C, W, W) -> (N, classes)."""
+
+    def __init__(self, model, scratch: bool):
+        super().__init__()
+        self.encoder = copy.deepcopy(model.reader.encoder)
+        self.head = copy.deepcopy(model.glimpse_heads.heads["label"])
+        if scratch:
+            for module in self.modules():
+                if module is not self and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+
+    def forward(self, glimpses):
+        return self.head(self.encoder(glimpses))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--root", required=True)
+    parser.add_argument("--root", help="the folder (with --cache: glimpses read here)")
+    parser.add_argument("--cache", help="folder for the glimpses read here")
+    parser.add_argument("--own-train", help="a fit-reader stage's cache of the training split")
+    parser.add_argument("--own-validation", help="with --own-train: the stage's cache of the validation split")
+    parser.add_argument("--draws", type=int, default=1, help="with --own-train: its draws per image (consecutive rows)")
+    parser.add_argument("--reader", choices=("cnn", "model"), default="cnn")
+    parser.add_argument("--scratch", action="store_true", help="--reader model: re-initialise it")
+    parser.add_argument("--bag", choices=("first", "any"), default="first")
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--cache", required=True, help="folder for the cached glimpses")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    import vsaccade
+
     torch.set_num_threads(args.threads)
-    data = own_glimpses(args.checkpoint, args.root, Path(args.cache))
-    train, validation = data["train"], data["validation"]
+    model = vsaccade.load(args.checkpoint)
+    if args.own_train:
+        train, validation = torch.load(args.own_train), torch.load(args.own_validation)
+    else:
+        data = own_glimpses(args.checkpoint, args.root, Path(args.cache))
+        train, validation = data["train"], data["validation"]
+    draws = args.draws if args.own_train else 1
+    images = len(train["label"]) // draws
     torch.manual_seed(0)
     _, _, channels, size, _ = train["glimpse"].shape
-    net = reader(channels, size, int(train["label"].max()) + 1)
-    optimizer = torch.optim.Adam(net.parameters(), 1e-3)
-    first = lambda glimpses: glimpses[:, 0].float() / 255
+    classes = model.config.heads[0]["classes"]
+    net = cnn(channels, size, len(classes)) if args.reader == "cnn" else ModelReader(model, args.scratch)
+    optimizer = torch.optim.Adam(net.parameters(), args.lr)
+    none = classes.index("none")
+
+    def log_probs(glimpses):  # (B, T, C, W, W) uint8 -> (B, classes)
+        if args.bag == "first":
+            return net(glimpses[:, 0].float() / 255).log_softmax(-1)
+        b, t = glimpses.shape[:2]
+        return vsaccade.any_object_log_probs(net(glimpses.flatten(0, 1).float() / 255).view(b, t, -1), none)
+
     history, started = [], time.time()
     for epoch in range(args.epochs):
         net.train()
-        for index in torch.randperm(len(train["label"])).split(32):
-            loss = F.cross_entropy(net(first(train["glimpse"][index])), train["label"][index])
+        rows = torch.arange(images) * draws  # one draw of each image, chosen at random
+        rows = rows + torch.randint(0, draws, (images,)) if draws > 1 else rows
+        for index in rows[torch.randperm(images)].split(32):
+            loss = F.nll_loss(log_probs(train["glimpse"][index]), train["label"][index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
         net.eval()
         with torch.no_grad():
-            accuracy = float((net(first(validation["glimpse"])).argmax(1) == validation["label"]).float().mean())
+            said = torch.cat([log_probs(validation["glimpse"][i:i + 64]).argmax(1) for i in range(0, len(validation["label"]), 64)])
+        accuracy = float((said == validation["label"]).float().mean())
         history.append({"epoch": epoch + 1, "seconds": time.time() - started, "validation_accuracy": accuracy})
         print(json.dumps(history[-1]), flush=True)
         if args.json:
-            Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, "history": history}, indent=2))
+            Path(args.json).write_text(json.dumps({"checkpoint": args.checkpoint, **{k: v for k, v in vars(args).items()
+                                                   if k not in ("checkpoint", "json")}, "history": history}, indent=2))
     return history
 
 

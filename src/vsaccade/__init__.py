@@ -25,6 +25,7 @@ from .evaluate import evaluate  # noqa: E402
 from .file_images import FileImage  # noqa: E402  (pyvips is needed only to open a file)
 from .images import UpsampledImage  # noqa: E402
 from .instruments import Instrument  # noqa: E402
+from .model.classifier import any_object_log_probs  # noqa: E402
 from .model.glimpse_sampler import sample_glimpses  # noqa: E402
 from .model.locations import CellMixture, mixture_kl  # noqa: E402
 from .objective import Objective  # noqa: E402
@@ -38,6 +39,6 @@ from .train import model_config_for, train  # noqa: E402
 
 __all__ = ["ArrayImage", "CellMixture", "CheckpointError", "ConfigError", "FileImage", "ImageError", "Instrument",
            "LargeImage", "ModelConfig", "Objective", "ObjectiveConfig", "Prediction", "ProxyAttention", "Recipe",
-           "Stage", "TrainConfig", "UpsampledImage", "cached_proxies", "collate", "create_model", "evaluate", "load",
-           "make_task", "mixture_kl", "model_config_for", "predict", "render_results", "resolve", "run_recipe",
-           "sample_glimpses", "summary_of_run", "train"]
+           "Stage", "TrainConfig", "UpsampledImage", "any_object_log_probs", "cached_proxies", "collate", "create_model",
+           "evaluate", "load", "make_task", "mixture_kl", "model_config_for", "predict", "render_results", "resolve",
+           "run_recipe", "sample_glimpses", "summary_of_run", "train"]

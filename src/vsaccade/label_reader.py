@@ -77,6 +77,7 @@ def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     from .config import ConfigError
     from .presets import resolve
     from .recipes import evaluate_checkpoint
+    from .train import code_version
 
     progress, log, settings = run["progress"], run["log"], stage.settings
     torch.set_num_threads(resolve(stage.preset, list(stage.overrides))[2].threads)
@@ -126,6 +127,7 @@ def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     save_checkpoint(fitted, path)
     minutes = (own["train"]["seconds"] + own["validation"]["seconds"] + history_seconds(history)) / 60
     return {"stage": stage.name, "kind": stage.kind, "settings": settings, "minutes": minutes,
+            "vsaccade_version": code_version(),
             "train_bags": len(own["train"]["label"]), "chosen_epoch": best["epoch"],
             "history": [{"epoch": 0, "validation_images": best["before"]}, *history],
             "test": evaluate_checkpoint(path, "test", True, progress)}

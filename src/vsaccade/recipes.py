@@ -242,8 +242,8 @@ def summary_of_selection(recipe: Recipe, results: dict, command: str) -> dict:
 
 
 def seed_summary(recipe: Recipe, results: dict, name: str, command: str) -> dict:
-    """One seed's summary: a train stage's run, or a fit-reader stage's model (its test evaluation; minutes and
-    images seen: its train stage's and its own)."""
+    """One seed's summary: a train stage's run, or a fit-reader stage's model (its test evaluation and code version;
+    minutes: its train stage's and its own; images seen: its train stage's)."""
     from .results import summary_of_run
 
     stage = stage_named(recipe, name)
@@ -251,8 +251,8 @@ def seed_summary(recipe: Recipe, results: dict, name: str, command: str) -> dict
         return summary_of_run(results[name], name, stage.preset, command)
     trained = results[stage.init_from]
     minutes = trained["train_minutes"] + results[name]["minutes"]
-    return summary_of_run({**trained, "test": results[name]["test"], "train_minutes": minutes}, name, stage.preset,
-                          command)
+    return summary_of_run({**trained, "test": results[name]["test"], "train_minutes": minutes,
+                           "vsaccade_version": results[name].get("vsaccade_version", "")}, name, stage.preset, command)
 
 
 def summarise(recipe: Recipe, results: dict, command: str) -> dict:
