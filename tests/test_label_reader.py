@@ -122,3 +122,15 @@ def test_a_killed_fit_reader_stage_resumes_bitwise(folder, fitted, tmp_path):
     read = [[{k: v for k, v in row.items() if k != "seconds"}
              for row in json.loads((run / "read-seed0" / "results.json").read_text())["history"]] for run in (out, fitted)]
     assert read[0] == read[1]
+
+
+def test_the_separate_reader_may_be_pooled_and_only_a_separate_reader():
+    from vsaccade.config import ConfigError
+    from vsaccade.model.glimpse_encoder import PooledGlimpseEncoder
+
+    model = vsaccade.create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=64, hidden=32,
+                                  glimpse_heads=True, reader="separate", reader_encoder="pooled")
+    assert isinstance(model.reader.separate, PooledGlimpseEncoder)
+    assert model.reader.separate(torch.rand(5, model.config.image_channels, 64, 64)).shape == (5, 32)
+    with pytest.raises(ConfigError, match="reader_encoder=pooled .* needs model.reader=separate"):
+        vsaccade.create_model("saccader", reader_encoder="pooled")

@@ -5,7 +5,8 @@ The glimpses a trained model takes of every training and validation image are re
 the posterior mode, read here; or `--own-train FILE --own-validation FILE --draws D`: a `fit-reader` recipe stage's
 caches, D posterior draws per training image); then a reader is fitted from the image labels and its validation accuracy
 reported after every epoch. If it reads far better than the model does, the model looks in the right place and its
-own reader is what limits it. The reader (`--reader`): `cnn`, a small batch-normalised CNN from scratch, or
+own reader is what limits it. The reader (`--reader`): `cnn`, a small batch-normalised CNN from scratch
+(`cnn-groupnorm`: group-normalised), or
 `model`, the checkpoint's own glimpse encoder and per-glimpse heads (as the fit-reader stage starts; `--scratch`
 re-initialises them). What it is fitted on (`--bag`): `first`, the first glimpse of each image; `any`, all T under
 readout=any (vsaccade.any_object_log_probs), as the fit-reader stage. With draws, each epoch reads one draw per
@@ -56,9 +57,10 @@ def own_glimpses(checkpoint: str, root: str, cache: Path) -> dict:
     return data
 
 
-def cnn(channels: int, size: int, classes: int) -> nn.Module:
+def cnn(channels: int, size: int, classes: int, norm: str = "batch") -> nn.Module:
     def block(cin, cout):
-        return [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(), nn.MaxPool2d(2)]
+        normalise = nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(8, cout)
+        return [nn.Conv2d(cin, cout, 3, 1, 1), normalise, nn.ReLU(), nn.MaxPool2d(2)]
 
     return nn.Sequential(*block(channels, 32), *block(32, 64), *block(64, 64), *block(64, 64), nn.Flatten(),
                          nn.Linear(64 * (size // 16) ** 2, 128), nn.ReLU(), nn.Linear(128, classes))
@@ -88,7 +90,7 @@ def main(argv=None):
     parser.add_argument("--own-train", help="a fit-reader stage's cache of the training split")
     parser.add_argument("--own-validation", help="with --own-train: the stage's cache of the validation split")
     parser.add_argument("--draws", type=int, default=1, help="with --own-train: its draws per image (consecutive rows)")
-    parser.add_argument("--reader", choices=("cnn", "model"), default="cnn")
+    parser.add_argument("--reader", choices=("cnn", "cnn-groupnorm", "model"), default="cnn")
     parser.add_argument("--scratch", action="store_true", help="--reader model: re-initialise it")
     parser.add_argument("--bag", choices=("first", "any"), default="first")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -110,7 +112,8 @@ def main(argv=None):
     torch.manual_seed(0)
     _, _, channels, size, _ = train["glimpse"].shape
     classes = model.config.heads[0]["classes"]
-    net = cnn(channels, size, len(classes)) if args.reader == "cnn" else ModelReader(model, args.scratch)
+    net = (ModelReader(model, args.scratch) if args.reader == "model" else
+           cnn(channels, size, len(classes), "group" if args.reader == "cnn-groupnorm" else "batch"))
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
     none = classes.index("none")
 

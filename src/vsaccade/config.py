@@ -120,6 +120,9 @@ class ModelConfig(PlainConfig):
     # the per-glimpse heads read each glimpse through a glimpse encoder of their own, so reading can be trained
     # (the `polish-reader` recipe stage, reader_stages.py) without changing the features the core decides where to look from
     reader: str = "glimpses"
+    # reader=separate: the per-glimpse heads' own encoder, "strided" (as the glimpse encoder) or "pooled"
+    # (model/glimpse_encoder.py)
+    reader_encoder: str = "strided"
     decoder: str = "none"  # "proxy": the optional log p(x~ | z_t, h_{t-1}) term's decoder (continuous Bernoulli)
     backbone_stages: int = 5  # "fullres" baseline: stride-2 stages after its stride-4 stem (model/baselines.py)
     resnet_width: int = 16  # "resnet18" baselines: the first stage's width (the original's 64; FLOPs grow as its square)
@@ -151,7 +154,8 @@ class ModelConfig(PlainConfig):
                    "policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any"),
                    "anchor": ("intensity", "attention", "presence"), "anchor_network": ("cell", "strided"),
                    "inhibit": ("none", "cell", "window", "cell+window"),
-                   "reader": ("glimpses", "none", "separate"), "decoder": ("none", "proxy"),
+                   "reader": ("glimpses", "none", "separate"), "reader_encoder": ("strided", "pooled"),
+                   "decoder": ("none", "proxy"),
                    "window_gradient": ("through", "detached")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -175,6 +179,9 @@ class ModelConfig(PlainConfig):
             raise ConfigError(f"heads must be a non-empty list of {{name, num_classes, kind}} dicts, got {self.heads!r}")
         if self.reader == "separate" and not self.glimpse_heads:
             raise ConfigError("reader=separate is read by the per-glimpse heads: it needs glimpse_heads=true")
+        if self.reader_encoder != "strided" and self.reader != "separate":
+            raise ConfigError(f"model.reader_encoder={self.reader_encoder} is the separate reader's encoder: it needs "
+                              "model.reader=separate")
         if self.readout == "any":
             if self.architecture != "saccader" or not self.glimpse_heads:
                 raise ConfigError("readout=any reads the per-glimpse heads: it needs architecture=saccader with glimpse_heads=true")

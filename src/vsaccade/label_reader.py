@@ -2,8 +2,9 @@
 
 Trained end to end from labels, the folder preset learns where to look before it learns to read what it finds
 there (docs/benchmarks/labels-only.md). This stage rebuilds a trained model with model.reader=separate and
-readout=any, and fits the separate encoder (a copy of the glimpse encoder, read only by the per-glimpse heads) and
-the per-glimpse heads on the model's own glimpses of the training images, by each image's label alone:
+readout=any, and fits the separate encoder (read only by the per-glimpse heads: by default a fresh
+`PooledGlimpseEncoder`, which learns to read small glimpses far faster than a copy of the strided glimpse encoder)
+and the per-glimpse heads on the model's own glimpses of the training images, by each image's label alone:
 -log p(y | g_1..g_T) under readout=any (model/classifier.py, any_object_log_probs). An image of a 70 needs one
 glimpse that says 70, an image without an object needs every glimpse to say none; no glimpse is told what it shows.
 Where the model looks does not change: the core and the location posterior read the original encoder.
@@ -27,9 +28,10 @@ from tqdm import tqdm
 from .atomic import cache_name, cached_tensors, save_tensors
 from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, history_seconds, with_separate_reader
 
-# Posterior draws of each training image's glimpses, epochs of Adam at `lr` (cosine-annealed to 0 if `cosine`) over
+# The separate reader's encoder (`strided`: a copy of the glimpse encoder; `pooled`: a fresh PooledGlimpseEncoder),
+# posterior draws of each training image's glimpses, epochs of Adam at `lr` (cosine-annealed to 0 if `cosine`) over
 # batches of `batch_size` images.
-FIT_SETTINGS = {"draws": 4, "epochs": 6, "lr": 1e-3, "cosine": True, "batch_size": 32}
+FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 6, "lr": 1e-3, "cosine": True, "batch_size": 32}
 
 
 def own_draws(model, options: dict, split: str, draws: int, progress: bool) -> dict:
@@ -70,11 +72,33 @@ def validation_accuracy(model, validation: dict) -> float:
     return float((log_probs.argmax(1) == validation["label"]).float().mean())
 
 
+def reader_to_fit(payload: dict, init: Path, encoder: str):
+    """The checkpoint's model with a separate reader of `encoder` (FIT_SETTINGS), readout=any, and everything but
+    that reader and the per-glimpse heads frozen; returns (model, the parameters to fit)."""
+    from .config import ConfigError
+
+    config = payload["model_config"]
+    if payload["train_config"]["task"] != "folder" or not config.get("glimpse_heads") or not config.get("background"):
+        raise ConfigError(f"{init}: fitting the reader needs a folder model with per-glimpse heads and a background "
+                          "class (the folder preset)")
+    torch.manual_seed(payload["train_config"]["seed"])
+    model = with_separate_reader(payload, init, encoder)
+    model.config = model.config.replace(readout="any")
+    if encoder != "strided":  # a fresh encoder: its heads start afresh too
+        for head in model.glimpse_heads.heads.values():
+            head.reset_parameters()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = [*model.reader.separate.parameters(), *model.glimpse_heads.parameters()]
+    for p in trained:
+        p.requires_grad_(True)
+    return model, trained
+
+
 def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     """The fit-reader stage (module docstring): returns its results; writes OUT/<stage>/model.pt. `run`: the recipe
     run's progress flag and log (recipes.run_recipe)."""
     from .checkpoint import read_checkpoint, save_checkpoint
-    from .config import ConfigError
     from .presets import resolve
     from .recipes import evaluate_checkpoint
     from .train import code_version
@@ -82,24 +106,13 @@ def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     progress, log, settings = run["progress"], run["log"], stage.settings
     torch.set_num_threads(resolve(stage.preset, list(stage.overrides))[2].threads)
     payload = read_checkpoint(init)
-    config = payload["model_config"]
-    if payload["train_config"]["task"] != "folder" or not config.get("glimpse_heads") or not config.get("background"):
-        raise ConfigError(f"{init}: fitting the reader needs a folder model with per-glimpse heads and a background "
-                          "class (the folder preset)")
-    model = with_separate_reader(payload, init)
-    model.config = model.config.replace(readout="any")
+    model, trained = reader_to_fit(payload, init, settings["reader_encoder"])
     options = payload["train_config"]["task_options"]
-    torch.manual_seed(payload["train_config"]["seed"])
     with open(init, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
     own = {split: cached_tensors(out / "cache" / cache_name(f"own-{split}", checkpoint=digest, draws=draws),
                                  lambda split=split, draws=draws: own_draws(model.eval(), options, split, draws, progress))
            for split, draws in (("train", settings["draws"]), ("validation", 0))}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trained = [*model.reader.separate.parameters(), *model.glimpse_heads.parameters()]
-    for p in trained:
-        p.requires_grad_(True)
     best_path = out / stage.name / "best-reader.pt"  # the epoch that reads validation best so far, and its weights
     if best_path.exists():
         best = torch.load(best_path)

@@ -320,17 +320,26 @@ def polish_measure(model, own: dict, drawn: dict, none: int) -> dict:
             "held_out_crops_none": float(drawn_right[~signs].float().mean())}
 
 
-def with_separate_reader(payload: dict, path):
-    """The checkpoint's model with reader=separate, its separate encoder a copy of its glimpse encoder."""
+def with_separate_reader(payload: dict, path, encoder: str = "strided"):
+    """The checkpoint's model with reader=separate (a model that has one keeps it); a new separate encoder is a copy of
+    its glimpse encoder (`encoder` "strided") or, of another architecture (model/glimpse_encoder.py), freshly
+    initialised by torch's global generator."""
     from .checkpoint import model_from_checkpoint, upgrade_state_dict
-    from .config import upgrade_model_fields
+    from .config import ModelConfig, upgrade_model_fields
+    from .model.glimpse_encoder import GLIMPSE_ENCODERS
 
     config = upgrade_model_fields(payload["model_config"])
     state = upgrade_state_dict(dict(payload["state_dict"]))
     if config.get("reader") != "separate":
-        state.update({"reader.separate." + k[len("reader.encoder."):]: v for k, v in state.items()
-                      if k.startswith("reader.encoder.")})
-    return model_from_checkpoint({**payload, "model_config": {**config, "reader": "separate"}, "state_dict": state}, path)
+        if encoder == "strided":
+            separate = {k[len("reader.encoder."):]: v for k, v in state.items() if k.startswith("reader.encoder.")}
+        else:
+            c = ModelConfig.from_dict(config)
+            separate = GLIMPSE_ENCODERS[encoder](c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden,
+                                                 c.glimpse_pool).state_dict()
+        state.update({"reader.separate." + k: v for k, v in separate.items()})
+        config = {**config, "reader": "separate", "reader_encoder": encoder}
+    return model_from_checkpoint({**payload, "model_config": config, "state_dict": state}, path)
 
 
 def polish_data(model, payload: dict, options: dict, settings: dict, cache: Path, progress: bool) -> tuple:

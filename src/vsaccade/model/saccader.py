@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from ..config import ConfigError, ModelConfig
 from .classifier import AnyObjectReadout, Classifier, GlimpseHeads, NoGlimpseHeads, PooledReadout, any_object_heads
 from .core import RecurrentCore
-from .glimpse_encoder import GlimpseEncoder
+from .glimpse_encoder import GLIMPSE_ENCODERS, GlimpseEncoder
 from .locations import GaussianLocations, MixtureLocations
 from .noise import Noise, resolve_noise
 from .proxy_attention import ProxyAttention
@@ -108,7 +108,8 @@ class VariationalSaccader(nn.Module):
                                      frozenset(any_object_heads(c.heads, c.background)) if c.readout == "any" else frozenset())
         self.glimpse_heads = GlimpseHeads(c.hidden, c.heads) if c.glimpse_heads else NoGlimpseHeads()
         if c.reader == "separate":  # built here, after the heads, as before: the same initial weights
-            self.reader.separate = GlimpseEncoder(c.image_channels, c.glimpse_size, c.glimpse_width, c.hidden, c.glimpse_pool)
+            self.reader.separate = GLIMPSE_ENCODERS[c.reader_encoder](c.image_channels, c.glimpse_size, c.glimpse_width,
+                                                                      c.hidden, c.glimpse_pool)
         self.decoder = ProxyDecoder(c.hidden, c.proxy_channels, c.proxy_size) if c.decoder == "proxy" else NoDecoder()
         self.cell_geometry = CellGeometry(c.proxy_size, c.location_cells)
         self.config = config
