@@ -25,15 +25,21 @@ class GlimpseEncoder(nn.Module):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"glimpse pooling must be one of {POOLS}, got {pool!r}")
+        layers, size, cin = self.layers(channels, glimpse_size, width)
+        self.features = nn.Sequential(*layers)
+        if pool == "flatten":
+            self.project = nn.Sequential(nn.Flatten(), nn.Linear(cin * size * size, hidden), nn.ReLU(inplace=True))
+        else:
+            self.project = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(inplace=True))
+
+    @staticmethod
+    def layers(channels: int, glimpse_size: int, width: int) -> tuple[list, int, int]:
+        """(layers, side of their output map, its channels): 3x3 convolutions of stride 2 down to a side of 4."""
         layers, size, cin = [conv_block(channels, width // 2)], glimpse_size, width // 2
         while size > 4:
             layers.append(conv_block(cin, width, stride=2))
             size, cin = (size + 1) // 2, width
-        self.features = nn.Sequential(*layers)
-        if pool == "flatten":
-            self.project = nn.Sequential(nn.Flatten(), nn.Linear(cin * size * size, hidden), nn.ReLU(inplace=True))
-        else:
-            self.project = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(inplace=True))
+        return layers, size, cin
 
     def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
         """(N, C, W, W) -> (N, hidden); reported to the current instrument, if any, as stage "encode"."""
@@ -41,26 +47,16 @@ class GlimpseEncoder(nn.Module):
             return self.project(self.features(glimpses))
 
 
-class PooledGlimpseEncoder(nn.Module):
-    def __init__(self, channels: int, glimpse_size: int, width: int, hidden: int, pool: str = "flatten"):
-        super().__init__()
-        if pool not in POOLS:
-            raise ValueError(f"glimpse pooling must be one of {POOLS}, got {pool!r}")
+class PooledGlimpseEncoder(GlimpseEncoder):
+    @staticmethod
+    def layers(channels: int, glimpse_size: int, width: int) -> tuple[list, int, int]:
+        """3x3 convolutions of stride 1, batch norm and 2x2 max pooling down to a side of 4."""
         layers, size, cin = [], glimpse_size, channels
         while size > 4:
-            cout = width // 2 if cin == channels else width
+            cout = width if layers else width // 2
             layers += [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
             size, cin = size // 2, cout
-        self.features = nn.Sequential(*layers)
-        if pool == "flatten":
-            self.project = nn.Sequential(nn.Flatten(), nn.Linear(cin * size * size, hidden), nn.ReLU(inplace=True))
-        else:
-            self.project = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, hidden), nn.ReLU(inplace=True))
-
-    def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
-        """(N, C, W, W) -> (N, hidden); reported to the current instrument, if any, as stage "encode"."""
-        with instruments.stage("encode"):
-            return self.project(self.features(glimpses))
+        return layers, size, cin
 
 
 GLIMPSE_ENCODERS = {"strided": GlimpseEncoder, "pooled": PooledGlimpseEncoder}
