@@ -118,7 +118,7 @@ class ModelConfig(PlainConfig):
     core_sees_glimpses: bool = True  # False: the reference code's wiring (RNN sees proxy and z only)
     # "glimpses"; "none", the control (nothing read: glimpse features zero, everything else equal); or "separate":
     # the per-glimpse heads read each glimpse through a glimpse encoder of their own, so reading can be trained
-    # (the `polish-reader` recipe stage, reader_stages.py) without changing the features the core decides where to look from
+    # (the `polish-reader` and `fit-reader` recipe stages) without changing the features the core decides where to look from
     reader: str = "glimpses"
     # reader=separate: the per-glimpse heads' own encoder, "strided" (as the glimpse encoder) or "pooled"
     # (model/glimpse_encoder.py)
