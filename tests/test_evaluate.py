@@ -33,3 +33,7 @@ def test_the_log_line_names_hit_rates_only_where_the_split_has_boxes():
 
     assert "hit" not in summary_line(result(0))  # a user's folder without boxes: no "hit 0%"
     assert summary_line(result(3)).count("hit 0.0%") == 2
+    written_before = {"model": {"heads": {"label": {"accuracy": 0.5}}, "hit_rate": 0.0, "coverage": 0.0}}
+    assert "hit" not in summary_line(written_before)  # no objects counted and none hit: no boxes
+    written_before["model"]["hit_rate"] = 0.25
+    assert "hit 25.0%" in summary_line(written_before)

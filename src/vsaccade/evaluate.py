@@ -261,6 +261,13 @@ def add_reads(reads: dict, images) -> dict:
             "image_pixels": reads["image_pixels"] + sum(i.height * i.width for i in unique)}
 
 
+def measured_boxes(result: dict) -> bool:
+    """Whether an evaluation had boxes to count hits by (a user's folder has none). Results written before objects
+    were counted say so only by a hit or a covered object."""
+    model = result["model"]
+    return model["objects"] > 0 if "objects" in model else bool(model["hit_rate"] or model["coverage"])
+
+
 def summary_line(result: dict) -> str:
     """One line for logs: accuracy per head, hit rate and coverage beside the references (where the split has boxes
     to measure them by), the box-free signals where the model has them."""
@@ -268,7 +275,7 @@ def summary_line(result: dict) -> str:
     for name, score in result["model"]["heads"].items():
         parts.append(f"{name} {100 * next(iter(score.values())):.1f}%"
                      + (f" (MAE {score['mean_absolute_error']:.2f})" if "mean_absolute_error" in score else ""))
-    boxes = result["model"].get("objects", 1) > 0  # results written before "objects" was counted had boxes
+    boxes = measured_boxes(result)
     line = ", ".join(parts)
     if boxes:
         line += f" | hit {100 * result['model']['hit_rate']:.1f}% cover {100 * result['model']['coverage']:.1f}%"

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from .evaluate import head_probabilities  # noqa: E402
+from .evaluate import head_probabilities, measured_boxes  # noqa: E402
 from .model.glimpse_sampler import glimpse_boxes_pixels  # noqa: E402
 
 VIEW_SIZE = 768  # the full image is drawn from a view this many pixels on its longer side
@@ -119,7 +119,7 @@ def plot_curves(metrics_path, path) -> Path:
     for name in records[0]["validation"]["model"]["heads"]:
         scores = [next(iter(r["validation"]["model"]["heads"][name].values())) for r in records]
         acc_ax.plot(epochs, [100 * s for s in scores], "o-", label=f"validation {name}")
-    if any(r["validation"]["model"]["hit_rate"] or r["train"]["hit_rate"] for r in records):  # else no boxes
+    if measured_boxes(records[-1]["validation"]):
         acc_ax.plot(epochs, [100 * r["validation"]["model"]["hit_rate"] for r in records], "s--", label="validation hit rate")
         acc_ax.plot(epochs, [100 * r["train"]["hit_rate"] for r in records], "^:", label="train hit rate (sampled)")
     looks = [r["validation"]["model"].get("location", {}) for r in records]

@@ -36,7 +36,7 @@ from .checkpoint import (CheckpointError, load_initial_weights, model_from_check
                          remove_stale_temporaries, save_checkpoint)
 from .config import CELL_PIXELS, ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, upgrade_model_fields
 from .distributed import Cluster
-from .evaluate import evaluate, localisation_counts, summary_line
+from .evaluate import evaluate, localisation_counts, measured_boxes, summary_line
 from .images import ImageError
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .model import create_model, model_outputs
@@ -442,7 +442,7 @@ def end_epoch(run: Run, step: int, seconds: dict) -> None:
             handle.write(json.dumps(run.record) + "\n")
     run.log(f"epoch {run.record['epoch']:.2f}: train loss {train_metrics['loss']:.3f} "
             f"acc {100 * train_metrics['accuracy']:.1f}% "
-            + (f"hit {100 * train_metrics['hit_rate']:.0f}% " if validation["model"]["objects"] else "") +
+            + (f"hit {100 * train_metrics['hit_rate']:.0f}% " if measured_boxes(validation) else "") +
             f"({train_metrics['images_per_second']:.0f} img/s, data {100 * train_metrics['data_fraction']:.0f}%) | "
             f"validation {summary_line(validation)}")
     run.sums = dict.fromkeys(EPOCH_SUMS, 0.0)
