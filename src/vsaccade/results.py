@@ -60,12 +60,16 @@ def summary_of_evaluation(evaluation: dict, **fields) -> dict:
 
 
 def combine_seeds(summaries: list[dict], name: str) -> dict:
-    """One summary of the same recipe run with several seeds: each metric's mean and each seed's value."""
+    """One summary of the same recipe run with several seeds: each metric's mean and each seed's value; each control
+    the mean of the seeds' (a control some seed lacks is left out)."""
     first = summaries[0]
     metrics = {head: {"each": [s["metrics"][head]["each"][0] for s in summaries]} for head in first["metrics"]}
     for value in metrics.values():
         value["mean"] = sum(value["each"]) / len(value["each"])
-    return {**first, "name": name, "seeds": [s["seeds"][0] for s in summaries], "metrics": metrics,
+    controls = {ref: {head: sum(s["controls"][ref][head] for s in summaries) / len(summaries) for head in heads}
+                for ref, heads in first["controls"].items()
+                if all(head in s["controls"].get(ref, {}) for s in summaries for head in heads)}
+    return {**first, "name": name, "seeds": [s["seeds"][0] for s in summaries], "metrics": metrics, "controls": controls,
             "minutes": round(sum(s["minutes"] for s in summaries), 1),
             "images_seen": sum(s["images_seen"] for s in summaries)}
 
