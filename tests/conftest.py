@@ -21,3 +21,15 @@ def private_cache(tmp_path_factory, monkeypatch):
 def needs_mnist():
     if not (SHARED_DATA / "mnist").is_dir():
         pytest.skip(f"MNIST not found at {SHARED_DATA / 'mnist'}")
+
+
+@pytest.fixture(scope="session")
+def tiny_speed_signs(tmp_path_factory):
+    """A generated speed-sign folder small enough to train stages on in seconds (24 train, 8 validation, 8 test scenes
+    of 240x180), its boxes beside it in ROOT-boxes; read-only for the tests that share it."""
+    from vsaccade.cli import main
+
+    root = tmp_path_factory.mktemp("signs") / "s"
+    assert main(["generate", "speed-signs", str(root), "--size", "240x180", "--sign-sides", "16", "40", "--train", "24",
+                 "--validation", "8", "--test", "8", "--no-progress"]) == 0
+    return root

@@ -59,11 +59,8 @@ def test_fitting_from_image_labels_alone_learns_which_glimpse_shows_the_object(t
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos") / "photos"
-    assert main(["generate", "speed-signs", str(root), "--size", "240x180", "--sign-sides", "16", "40", "--train", "24",
-                 "--validation", "8", "--test", "8", "--no-progress"]) == 0
-    return root
+def folder(tiny_speed_signs):
+    return tiny_speed_signs
 
 
 def recipe_args(root, out):

@@ -19,11 +19,8 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def signs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("signs") / "s"
-    assert main(["generate", "speed-signs", str(root), "--size", "240x180", "--sign-sides", "16", "40", "--train", "24",
-                 "--validation", "8", "--test", "8", "--no-progress"]) == 0
-    return root
+def signs(tiny_speed_signs):
+    return tiny_speed_signs
 
 
 def overrides(root):
