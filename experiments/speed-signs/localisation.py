@@ -259,6 +259,8 @@ def main(argv=None):
                   **anchor_offsets(model, validation, valid_cells, cells, longer),
                   **glimpse_offsets(model, args.root, args.boxes, proxy_size)}
         print(json.dumps(record))
+        if args.json:
+            Path(args.json).write_text(json.dumps(record, indent=2))
         return record
     net = scorer(args.mode, int(train["label"].max()) + 1, proxy_size, cells, args.evidence, args.reader, train["none"], args.heads)
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
