@@ -90,6 +90,9 @@ def test_the_folder_recipe_fits_the_reader_and_writes_a_model_evaluate_loads(fit
     payload = torch.load(fitted / "read-seed0" / "model.pt", weights_only=False)
     assert payload["model_config"]["readout"] == "any" and payload["model_config"]["reader"] == "separate"
     assert payload["fitted_reader"]["draws"] == 2 and payload["fitted_reader"]["epoch"] == chosen["epoch"]
+    by_policy = results["validation_by_policy"]  # how it reads, chosen on validation: what evaluate and predict use
+    assert set(by_policy) == {"mode", "samples:1"} and by_policy[results["eval_policy"]] == max(by_policy.values())
+    assert payload["train_config"]["eval_policy"] == results["eval_policy"] == results["test"]["policy"]
     capsys.readouterr()
     assert main(["evaluate", str(fitted / "read-seed0" / "model.pt"), "--no-references"]) == 0
     assert "label" in capsys.readouterr().out
@@ -131,3 +134,19 @@ def test_the_separate_reader_may_be_pooled_and_only_a_separate_reader():
     assert model.reader.separate(torch.rand(5, model.config.image_channels, 64, 64)).shape == (5, 32)
     with pytest.raises(ConfigError, match="reader_encoder=pooled .* needs model.reader=separate"):
         vsaccade.create_model("saccader", reader_encoder="pooled")
+
+
+def test_predict_reads_as_the_checkpoint_chose_unless_told(folder, fitted):
+    from vsaccade.api import own_policy
+
+    model = vsaccade.load(fitted / "read-seed0" / "model.pt")
+    image = next((folder / "test").rglob("*.jpg"))
+    assert own_policy(model) == model.checkpoint["train_config"]["eval_policy"]
+    model.checkpoint["train_config"]["eval_policy"] = "samples:2"
+
+    def read(**policy):
+        torch.manual_seed(0)  # the posterior draws
+        return vsaccade.predict(model, image, **policy).probabilities["label"]
+
+    assert torch.equal(read(), read(policy="samples:2")) and not torch.equal(read(), read(policy="mode"))
+    assert own_policy(vsaccade.create_model("saccader")) == "mode"

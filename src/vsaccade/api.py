@@ -94,11 +94,18 @@ def model_input(model, image) -> ModelInput:
     return ModelInput(image, proxy, proxy_valid_mask(image.height, image.width, c.proxy_size))
 
 
+def own_policy(model) -> str:
+    """The policy a loaded checkpoint's run evaluated with (train.eval_policy; a fit-reader stage chooses its own on
+    validation); "mode" for a model built in code."""
+    return getattr(model, "checkpoint", {}).get("train_config", {}).get("eval_policy", "mode")
+
+
 @torch.inference_mode()
-def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode", names: list[str] | None = None) -> list[Prediction]:
-    """Classify a batch of prepared images in one forward (per sample of `policy`). With `names` (e.g. file paths),
-    the draws of `samples:K` are keyed by each name: a file's prediction does not depend on its batch."""
-    samples = parse_policy(policy)
+def predict_inputs(model, inputs: list[ModelInput], policy: str | None = None, names: list[str] | None = None) -> list[Prediction]:
+    """Classify a batch of prepared images in one forward (per sample of `policy`, default the model's own_policy).
+    With `names` (e.g. file paths), the draws of `samples:K` are keyed by each name: a file's prediction does not
+    depend on its batch."""
+    samples = parse_policy(policy or own_policy(model))
     model.eval()
     device = next(model.parameters()).device
     images = [i.image for i in inputs]
@@ -115,6 +122,7 @@ def predict_inputs(model, inputs: list[ModelInput], policy: str = "mode", names:
     return [Prediction({k: v[b] for k, v in mean.items()}, boxes[b].cpu(), z[b].cpu()) for b in range(len(inputs))]
 
 
-def predict(model, image, policy: str = "mode") -> Prediction:
-    """Classify one image: `policy` is "mode" (posterior mode) or "samples:K" (average over K posterior samples)."""
+def predict(model, image, policy: str | None = None) -> Prediction:
+    """Classify one image: `policy` is "mode" (posterior mode) or "samples:K" (average over K posterior samples);
+    default the model's own (own_policy)."""
     return predict_inputs(model, [model_input(model, image)], policy)[0]

@@ -39,6 +39,12 @@ def load_model(args):
     return with_test_time_settings(load(args.checkpoint), args.set)
 
 
+def policy_of(args, model) -> str:
+    from .api import own_policy
+
+    return args.policy or own_policy(model)
+
+
 def command_train(args):
     from .config import ConfigError
     from .presets import resolve
@@ -90,7 +96,7 @@ def command_evaluate(args):
         model = load_model(args).to(cluster.device)
         task = task_from_checkpoint(model, args.split, args)
         seed = model.checkpoint["train_config"]["seed"] if args.seed is None else args.seed
-        result = evaluate(model, task, args.policy, args.batch_size, references=not args.no_references, limit=args.limit,
+        result = evaluate(model, task, policy_of(args, model), args.batch_size, references=not args.no_references, limit=args.limit,
                           seed=seed, cluster=cluster, progress=cluster.is_main)
     finally:
         cluster.close()
@@ -158,9 +164,9 @@ def command_predict(args):
         model = load_model(args)
         with open(resolve_checkpoint(args.checkpoint), "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        identity = {"checkpoint_sha256": digest, "policy": args.policy,
+        identity = {"checkpoint_sha256": digest, "policy": policy_of(args, model),
                     "settings": args.set or []}
-        done, failed = predict_paths(model, args.paths, args.out, args.policy, args.overlays,
+        done, failed = predict_paths(model, args.paths, args.out, policy_of(args, model), args.overlays,
                                      progress=not args.no_progress, readers=args.readers, batch_size=args.batch_size,
                                      cluster=cluster, identity=identity)
     finally:
@@ -282,7 +288,7 @@ def add_train_command(sub) -> None:
 def add_evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="accuracy and localisation of a checkpoint")
     add_checkpoint_arguments(p)
-    p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
+    p.add_argument("--policy", help="'mode' or 'samples:K' (default: the checkpoint's own, train.eval_policy)")
     p.add_argument("--limit", type=int, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--no-references", action="store_true", help="skip the random- and prior-glimpse references")
@@ -320,7 +326,7 @@ def add_predict_command(sub) -> None:
     add_test_time_arguments(p)
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--overlays", metavar="DIR", help="also write a PNG per image with its glimpse windows")
-    p.add_argument("--policy", default="mode", help="'mode' or 'samples:K'")
+    p.add_argument("--policy", help="'mode' or 'samples:K' (default: the checkpoint's own, train.eval_policy)")
     p.add_argument("--threads", type=positive_int, help="torch threads for the model (default: torch's)")
     p.add_argument("--readers", type=positive_int, default=2, help="threads opening files ahead of the model (default 2)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help=f"images per forward (default {BATCH_SIZE})")

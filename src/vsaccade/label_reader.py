@@ -31,7 +31,10 @@ from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, hist
 # The separate reader's encoder (`strided`: a copy of the glimpse encoder; `pooled`: a fresh PooledGlimpseEncoder),
 # posterior draws of each training image's glimpses, epochs of Adam at `lr` (cosine-annealed to 0 if `cosine`) over
 # batches of `batch_size` images.
-FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 6, "lr": 1e-3, "cosine": True, "batch_size": 32}
+FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32}
+# How the fitted model reads an image, chosen on validation: at its posterior mode, or at one posterior draw (4
+# glimpses either way), the kind of glimpses the reader was fitted on.
+READING_POLICIES = ("mode", "samples:1")
 
 
 def own_draws(model, options: dict, split: str, draws: int, progress: bool) -> dict:
@@ -98,7 +101,7 @@ def reader_to_fit(payload: dict, init: Path, encoder: str):
 def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     """The fit-reader stage (module docstring): returns its results; writes OUT/<stage>/model.pt. `run`: the recipe
     run's progress flag and log (recipes.run_recipe)."""
-    from .checkpoint import read_checkpoint, save_checkpoint
+    from .checkpoint import read_checkpoint
     from .presets import resolve
     from .recipes import evaluate_checkpoint
     from .train import code_version
@@ -137,10 +140,28 @@ def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     fitted.update(model_config=model.config.to_dict(), state_dict=model.state_dict(),
                   fitted_reader={"from": str(init), "epoch": best["epoch"], **settings})
     path = out / stage.name / "model.pt"
-    save_checkpoint(fitted, path)
+    policy, by_policy = save_with_reading_policy(fitted, path, progress)
     minutes = (own["train"]["seconds"] + own["validation"]["seconds"] + history_seconds(history)) / 60
     return {"stage": stage.name, "kind": stage.kind, "settings": settings, "minutes": minutes,
             "vsaccade_version": code_version(),
             "train_bags": len(own["train"]["label"]), "chosen_epoch": best["epoch"],
             "history": [{"epoch": 0, "validation_images": best["before"]}, *history],
+            "eval_policy": policy, "validation_by_policy": by_policy,
             "test": evaluate_checkpoint(path, "test", True, progress)}
+
+
+def save_with_reading_policy(fitted: dict, path: Path, progress: bool) -> tuple[str, dict]:
+    """Save the fitted model at `path` with the evaluation policy of READING_POLICIES that reads the validation split
+    best (ties: the first) as its own (train_config.eval_policy: what evaluate, predict and the test evaluation use);
+    returns it and each policy's validation accuracy."""
+    from .checkpoint import save_checkpoint
+    from .recipes import evaluate_checkpoint
+    from .results import head_metrics
+
+    accuracy = {}
+    for policy in READING_POLICIES:
+        save_checkpoint({**fitted, "train_config": {**fitted["train_config"], "eval_policy": policy}}, path)
+        accuracy[policy] = next(iter(head_metrics(evaluate_checkpoint(path, "validation", False, progress)).values()))
+    chosen = max(READING_POLICIES, key=lambda policy: (accuracy[policy], -READING_POLICIES.index(policy)))
+    save_checkpoint({**fitted, "train_config": {**fitted["train_config"], "eval_policy": chosen}}, path)
+    return chosen, accuracy
