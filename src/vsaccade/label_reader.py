@@ -12,8 +12,9 @@ Where the model looks does not change: the core and the location posterior read 
 The glimpses are read once and cached as uint8 in the recipe's cache/ folder: `draws` posterior samples per training
 image (every epoch reads each draw once, in a shuffled order), the posterior mode for validation. The weights of the
 epoch that reads validation best are kept; then how the model reads (READING_POLICIES) is chosen on validation and
-kept in the checkpoint; the test split is evaluated once, at the end, with the random- and prior-glimpse controls. The folder's boxes are never read. A killed stage resumes after its last epoch, bitwise
-(reader_stages.fit). Writes OUT/<stage>/model.pt, a checkpoint evaluate/show/predict load.
+kept in the checkpoint; the test split is evaluated once, at the end, with the random- and prior-glimpse controls.
+The folder's boxes are never read. A killed stage resumes after its last epoch, bitwise (reader_stages.fit).
+Writes OUT/<stage>/model.pt, a checkpoint evaluate/show/predict load.
 """
 
 from __future__ import annotations
