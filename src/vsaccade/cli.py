@@ -164,9 +164,9 @@ def command_predict(args):
         model = load_model(args)
         with open(resolve_checkpoint(args.checkpoint), "rb") as handle:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        identity = {"checkpoint_sha256": digest, "policy": policy_of(args, model),
-                    "settings": args.set or []}
-        done, failed = predict_paths(model, args.paths, args.out, policy_of(args, model), args.overlays,
+        policy = policy_of(args, model)
+        identity = {"checkpoint_sha256": digest, "policy": policy, "settings": args.set or []}
+        done, failed = predict_paths(model, args.paths, args.out, policy, args.overlays,
                                      progress=not args.no_progress, readers=args.readers, batch_size=args.batch_size,
                                      cluster=cluster, identity=identity)
     finally:

@@ -159,10 +159,9 @@ def save_with_reading_policy(fitted: dict, path: Path, progress: bool) -> tuple[
     from .recipes import evaluate_checkpoint
     from .results import head_metrics
 
-    accuracy = {}
-    for policy in READING_POLICIES:
-        save_checkpoint({**fitted, "train_config": {**fitted["train_config"], "eval_policy": policy}}, path)
-        accuracy[policy] = next(iter(head_metrics(evaluate_checkpoint(path, "validation", False, progress)).values()))
+    save_checkpoint(fitted, path)
+    accuracy = {policy: next(iter(head_metrics(evaluate_checkpoint(path, "validation", False, progress, policy))
+                                  .values())) for policy in READING_POLICIES}
     chosen = max(READING_POLICIES, key=lambda policy: (accuracy[policy], -READING_POLICIES.index(policy)))
     save_checkpoint({**fitted, "train_config": {**fitted["train_config"], "eval_policy": chosen}}, path)
     return chosen, accuracy

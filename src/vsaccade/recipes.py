@@ -137,9 +137,9 @@ def train_stage(stage: Stage, out: Path, init, run: dict) -> dict:
                  provenance={"preset": stage.preset, "command": run["command"]})
 
 
-def evaluate_checkpoint(path: Path, split: str, references: bool, progress: bool) -> dict:
-    """A checkpoint's model on a split of its own task, evaluated as its run was (its eval_policy and
-    eval_batch_size)."""
+def evaluate_checkpoint(path: Path, split: str, references: bool, progress: bool, policy: str | None = None) -> dict:
+    """A checkpoint's model on a split of its own task, evaluated as its run was (its eval_policy, unless `policy`
+    says otherwise, and its eval_batch_size)."""
     from .checkpoint import load
     from .evaluate import evaluate
     from .tasks import make_task
@@ -147,7 +147,7 @@ def evaluate_checkpoint(path: Path, split: str, references: bool, progress: bool
     model = load(path)
     config = model.checkpoint["train_config"]
     task = make_task(config["task"], split, seed=config["seed"], **config["task_options"])
-    return evaluate(model, task, config["eval_policy"], config["eval_batch_size"], references=references,
+    return evaluate(model, task, policy or config["eval_policy"], config["eval_batch_size"], references=references,
                     seed=config["seed"], progress=progress)
 
 
