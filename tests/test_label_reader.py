@@ -150,3 +150,26 @@ def test_predict_reads_as_the_checkpoint_chose_unless_told(folder, fitted):
 
     assert torch.equal(read(), read(policy="samples:2")) and not torch.equal(read(), read(policy="mode"))
     assert own_policy(vsaccade.create_model("saccader")) == "mode"
+
+
+def test_window_scale_widens_the_fitted_models_first_window_about_the_same_centre(folder, fitted):
+    """The first window comes from the proxy alone; later ones also from what earlier glimpses showed, which a wider
+    window changes."""
+    from vsaccade.checkpoint import read_checkpoint
+    from vsaccade.config import ConfigError
+    from vsaccade.label_reader import reader_to_fit
+    from vsaccade.reader_stages import folder_task
+    from vsaccade.tasks import collate
+
+    init = fitted / "seed0" / "best.pt"
+    payload = read_checkpoint(init)
+    models = [reader_to_fit(payload, init, "pooled", scale)[0].eval() for scale in (1.0, 1.5)]
+    options = payload["train_config"]["task_options"]
+    batch = collate([folder_task(options, "validation", models[0].config.proxy_size)[i] for i in range(4)])
+    with torch.no_grad():
+        z = [m(batch.images, batch.proxy, batch.proxy_mask, sample=False, kl=False).z for m in models]
+    assert torch.allclose(z[1][:, 0, 0], 1.5 * z[0][:, 0, 0]) and torch.allclose(z[1][:, 0, 1:], z[0][:, 0, 1:])
+    c = models[1].config
+    assert c.s_min == 1.5 * models[0].config.s_min and ((z[1][..., 0] >= c.s_min) & (z[1][..., 0] <= c.s_max)).all()
+    with pytest.raises(ConfigError, match="window_scale 20"):
+        reader_to_fit(payload, init, "pooled", 20.0)

@@ -31,8 +31,11 @@ from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, hist
 
 # The separate reader's encoder (`strided`: a copy of the glimpse encoder; `pooled`: a fresh PooledGlimpseEncoder),
 # posterior draws of each training image's glimpses, epochs of Adam at `lr` (cosine-annealed to 0 if `cosine`) over
-# batches of `batch_size` images.
-FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32}
+# batches of `batch_size` images; `window_scale`: the fitted model's windows are this many times the trained model's
+# (model.s_min and model.s_max both scaled), read into the same glimpse_size. The first window's centre comes from
+# the proxy alone and is unchanged; later ones also depend on what earlier (now wider) glimpses showed.
+FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32,
+                "window_scale": 1.0}
 # How the fitted model reads an image, chosen on validation: at its posterior mode, or at one posterior draw (4
 # glimpses either way), the kind of glimpses the reader was fitted on.
 READING_POLICIES = ("mode", "samples:1")
@@ -76,9 +79,10 @@ def validation_accuracy(model, validation: dict) -> float:
     return float((log_probs.argmax(1) == validation["label"]).float().mean())
 
 
-def reader_to_fit(payload: dict, init: Path, encoder: str):
-    """The checkpoint's model with a separate reader of `encoder` (FIT_SETTINGS), readout=any, and everything but
-    that reader and the per-glimpse heads frozen; returns (model, the parameters to fit)."""
+def reader_to_fit(payload: dict, init: Path, encoder: str, window_scale: float = 1.0):
+    """The checkpoint's model with a separate reader of `encoder` (FIT_SETTINGS), readout=any, windows `window_scale`
+    times its own, and everything but that reader and the per-glimpse heads frozen; returns (model, the parameters to
+    fit)."""
     from .config import ConfigError
 
     config = payload["model_config"]
@@ -87,7 +91,11 @@ def reader_to_fit(payload: dict, init: Path, encoder: str):
                           "class (the folder preset)")
     torch.manual_seed(payload["train_config"]["seed"])
     model = with_separate_reader(payload, init, encoder)
-    model.config = model.config.replace(readout="any")
+    c = model.config
+    if not 0 < window_scale * c.s_max <= 1:
+        raise ConfigError(f"window_scale {window_scale}: windows of {window_scale} x {c.s_max} of the shorter side do "
+                          "not fit in the image (0 < window_scale * model.s_max <= 1)")
+    model.config = c.replace(readout="any", s_min=c.s_min * window_scale, s_max=c.s_max * window_scale)
     if encoder != "strided":  # a fresh encoder: its heads start afresh too
         for head in model.glimpse_heads.heads.values():
             head.reset_parameters()
@@ -110,11 +118,12 @@ def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     progress, log, settings = run["progress"], run["log"], stage.settings
     torch.set_num_threads(resolve(stage.preset, list(stage.overrides))[2].threads)
     payload = read_checkpoint(init)
-    model, trained = reader_to_fit(payload, init, settings["reader_encoder"])
+    model, trained = reader_to_fit(payload, init, settings["reader_encoder"], settings["window_scale"])
     options = payload["train_config"]["task_options"]
     with open(init, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256").hexdigest()
-    own = {split: cached_tensors(out / "cache" / cache_name(f"own-{split}", checkpoint=digest, draws=draws),
+    own = {split: cached_tensors(out / "cache" / cache_name(f"own-{split}", checkpoint=digest, draws=draws,
+                                                              window_scale=settings["window_scale"]),
                                  lambda split=split, draws=draws: own_draws(model.eval(), options, split, draws, progress))
            for split, draws in (("train", settings["draws"]), ("validation", 0))}
     best_path = out / stage.name / "best-reader.pt"  # the epoch that reads validation best so far, and its weights
