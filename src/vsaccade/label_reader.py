@@ -7,7 +7,9 @@ readout=any, and fits the separate encoder (read only by the per-glimpse heads: 
 and the per-glimpse heads on the model's own glimpses of the training images, by each image's label alone:
 -log p(y | g_1..g_T) under readout=any (model/classifier.py, any_object_log_probs). An image of a 70 needs one
 glimpse that says 70, an image without an object needs every glimpse to say none; no glimpse is told what it shows.
-Where the model looks does not change: the core and the location posterior read the original encoder.
+The core and the location posterior keep reading the original encoder. With window_scale 1, where the model looks does
+not change; with wider windows (FIT_SETTINGS: they hold objects the trained model's windows cut, at a lower
+resolution) the first lands where it did, and later ones follow from what the wider glimpses show.
 
 The glimpses are read once and cached as uint8 in the recipe's cache/ folder: `draws` posterior samples per training
 image (every epoch reads each draw once, in a shuffled order), the posterior mode for validation. The weights of the
@@ -35,7 +37,7 @@ from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, hist
 # (model.s_min and model.s_max both scaled), read into the same glimpse_size. The first window's centre comes from
 # the proxy alone and is unchanged; later ones also depend on what earlier (now wider) glimpses showed.
 FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32,
-                "window_scale": 1.0}
+                "window_scale": 1.5}
 # How the fitted model reads an image, chosen on validation: at its posterior mode, or at one posterior draw (4
 # glimpses either way), the kind of glimpses the reader was fitted on.
 READING_POLICIES = ("mode", "samples:1")
