@@ -11,18 +11,17 @@ import json
 import torch
 
 import vsaccade
-from vsaccade.reader_stages import folder_task
-from vsaccade.tasks import collate
 
 
 def bottom_edge_shares(model, split: str, limit: int | None, batch_size: int = 32) -> list[float]:
     options = model.checkpoint["train_config"]["task_options"]
-    task = folder_task({**options, "boxes": ""}, split, model.config.proxy_size)
+    task = vsaccade.make_task("folder", split, root=options["root"], proxy_size=model.config.proxy_size,
+                              channels=options.get("channels", 3), boxes="")
     count = len(task) if limit is None else min(limit, len(task))
     rows = []
     with torch.no_grad():
         for start in range(0, count, batch_size):
-            batch = collate([task[i] for i in range(start, min(start + batch_size, count))])
+            batch = vsaccade.collate([task[i] for i in range(start, min(start + batch_size, count))])
             rows.append(model(batch.images, batch.proxy, batch.proxy_mask, sample=False, kl=False).z[..., 2])
     v = torch.cat(rows)  # (N, T) vertical centres in [-1, 1]
     return [round(float(share), 4) for share in (v > 0.9).float().mean(0)]
