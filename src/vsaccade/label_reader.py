@@ -34,8 +34,7 @@ from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, hist
 # The separate reader's encoder (`strided`: a copy of the glimpse encoder; `pooled`: a fresh PooledGlimpseEncoder),
 # posterior draws of each training image's glimpses, epochs of Adam at `lr` (cosine-annealed to 0 if `cosine`) over
 # batches of `batch_size` images; `window_scale`: the fitted model's windows are this many times the trained model's
-# (model.s_min and model.s_max both scaled), read into the same glimpse_size. The first window's centre comes from
-# the proxy alone and is unchanged; later ones also depend on what earlier (now wider) glimpses showed.
+# (model.s_min and model.s_max both scaled), read into the same glimpse_size (where they land: the module docstring).
 FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32,
                 "window_scale": 1.5}
 # How the fitted model reads an image, chosen on validation: at its posterior mode, or at one posterior draw (4
@@ -81,7 +80,7 @@ def validation_accuracy(model, validation: dict) -> float:
     return float((log_probs.argmax(1) == validation["label"]).float().mean())
 
 
-def reader_to_fit(payload: dict, init: Path, encoder: str, window_scale: float = 1.0):
+def reader_to_fit(payload: dict, init: Path, encoder: str, window_scale: float):
     """The checkpoint's model with a separate reader of `encoder` (FIT_SETTINGS), readout=any, windows `window_scale`
     times its own, and everything but that reader and the per-glimpse heads frozen; returns (model, the parameters to
     fit)."""

@@ -169,10 +169,9 @@ def predict_paths(model, patterns: list[str], out_csv, policy: str | None = None
                   progress: bool = True, report=lambda text: print(text, file=sys.stderr), readers: int = 2,
                   batch_size: int = BATCH_SIZE, cluster=None, identity: dict | None = None) -> tuple[int, int]:
     """Predict every image the patterns name that OUT does not hold yet (`policy`: default the model's own,
-    api.own_policy); returns (predicted, failed), over every
-    process of `cluster` (torchrun: each takes its share of whole batches; the main one writes OUT). `identity`
-    (checkpoint, policy, settings) is kept beside OUT (OUT.run.json): rows made by another identity are not
-    reused, the run starts afresh."""
+    api.own_policy); returns (predicted, failed), over every process of `cluster` (torchrun: each takes its share
+    of whole batches; the main one writes OUT). `identity` (checkpoint, policy, settings) is kept beside OUT
+    (OUT.run.json): rows made by another identity are not reused, the run starts afresh."""
     from .atomic import write_csv, write_text
     from .distributed import Cluster
 
