@@ -110,6 +110,26 @@ def test_no_glimpses_control_zeroes_what_the_glimpses_contribute():
     assert torch.allclose(output.logits["label"], same.logits["label"])
 
 
+@pytest.mark.parametrize("height, width", [(400, 600), (600, 400), (400, 400)])
+def test_edge_padding_repeats_the_nearest_image_pixel_and_hides_what_the_padding_held(height, width):
+    torch.manual_seed(0)
+    images, proxy, mask = batch_of(2, height=height, width=width)
+    model = create_model("saccader", proxy_padding="edge", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32)
+    filled = model.proxy_padding(proxy, mask)
+    rows, cols = int(mask[0].any(1).sum()), int(mask[0].any(0).sum())
+    assert torch.equal(filled[..., :rows, :cols], proxy[..., :rows, :cols])  # the image itself is untouched
+    assert torch.equal(filled[..., rows:, :cols], proxy[..., rows - 1 : rows, :cols].expand_as(filled[..., rows:, :cols]))
+    assert torch.equal(filled[..., :, cols:], filled[..., :, cols - 1 : cols].expand_as(filled[..., :, cols:]))
+    noisy = torch.where(mask[:, None], proxy, torch.rand_like(proxy))  # something else in the padding
+    model.eval()
+    first, second = model(images, proxy, mask, sample=False), model(images, noisy, mask, sample=False)
+    assert torch.equal(first.z, second.z) and torch.equal(first.logits["label"], second.logits["label"])
+    zero = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32).eval()
+    if (rows, cols) != (16, 16):  # zero padding shows what the padding held: the test above can fail
+        assert not torch.equal(zero(images, proxy, mask, sample=False).logits["label"],
+                               zero(images, noisy, mask, sample=False).logits["label"])
+
+
 def test_shapes_are_checked_at_the_boundary():
     model = create_model("saccader", proxy_size=16, location_cells=4)
     images, proxy, mask = batch_of(2)

@@ -69,8 +69,8 @@ PRESETS: dict[str, dict] = {
     "folder": {
         "model": {"glimpses": 4, "glimpse_size": 64, "s_min": 0.05, "s_max": 0.08, "location_cells": 0,
                   "anchor": "presence", "anchor_network": "strided", "background": "none", "anchor_weight": 1.0,
-                  "offset_reach": 1.5, "inhibit": "cell+window", "proxy_encoder": "strided", "cell_score_width": 32,
-                  "glimpse_heads": True},
+                  "offset_reach": 1.5, "inhibit": "cell+window", "proxy_encoder": "strided", "proxy_padding": "edge",
+                  "cell_score_width": 32, "glimpse_heads": True},
         "objective": {"beta": 0.1, "glimpse_loss_weight": 1.0, "glimpse_reward_weight": 1.0, "proxy_loss_weight": 1.0},
         "train": {"task": "folder", "epochs": 20, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
                   "eval_batch_size": 32, "task_options": {"proxy_size": 0.3, "channels": 3}},

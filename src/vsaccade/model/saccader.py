@@ -28,6 +28,7 @@ from .noise import Noise, resolve_noise
 from .proxy_attention import ProxyAttention
 from .proxy_decoder import NoDecoder, ProxyDecoder
 from .proxy_encoder import ProxyEncoder
+from .proxy_padding import PROXY_PADDINGS
 from .readers import GlimpseReader, NoGlimpses
 from .registry import register_model
 from .search import (AttentionAnchor, CellGeometry, GaussianSearch, GridSearch, IntensityAnchor, Look, MixtureSearch,
@@ -90,6 +91,7 @@ class VariationalSaccader(nn.Module):
         if config.anchor in ("attention", "presence") and config.locator != "mixture":
             raise ConfigError(f"anchor={config.anchor} needs locator=mixture")
         c = config
+        self.proxy_padding = PROXY_PADDINGS[c.proxy_padding]()
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
                                           c.proxy_encoder)
         mixture = c.locator == "mixture"
@@ -179,6 +181,7 @@ class VariationalSaccader(nn.Module):
         source, sample = self.policy(source, sample)
         check_inputs(self.config, images, proxy, proxy_mask)
         noise = resolve_noise(noise, len(images), proxy.device)
+        proxy = self.proxy_padding(proxy, proxy_mask)
         cell_mask = F.adaptive_max_pool2d(proxy_mask[:, None].float(), self.config.location_cells)[:, 0] > 0
         features, e = self.proxy_encoder(proxy, cell_mask)
         anchor, proxy_logits = self.anchor(proxy, cell_mask.flatten(1))
