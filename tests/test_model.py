@@ -128,6 +128,8 @@ def test_edge_padding_repeats_the_nearest_image_pixel_and_hides_what_the_padding
     if (rows, cols) != (16, 16):  # zero padding shows what the padding held: the test above can fail
         assert not torch.equal(zero(images, proxy, mask, sample=False).logits["label"],
                                zero(images, noisy, mask, sample=False).logits["label"])
+    zero.config = zero.config.replace(proxy_padding="edge")  # a trained model can change it (no parameters)
+    assert torch.equal(zero(images, proxy, mask, sample=False).z, zero(images, noisy, mask, sample=False).z)
 
 
 def test_shapes_are_checked_at_the_boundary():

@@ -3,6 +3,9 @@ bottom rows of the image (v > 0.9, the bottom 5%; the low-resolution view is pad
 image), per glimpse step, on a split of the folder it was trained on. Labels only: no boxes are read.
 
     python experiments/speed-signs/edges.py --checkpoint runs/folder/read-seed1/model.pt --split validation
+
+--proxy-padding edge reads the same trained model with the view's padding filled by the nearest image pixel
+(model.proxy_padding, which has no parameters): if the glimpses leave the edge, the black step drew them.
 """
 
 import argparse
@@ -33,10 +36,12 @@ def main():
     parser.add_argument("--split", default="validation")
     parser.add_argument("--limit", type=int)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--proxy-padding", choices=["zero", "edge"], help="default: the model's own")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model = vsaccade.load(args.checkpoint).eval()
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split,
+    model.config = model.config.replace(proxy_padding=args.proxy_padding or model.config.proxy_padding)
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "proxy_padding": model.config.proxy_padding,
                       "bottom_edge_share_per_step": bottom_edge_shares(model, args.split, args.limit)}))
 
 

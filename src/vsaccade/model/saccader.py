@@ -91,7 +91,6 @@ class VariationalSaccader(nn.Module):
         if config.anchor in ("attention", "presence") and config.locator != "mixture":
             raise ConfigError(f"anchor={config.anchor} needs locator=mixture")
         c = config
-        self.proxy_padding = PROXY_PADDINGS[c.proxy_padding]()
         self.proxy_encoder = ProxyEncoder(c.proxy_channels, c.proxy_size, c.location_cells, c.proxy_width, c.hidden,
                                           c.proxy_encoder)
         mixture = c.locator == "mixture"
@@ -132,6 +131,7 @@ class VariationalSaccader(nn.Module):
                               "with readout=any does not have")
         self._config = config
         self.fixed_policy = LOCATION_POLICIES[config.policy]
+        self.proxy_padding = PROXY_PADDINGS[config.proxy_padding]()  # no parameters: a trained model can change it
         self.look = Look(inhibit=tuple(rule for rule in config.inhibit.split("+") if rule != "none"),
                          centroid=config.centroid)
         self.readout = AnyObjectReadout(config.heads, config.background) if config.readout == "any" else PooledReadout()
