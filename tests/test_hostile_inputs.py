@@ -5,6 +5,7 @@ on a bad file unless --skip-bad; extreme posteriors stay finite; non-finite step
 import json
 import math
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from vsaccade.model.locations import MAX_SCALE, MIN_SCALE, as_normal
 from vsaccade.presets import resolve
 from vsaccade.train import TrainingStopped, train
 
-from hostile_corpus import IMAGE_CASES, predict_outcomes, tiny_checkpoint
+from hostile_corpus import IMAGE_CASES, make_images, predict_outcomes, tiny_checkpoint
 
 pytest.importorskip("pyvips")
 
@@ -116,19 +117,22 @@ def test_training_scans_files_first_and_skip_bad_leaves_them_out(tmp_path, capsy
     from test_folder_dataset import make_folder
 
     root = make_folder(tmp_path / "data", per_class=6, with_none=True)
-    (root / "train" / "left" / "truncated.jpg").write_bytes((root / "train" / "left" / "0.jpg").read_bytes()[:200])
+    jpeg = (root / "train" / "left" / "0.jpg").read_bytes()
+    (root / "train" / "left" / "header-only.jpg").write_bytes(jpeg[:200])
+    (root / "train" / "left" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # a whole header: opens, then fails
     (root / "train" / "right" / "empty.jpg").write_bytes(b"")
+    shutil.copy(make_images(tmp_path / "hostile")["smaller-than-glimpse.png"], root / "train" / "right" / "tiny.png")
     argv = ["train", "--preset", "folder", "--no-progress", "--epochs", "1", "--set", f"task.root={root}",
             "--set", "task.proxy_size=32", "--set", "model.location_cells=8", "--set", "model.glimpse_size=16",
             "--set", "model.glimpses=2", "--set", "model.hidden=32", "--set", "train.batch_size=4",
             "--set", "train.threads=1"]
     assert main(argv + ["--out", str(tmp_path / "stopped")]) == 2
     error = one_line_error(capsys)
-    assert "train split" in error and "--skip-bad" in error and ("truncated.jpg" in error or "empty.jpg" in error)
+    assert "train split" in error and "--skip-bad" in error and "(and 3 more)" in error  # the four files below
     assert main(argv + ["--out", str(tmp_path / "run"), "--skip-bad"]) == 0
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     bad = [path for split in ("train", "validation") for path, _ in config["bad_files"].get(split, [])]
-    assert sorted(p.rsplit("/", 1)[-1] for p in bad) == ["empty.jpg", "truncated.jpg"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in bad) == ["empty.jpg", "header-only.jpg", "tiny.png", "truncated.jpg"]
 
 
 def test_extreme_posteriors_give_finite_locations_and_kl():

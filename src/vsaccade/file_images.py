@@ -389,7 +389,10 @@ class FileImage(LargeImage):
                 small = self._page(page).thumbnail_image(cols * k, height=rows * k, size="force")
                 pixels = to_tensor(to_channels(small, self.channels))
             elif self.value_range() is None:
-                small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False)
+                # fail_on: a truncated JPEG shrunk on load otherwise gives a proxy (grey below the cut) and fails
+                # only when a glimpse is read, mid-training, past the scan that --skip-bad relies on
+                small = pyvips.Image.thumbnail(str(self.path), cols * k, height=rows * k, size="force", no_rotate=False,
+                                               fail_on="warning")
                 pixels = to_tensor(to_channels(small, self.channels))
             else:  # a float file: vips' thumbnail would cast its samples; shrink the 8-bit level instead
                 level = self._level(page) if page else self._source()

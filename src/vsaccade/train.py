@@ -235,7 +235,7 @@ def start_run(model_config, objective, config, out, resume, digit_source, data_d
         torch.use_deterministic_algorithms(True)
     seed_everything(config.seed)
     tasks = build_tasks(config, digit_source, data_dir)
-    bad_files = scan_tasks(tasks, config.skip_bad_files, log)
+    bad_files = scan_tasks(tasks, config.skip_bad_files, log, model_config.glimpse_size)
     if objective.box_supervised and getattr(tasks["train"], "boxes", None) == {}:
         raise ConfigError("box supervision (objective.location_weight, search_weight, box_glimpse_weight, window_weight) "
                           "needs boxes, and this folder's training split has none: set task.boxes=DIR, the folder "
@@ -498,14 +498,15 @@ def epoch_metrics(sums: dict, cluster: Cluster) -> dict:
     return {**{k: float(v) / steps for k, v in zip(keys, totals)}, "skipped_steps": int(sums["skipped"])}
 
 
-def scan_tasks(tasks: dict, skip_bad: bool, log) -> dict:
-    """Open every file of the file-backed splits before training. A bad file stops the run with a one-line error
-    naming it, or with skip_bad is left out, logged and counted. Returns {split: [[path, reason], ...]}."""
+def scan_tasks(tasks: dict, skip_bad: bool, log, glimpse_size: int = 1) -> dict:
+    """Open every file of the file-backed splits before training. A bad file (or one smaller than a glimpse) stops
+    the run with a one-line error naming it, or with skip_bad is left out, logged and counted. Returns
+    {split: [[path, reason], ...]}."""
     bad = {}
     for split, task in tasks.items():
         if not hasattr(task, "scan"):
             continue
-        problems = task.scan()
+        problems = task.scan(min_side=glimpse_size)
         if problems and not skip_bad:
             path, reason = problems[0]
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

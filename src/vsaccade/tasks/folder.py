@@ -154,9 +154,10 @@ class FolderTask(Task):
         """Every sample's class index, in order (train.balance_classes)."""
         return [label for _, label in self.items]
 
-    def scan(self, progress: bool = False) -> list[tuple[Path, str]]:
+    def scan(self, progress: bool = False, min_side: int = 1) -> list[tuple[Path, str]]:
         """Open every image and make its proxy (what each sample needs first): [(path, one-line reason)] of the
-        files that fail, e.g. truncated, corrupt, empty, not an image, too many pixels."""
+        files that fail, e.g. truncated, corrupt, empty, not an image, too many pixels, or a shorter side below
+        `min_side` (a glimpse's: what `vsaccade predict` refuses too)."""
         from tqdm import tqdm
 
         from ..file_images import FileImage
@@ -164,7 +165,11 @@ class FolderTask(Task):
         problems = []
         for path, _ in tqdm(self.items, desc=f"scan {self.split}", disable=not progress, leave=False):
             try:
-                FileImage(path, channels=self.image_channels, max_pixels=self.max_pixels).proxy(self.proxy_size)
+                image = FileImage(path, channels=self.image_channels, max_pixels=self.max_pixels)
+                if min(image.height, image.width) < min_side:
+                    raise ImageError(f"{path}: image is {image.width}x{image.height}, smaller than one "
+                                     f"{min_side}x{min_side} glimpse")
+                image.proxy(self.proxy_size)
             except ImageError as error:
                 problems.append((path, str(error)))
         return problems
