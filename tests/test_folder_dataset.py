@@ -180,3 +180,32 @@ def test_dataloader_workers_read_files_without_hanging(tmp_path):
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, env={**os.environ, "VSACCADE_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "results.json").exists()
+
+
+def test_training_says_what_each_split_holds_and_warns_of_small_or_unequal_classes(tmp_path):
+    from vsaccade.config import TrainConfig
+    from vsaccade.train import describe_classes
+
+    root = make_folder(tmp_path / "data", per_class=30, size=80)
+    for path in sorted((root / "train" / "right").iterdir())[4:]:  # right: 4 images (none of them held out)
+        path.unlink()
+    tasks = {split: make_task("folder", split, root=str(root), proxy_size=16) for split in ("train", "validation", "test")}
+    lines = []
+    describe_classes(tasks, TrainConfig(), lines.append)
+    assert lines[0] == "train: 31 images: left 27, right 4"
+    assert lines[1] == "validation: 3 images (held out of the training folder): left 3, right 0"
+    assert lines[2] == "test: 8 images: left 4, right 4"
+    assert "fewer than 20 training images in right (4)" in lines[3]
+    assert "7x the training images" in lines[4] and "train.balance_classes=true" in lines[4]
+    balanced = []
+    describe_classes(tasks, TrainConfig(balance_classes=True), balanced.append)
+    assert len(balanced) == 4  # no imbalance warning where the classes are drawn equally
+
+
+def test_time_left_follows_the_pace_so_far_within_the_budget():
+    from vsaccade.train import clock, minutes_left
+
+    assert minutes_left(seconds=60, steps_done=10, steps_left=50) == 5.0
+    assert minutes_left(seconds=60, steps_done=10, steps_left=50, budget_left=2.0) == 2.0
+    assert minutes_left(seconds=60, steps_done=10, steps_left=50, budget_left=-1.0) == 0.0
+    assert (clock(5.0), clock(65.4), clock(600)) == ("5m", "1h05m", "10h00m")

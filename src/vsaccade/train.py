@@ -175,6 +175,25 @@ def check_run(model_config: ModelConfig, objective: ObjectiveConfig, config: Tra
                           f"number of processes ({cluster.world_size})")
 
 
+SMALL_CLASS = 20  # a class folder with fewer training images than this gets a warning
+IMBALANCE = 5.0  # the largest class this many times the smallest: a warning (unless train.balance_classes)
+
+
+SMALL_CLASS = 20  # a class folder with fewer training images than this gets a warning
+IMBALANCE = 5.0  # the largest class this many times the smallest: a warning (unless train.balance_classes)
+
+
+def minutes_left(seconds: float, steps_done: int, steps_left: int, budget_left: float = math.inf) -> float:
+    """Minutes the remaining steps take at the pace of `steps_done` in `seconds`, at most `budget_left`."""
+    return max(0.0, min(seconds / 60 / max(steps_done, 1) * steps_left, budget_left))
+
+
+def clock(minutes: float) -> str:
+    """12m, 1h05m."""
+    minutes = round(minutes)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
 class Run:
     """A training run's state: the model, optimiser, progress and metric sums that last.pt saves and --resume
     restores as one object, with what the loop needs beside (configs, tasks, cluster, run directory)."""
@@ -186,6 +205,7 @@ class Run:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
         self.best, self.minutes_before, self.skipped_total, self.consecutive_skips = -math.inf, 0.0, 0, 0
+        self.steps_before = 0  # steps a resumed run had made before this process started
         self.sums = dict.fromkeys(EPOCH_SUMS, 0.0)
         self.out_of_time, self.record, self.beta = False, {"epoch": 0}, objective.beta
         self.loss = Objective(objective, model_config.estimator)
@@ -198,11 +218,18 @@ class Run:
     def minutes(self) -> float:
         return self.minutes_before + (time.time() - self.started) / 60
 
+    def minutes_left(self) -> float:
+        """The run's remaining wall time at this process's pace so far (validation included), within max_minutes."""
+        return minutes_left(time.time() - self.started, self.global_step - self.steps_before,
+                            self.config.epochs * self.batches_per_epoch - self.global_step,
+                            self.config.max_minutes - self.minutes() if self.config.max_minutes else math.inf)
+
     def restore(self, payload: dict, path) -> None:
         self.optimizer.load_state_dict(optimizer_state(payload, self.module, path))
         restore_rng(payload["rng"])
         self.epoch, self.step_in_epoch = payload["epoch"], payload["step_in_epoch"]
         self.global_step, self.images_seen, self.best = payload["global_step"], payload["images_seen"], payload["best_validation"]
+        self.steps_before = self.global_step
         self.minutes_before = payload.get("train_minutes", 0.0)
         self.sums = {**self.sums, **payload.get("epoch_sums", {})}
         self.skipped_total = payload.get("skipped_steps", 0)
@@ -236,6 +263,7 @@ def start_run(model_config, objective, config, out, resume, digit_source, data_d
     seed_everything(config.seed)
     tasks = build_tasks(config, digit_source, data_dir)
     bad_files = scan_tasks(tasks, config.skip_bad_files, log, model_config.glimpse_size)
+    describe_classes(tasks, config, log)
     if objective.box_supervised and getattr(tasks["train"], "boxes", None) == {}:
         raise ConfigError("box supervision (objective.location_weight, search_weight, box_glimpse_weight, window_weight) "
                           "needs boxes, and this folder's training split has none: set task.boxes=DIR, the folder "
@@ -402,7 +430,7 @@ def run_epoch(run: Run) -> None:
         seconds["step"] += time.time() - t1
         done = max(run.sums["steps"], 1)
         bar.set_postfix(loss=f"{run.sums['loss'] / done:.3f}", acc=f"{run.sums['accuracy'] / done:.3f}",
-                        kl=f"{run.sums['kl'] / done:.2f}")
+                        kl=f"{run.sums['kl'] / done:.2f}", run_left=clock(run.minutes_left()))
         run.out_of_time = bool(config.max_minutes and cluster.any(run.minutes() > config.max_minutes)[0])
         periodic = (config.checkpoint_every_steps and run.global_step % config.checkpoint_every_steps == 0) or \
             cluster.any(time.time() - run.last_save > CHECKPOINT_EVERY_SECONDS)[0]
@@ -518,6 +546,25 @@ def scan_tasks(tasks: dict, skip_bad: bool, log, glimpse_size: int = 1) -> dict:
             log(f"{split} split: {len(problems)} bad file(s) left out, {len(task)} kept")
         bad[split] = [[str(path), reason] for path, reason in problems]
     return bad
+
+
+def describe_classes(tasks: dict, config: TrainConfig, log) -> None:
+    """For tasks made of class folders: each split's images per class, and a warning where classes are too small
+    or too unequal to learn as they are."""
+    if not all(hasattr(task, "class_counts") for task in tasks.values()):
+        return
+    for split, task in tasks.items():
+        how = " (held out of the training folder)" if split == "validation" and task.held_out else ""
+        log(f"{split}: {len(task)} images{how}: " + ", ".join(f"{k} {n}" for k, n in task.class_counts().items()))
+    counts = tasks["train"].class_counts()
+    small = [f"{name} ({count})" for name, count in counts.items() if count < SMALL_CLASS]
+    if small:
+        log(f"warning: fewer than {SMALL_CLASS} training images in {', '.join(small)}: from labels alone, expect "
+            "these classes to be learned poorly or not at all")
+    ratio = max(counts.values()) / max(min(counts.values()), 1)
+    if ratio > IMBALANCE and not config.balance_classes:
+        log(f"warning: the largest class has {ratio:.0f}x the training images of the smallest: a model may learn "
+            "to answer the large ones; --set train.balance_classes=true draws every class equally often")
 
 
 def learning_rate(config: TrainConfig, progress: float) -> float:

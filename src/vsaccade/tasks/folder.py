@@ -143,7 +143,7 @@ class FolderTask(Task):
         if not items:
             raise ImageError(f"no images found for split {split!r} under {split_dir}")
         self.items = items[:size] if size else items
-        self.split_dir = split_dir
+        self.split_dir, self.held_out = split_dir, holdout
         self.boxes_source = Path(boxes) / f"{split_dir.name}.csv" if boxes else split_dir / "boxes.csv"
         self.boxes = read_boxes(self.boxes_source)
 
@@ -153,6 +153,13 @@ class FolderTask(Task):
     def class_labels(self) -> list[int]:
         """Every sample's class index, in order (train.balance_classes)."""
         return [label for _, label in self.items]
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class, every class named (0 where a split has none)."""
+        counts = dict.fromkeys(self.classes, 0)
+        for _, label in self.items:
+            counts[self.classes[label]] += 1
+        return counts
 
     def scan(self, progress: bool = False, min_side: int = 1) -> list[tuple[Path, str]]:
         """Open every image and make its proxy (what each sample needs first): [(path, one-line reason)] of the
