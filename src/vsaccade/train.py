@@ -179,10 +179,6 @@ SMALL_CLASS = 20  # a class folder with fewer training images than this gets a w
 IMBALANCE = 5.0  # the largest class this many times the smallest: a warning (unless train.balance_classes)
 
 
-SMALL_CLASS = 20  # a class folder with fewer training images than this gets a warning
-IMBALANCE = 5.0  # the largest class this many times the smallest: a warning (unless train.balance_classes)
-
-
 def minutes_left(seconds: float, steps_done: int, steps_left: int, budget_left: float = math.inf) -> float:
     """Minutes the remaining steps take at the pace of `steps_done` in `seconds`, at most `budget_left`."""
     return max(0.0, min(seconds / 60 / max(steps_done, 1) * steps_left, budget_left))
