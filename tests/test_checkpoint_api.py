@@ -191,3 +191,13 @@ def test_the_optimiser_state_of_a_batch_normalised_model_resumes():
     restored.load_state_dict(optimizer_state(payload, fresh))
     for ours, theirs in zip(restored.state_dict()["state"].values(), optimizer.state_dict()["state"].values()):
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_load_applies_test_time_settings_and_refuses_others(tmp_path):
+    saved = tmp_path / "m.pt"
+    write(small_model(), saved)
+    model = vsaccade.load(saved, settings=["model.inhibit=none", "model.proxy_padding=edge"])
+    assert (model.config.inhibit, model.config.proxy_padding) == ("none", "edge")
+    assert model.checkpoint["test_time_settings"] == {"inhibit": "none", "proxy_padding": "edge"}
+    with pytest.raises(vsaccade.ConfigError, match="cannot set 'model.hidden=8' on a trained model"):
+        vsaccade.load(saved, settings=["model.hidden=8"])

@@ -39,8 +39,8 @@ def main():
     parser.add_argument("--proxy-padding", choices=["zero", "edge"], help="default: the model's own")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = vsaccade.load(args.checkpoint).eval()
-    model.config = model.config.replace(proxy_padding=args.proxy_padding or model.config.proxy_padding)
+    model = vsaccade.load(args.checkpoint, settings=[f"model.proxy_padding={args.proxy_padding}"] if args.proxy_padding
+                          else [])
     print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "proxy_padding": model.config.proxy_padding,
                       "bottom_edge_share_per_step": bottom_edge_shares(model, args.split, args.limit)}))
 

@@ -242,9 +242,10 @@ def export_checkpoint(source, destination, overrides: list[str] = ()) -> Path:
     return Path(destination)
 
 
-def load(path, device: str = "cpu"):
-    """Load a model from a checkpoint file, in eval mode; `model.checkpoint` keeps the plain-data metadata."""
+def load(path, device: str = "cpu", settings=()):
+    """Load a model from a checkpoint file, in eval mode; `model.checkpoint` keeps the plain-data metadata.
+    `settings`: test-time settings, as `vsaccade evaluate --set` takes them (e.g. ["model.inhibit=cell"])."""
     payload = read_checkpoint(path)
     model = model_from_checkpoint(payload, path).to(device).eval()
     model.checkpoint = {k: v for k, v in payload.items() if k not in ("state_dict", *TRAINING_ONLY)}
-    return model
+    return with_test_time_settings(model, list(settings))
