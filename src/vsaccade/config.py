@@ -110,7 +110,7 @@ class ModelConfig(PlainConfig):
     # image; a learned anchor that says only "within my receptive field" (anchor=presence) needs more
     offset_reach: float = 0.5
     proxy_encoder: str = "wide"  # "wide" or "strided" (model/proxy_encoder.py)
-    proxy_padding: str = "zero"  # what the proxy's networks see in its padding: "zero" or "edge" (model/proxy_padding.py)
+    proxy_padding: str = "zero"  # what the proxy's networks see in its padding: "zero" or "edge" (proxy_padding.py)
     proxy_width: int = 32
     glimpse_width: int = 64
     glimpse_pool: str = "flatten"  # "flatten" or "mean" (model/glimpse_encoder.py)
@@ -151,7 +151,8 @@ class ModelConfig(PlainConfig):
     def validate(self):
         super().validate()
         choices = {"locator": ("mixture", "gaussian"), "estimator": ("score", "ats"), "rnn": ("gru", "lstm"),
-                   "proxy_encoder": ("wide", "strided"), "proxy_padding": ("zero", "edge"), "glimpse_pool": ("flatten", "mean"),
+                   "proxy_encoder": ("wide", "strided"), "proxy_padding": ("zero", "edge"),
+                   "glimpse_pool": ("flatten", "mean"),
                    "policy": ("learned", "random", "prior", "grid", "mode"), "readout": ("mean", "count", "any"),
                    "anchor": ("intensity", "attention", "presence"), "anchor_network": ("cell", "strided"),
                    "inhibit": ("none", "cell", "window", "cell+window"),
