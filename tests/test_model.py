@@ -110,7 +110,7 @@ def test_no_glimpses_control_zeroes_what_the_glimpses_contribute():
     assert torch.allclose(output.logits["label"], same.logits["label"])
 
 
-@pytest.mark.parametrize("height, width", [(400, 600), (600, 400), (400, 400)])
+@pytest.mark.parametrize("height, width", [(400, 600), (600, 400), (200, 600)])
 def test_edge_padding_repeats_the_nearest_image_pixel_and_hides_what_the_padding_held(height, width):
     torch.manual_seed(0)
     images, proxy, mask = batch_of(2, height=height, width=width)
@@ -125,9 +125,9 @@ def test_edge_padding_repeats_the_nearest_image_pixel_and_hides_what_the_padding
     first, second = model(images, proxy, mask, sample=False), model(images, noisy, mask, sample=False)
     assert torch.equal(first.z, second.z) and torch.equal(first.logits["label"], second.logits["label"])
     zero = create_model("saccader", proxy_size=16, location_cells=4, glimpse_size=16, hidden=32).eval()
-    if (rows, cols) != (16, 16):  # zero padding shows what the padding held: the test above can fail
-        assert not torch.equal(zero(images, proxy, mask, sample=False).logits["label"],
-                               zero(images, noisy, mask, sample=False).logits["label"])
+    # zero padding shows what the padding held: the test above can fail
+    assert not torch.equal(zero(images, proxy, mask, sample=False).logits["label"],
+                           zero(images, noisy, mask, sample=False).logits["label"])
     zero.config = zero.config.replace(proxy_padding="edge")  # a trained model can change it (no parameters)
     assert torch.equal(zero(images, proxy, mask, sample=False).z, zero(images, noisy, mask, sample=False).z)
 

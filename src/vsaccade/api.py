@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .geometry import proxy_valid_mask
-from .images import ArrayImage, ImageError, LargeImage
+from .images import ArrayImage, ImageError, LargeImage, check_fits_a_glimpse
 from .evaluate import head_probabilities
 from .model.glimpse_sampler import glimpse_boxes_pixels
 from .config import parse_policy
@@ -87,8 +87,8 @@ def model_input(model, image) -> ModelInput:
     image = open_image(image, c.image_channels)
     if image.channels != c.image_channels:
         raise ImageError(f"model expects {c.image_channels}-channel images, got {image.channels} channels")
-    if model.glimpses_per_image and min(image.height, image.width) < c.glimpse_size:
-        raise ImageError(f"image is {image.width}x{image.height}, smaller than one {c.glimpse_size}x{c.glimpse_size} glimpse")
+    if model.glimpses_per_image:
+        check_fits_a_glimpse(image, c.glimpse_size)
     proxy = (match_channels(image.proxy(c.proxy_size), c.proxy_channels) if getattr(model, "reads_proxy", True)
              else torch.zeros(c.proxy_channels, c.proxy_size, c.proxy_size))  # a model that never looks at it
     return ModelInput(image, proxy, proxy_valid_mask(image.height, image.width, c.proxy_size))

@@ -107,6 +107,12 @@ class LargeImage(abc.ABC):
         return self.channels, self.height, self.width
 
 
+def check_fits_a_glimpse(image: "LargeImage", glimpse_size: int) -> None:
+    """An ImageError where the image's shorter side is below one glimpse (what predict and training's scan refuse)."""
+    if min(image.height, image.width) < glimpse_size:
+        raise ImageError(f"image is {image.width}x{image.height}, smaller than one {glimpse_size}x{glimpse_size} glimpse")
+
+
 def _block_mean(pixels: torch.Tensor, downsample: int) -> torch.Tensor:
     """Mean over downsample x downsample blocks of (C, H, W), zero-padding the ragged edge."""
     if downsample == 1:

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..file_images import IMAGE_SUFFIXES
-from ..images import ImageError
+from ..images import ImageError, check_fits_a_glimpse
 from .base import Head, Sample, Task, register_task
 HOLDOUT_EVERY = 10  # without root/validation, every 10th training image is the validation split
 SIDE_SAMPLE = 101  # a fractional proxy size is taken of the median longer side of this many training images at most
@@ -173,12 +173,10 @@ class FolderTask(Task):
         for path, _ in tqdm(self.items, desc=f"scan {self.split}", disable=not progress, leave=False):
             try:
                 image = FileImage(path, channels=self.image_channels, max_pixels=self.max_pixels)
-                if min(image.height, image.width) < min_side:
-                    raise ImageError(f"{path}: image is {image.width}x{image.height}, smaller than one "
-                                     f"{min_side}x{min_side} glimpse")
+                check_fits_a_glimpse(image, min_side)
                 image.proxy(self.proxy_size)
             except ImageError as error:
-                problems.append((path, str(error)))
+                problems.append((path, str(error) if str(path) in str(error) else f"{path}: {error}"))
         return problems
 
     def exclude(self, paths) -> None:
