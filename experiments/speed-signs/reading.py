@@ -8,7 +8,10 @@ reported after every epoch. If it reads far better than the model does, the mode
 own reader is what limits it. The reader (`--reader`): `cnn`, a small batch-normalised CNN from scratch
 (`cnn-groupnorm`: group-normalised), or
 `model`, the checkpoint's own glimpse encoder and per-glimpse heads (as the fit-reader stage starts; `--scratch`
-re-initialises them). What it is fitted on (`--bag`): `first`, the first glimpse of each image; `any`, all T under
+re-initialises them). `--oracle BOXES` (diagnosis only, never selection): instead of the model's glimpses, one
+glimpse per image centred on its box (a random place in an image without one), the window's side drawn from
+`--oracle-sides LO HI` (fractions of the shorter side; the fit-reader stage's windows are 0.075-0.12): how well a
+reader reads when the window is where it should be. What it is fitted on (`--bag`): `first`, the first glimpse of each image; `any`, all T under
 readout=any (vsaccade.any_object_log_probs), as the fit-reader stage. With draws, each epoch reads one draw per
 image, chosen at random.
 
@@ -57,6 +60,35 @@ def own_glimpses(checkpoint: str, root: str, cache: Path) -> dict:
     return data
 
 
+def oracle_glimpses(root: str, boxes: str, sides: tuple[float, float], cache: Path, size: int = 64) -> dict:
+    """{split: {"glimpse": (N, 1, C, W, W) uint8, "label": (N,)}}: one window per image centred on its box."""
+    import vsaccade
+
+    path = cache / f"oracle-{sides[0]}-{sides[1]}.pt"
+    if path.exists():
+        return torch.load(path)
+    generator, data = torch.Generator().manual_seed(0), {}
+    for split in ("train", "validation"):
+        task = vsaccade.make_task("folder", split, root=root, boxes=boxes, proxy_size=8)
+        glimpses, labels = [], []
+        for i in range(len(task)):
+            sample = task[i]
+            draw = torch.rand(3, generator=generator).tolist()
+            image, s = sample.image, sides[0] + (sides[1] - sides[0]) * draw[0]
+            u, v = draw[1] * 1.6 - 0.8, draw[2] * 1.6 - 0.8
+            if len(sample.boxes):
+                x0, y0, x1, y1 = sample.boxes[0].tolist()
+                u, v = (x0 + x1) / image.width - 1, (y0 + y1) / image.height - 1
+            with torch.no_grad():
+                glimpse = vsaccade.sample_glimpses([image], torch.tensor([[s, u, v]]), size)
+            glimpses.append((glimpse.clamp(0, 1) * 255).round().to(torch.uint8)[:, None])
+            labels.append(sample.labels["label"])
+        data[split] = {"glimpse": torch.cat(glimpses), "label": torch.tensor(labels), "classes": task.classes}
+    cache.mkdir(parents=True, exist_ok=True)
+    torch.save(data, path)
+    return data
+
+
 def cnn(channels: int, size: int, classes: int, norm: str = "batch") -> nn.Module:
     def block(cin, cout):
         normalise = nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(8, cout)
@@ -84,7 +116,9 @@ class ModelReader(nn.Module):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="the model whose glimpses are read (not with --oracle)")
+    parser.add_argument("--oracle", metavar="BOXES", help="glimpses centred on these boxes instead (with --root, --cache)")
+    parser.add_argument("--oracle-sides", type=float, nargs=2, default=(0.075, 0.12), metavar=("LO", "HI"))
     parser.add_argument("--root", help="the folder (with --cache: glimpses read here)")
     parser.add_argument("--cache", help="folder for the glimpses read here")
     parser.add_argument("--own-train", help="a fit-reader stage's cache of the training split")
@@ -101,8 +135,11 @@ def main(argv=None):
     import vsaccade
 
     torch.set_num_threads(args.threads)
-    model = vsaccade.load(args.checkpoint)
-    if args.own_train:
+    model = vsaccade.load(args.checkpoint) if args.checkpoint else None
+    if args.oracle:
+        data = oracle_glimpses(args.root, args.oracle, tuple(args.oracle_sides), Path(args.cache))
+        train, validation = data["train"], data["validation"]
+    elif args.own_train:
         train, validation = torch.load(args.own_train), torch.load(args.own_validation)
     else:
         data = own_glimpses(args.checkpoint, args.root, Path(args.cache))
@@ -111,7 +148,7 @@ def main(argv=None):
     images = len(train["label"]) // draws
     torch.manual_seed(0)
     _, _, channels, size, _ = train["glimpse"].shape
-    classes = model.config.heads[0]["classes"]
+    classes = list(data["train"]["classes"]) if args.oracle else model.config.heads[0]["classes"]
     net = (ModelReader(model, args.scratch) if args.reader == "model" else
            cnn(channels, size, len(classes), "group" if args.reader == "cnn-groupnorm" else "batch"))
     optimizer = torch.optim.Adam(net.parameters(), args.lr)
