@@ -139,6 +139,28 @@ def test_test_time_settings_change_where_it_looks_not_its_weights(tmp_path):
         with_test_time_settings(loaded, ["model.readout=any", "model.background=none"])
 
 
+def test_a_fitted_readout_any_checkpoint_initialises_a_readout_any_model(tmp_path):
+    # the fit-reader stage swaps readout to any on a model built with classifier heads, which it keeps untrained:
+    # a model built with readout=any has none, and starts from the rest
+    from vsaccade.checkpoint import load_initial_weights
+
+    heads = [{"name": "sign", "num_classes": 3, "kind": "class", "classes": ["30", "50", "none"]}]
+    sizes = dict(proxy_size=16, location_cells=4, glimpse_size=16, hidden=32, glimpse_heads=True, heads=heads)
+    torch.manual_seed(0)
+    fitted = vsaccade.create_model("saccader", **sizes)
+    fitted.config = fitted.config.replace(readout="any", background="none")
+    write(fitted, tmp_path / "fitted.pt")
+    target = vsaccade.create_model("saccader", readout="any", background="none", **sizes)
+    kept = [k for k in fitted.state_dict() if not k.startswith("classifier.")]
+    assert len(kept) < len(fitted.state_dict()) and set(kept) == set(target.state_dict())
+    assert load_initial_weights(target, tmp_path / "fitted.pt") == len(kept)
+    assert all(torch.equal(fitted.state_dict()[k], target.state_dict()[k]) for k in kept)
+    fitted.config = fitted.config.replace(readout="mean")  # a readout=mean checkpoint's heads are still refused
+    write(fitted, tmp_path / "mean.pt")
+    with pytest.raises(CheckpointError, match="not a tensor of this model"):
+        load_initial_weights(target, tmp_path / "mean.pt")
+
+
 def test_initial_weights_copy_matching_tensors_and_reject_others(tmp_path):
     from vsaccade.checkpoint import load_initial_weights
     from vsaccade.config import ObjectiveConfig, TrainConfig

@@ -182,6 +182,8 @@ def load_initial_weights(model, path) -> int:
         raise CheckpointError(f"{path} holds no state dict (a dict of tensors, or a checkpoint with one)")
     state = upgrade_state_dict(state)
     own = model.state_dict()
+    if payload.get("model_config", {}).get("readout") == "any":  # classifier heads it kept but never trained
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.") or k in own}
     for name, tensor in state.items():
         if name not in own:
             raise CheckpointError(f"{path}: {name} is not a tensor of this model")
