@@ -173,3 +173,24 @@ def test_window_scale_widens_the_fitted_models_first_window_about_the_same_centr
     assert c.s_min == 1.5 * models[0].config.s_min and ((z[1][..., 0] >= c.s_min) & (z[1][..., 0] <= c.s_max)).all()
     with pytest.raises(ConfigError, match="window_scale 20"):
         reader_to_fit(payload, init, "pooled", 20.0)
+
+
+def test_shifted_glimpses_move_each_by_its_own_offset_within_the_shift():
+    from vsaccade.reader_stages import shifted
+
+    glimpses = torch.zeros(50, 2, 1, 16, 16, dtype=torch.uint8)
+    glimpses[..., 8, 8] = 200  # one bright pixel at the centre of every glimpse
+    assert shifted(glimpses, 0) is glimpses
+    torch.manual_seed(0)
+    moved = shifted(glimpses, 3)
+    assert moved.shape == glimpses.shape and moved.dtype == torch.uint8
+    flat = moved.flatten(0, 2).flatten(1)
+    assert torch.equal(flat.max(1).values, torch.full((100,), 200, dtype=torch.uint8))  # the pixel moved, not lost
+    assert torch.equal((flat == 200).sum(1), torch.ones(100, dtype=torch.long))
+    where = flat.argmax(1)
+    dy, dx = where // 16 - 8, where % 16 - 8
+    assert dy.abs().max() <= 3 and dx.abs().max() <= 3
+    assert len(set(zip(dy.tolist(), dx.tolist()))) > 20  # offsets drawn per glimpse, not one per batch
+    columns = torch.arange(16, dtype=torch.uint8).repeat(30, 1, 16, 1)  # (30, C=1, 16, 16): each pixel its column
+    rows = shifted(columns, 4)[:, 0, 0].long()  # the border column repeated into what moves in
+    assert all(any(torch.equal(row, (torch.arange(16) + d).clamp(0, 15)) for d in range(-4, 5)) for row in rows)

@@ -161,7 +161,8 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
         batches = range(0, len(order), settings["batch_size"])
         for start in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
             index = order[start:start + settings["batch_size"]]
-            loss = F.cross_entropy(read(train["glimpse"][index]), train["label"][index])
+            glimpses = shifted(train["glimpse"][index], settings.get("shift", 0))
+            loss = F.cross_entropy(read(glimpses), train["label"][index])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -174,6 +175,21 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
                      state_path)
         faults.kill_if_armed("reader-epoch", epoch)
     return history
+
+
+def shifted(glimpses: torch.Tensor, shift: int) -> torch.Tensor:
+    """(..., C, W, W) uint8 glimpses, each translated by its own random whole-pixel offset of at most `shift` pixels a
+    side (torch's global generator), the border pixels repeated into what moves in: a reader fitted on them reads
+    objects off the centre of a window as well."""
+    if not shift:
+        return glimpses
+    flat = glimpses.flatten(0, -4)
+    n, _, w, _ = flat.shape
+    padded = F.pad(flat.float(), (shift,) * 4, mode="replicate").permute(0, 2, 3, 1)  # (N, W + 2s, W + 2s, C)
+    rows = torch.arange(w) + torch.randint(0, 2 * shift + 1, (n, 1))  # (N, W)
+    cols = torch.arange(w) + torch.randint(0, 2 * shift + 1, (n, 1))
+    moved = padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]  # (N, W, W, C)
+    return moved.permute(0, 3, 1, 2).to(glimpses.dtype).view(glimpses.shape)
 
 
 def history_seconds(history: list) -> float:
