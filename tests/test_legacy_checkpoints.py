@@ -1,6 +1,9 @@
 """Checkpoints written before the model was built from parts (vsaccade at 704c464; tests/data/legacy-704c464/make.py
-wrote them with that code) load and predict exactly as that code did, and a run it left killed resumes to the
-same weights and optimiser state as its run never killed."""
+wrote them with that code) load and predict as that code did, and a run it left killed resumes to the weights and
+optimiser state of its run never killed. Bitwise on the CPU that wrote them; another CPU's kernels round differently
+(seen: 1e-7 in the logits, and up to 4e-3 in a bias after the resumed run's training steps), so the comparisons allow
+that: the weights' tolerance, 8e-3, is half of how far the killed run's weights lie from the finished run's (1.6e-2),
+so a resume that trained nothing, or a tensor loaded into another's place, still fails."""
 
 import shutil
 import sys
@@ -26,8 +29,8 @@ def test_a_legacy_checkpoint_predicts_as_before(name):
     got = outputs(vsaccade.load(LEGACY / f"{name}.pt"))
     assert got["logits"].keys() == expected["logits"].keys()
     for head in expected["logits"]:
-        assert torch.equal(got["logits"][head], expected["logits"][head]), head
-    assert torch.equal(got["z"], expected["z"])
+        torch.testing.assert_close(got["logits"][head], expected["logits"][head], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["z"], expected["z"], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("prefix, extra", [("", []), ("noglimpse-", ["--no-glimpses"])])
@@ -45,10 +48,13 @@ def test_a_legacy_run_killed_mid_epoch_resumes_exactly(tmp_path, prefix, extra):
     theirs = torch.load(LEGACY / f"{prefix}uninterrupted-last.pt", weights_only=False)
     reference = {k: v for k, v in upgrade_state_dict(theirs["state_dict"]).items() if k in ours["state_dict"]}
     assert ours["state_dict"].keys() == reference.keys()
-    assert all(torch.equal(ours["state_dict"][k], reference[k]) for k in reference)
+    for k in reference:
+        torch.testing.assert_close(ours["state_dict"][k], reference[k], rtol=0.0, atol=8e-3, msg=k)
     old_index = {name: i for i, name in enumerate(upgrade_state_dict(theirs["state_dict"]))}
     for new_index, name in enumerate(ours["state_dict"]):
         old = theirs["optimizer"]["state"].get(old_index[name])
         assert (old is None) == (new_index not in ours["optimizer"]["state"]), name
         if old is not None:
-            assert all(torch.equal(ours["optimizer"]["state"][new_index][k], v) for k, v in old.items()), name
+            for k, v in old.items():
+                torch.testing.assert_close(ours["optimizer"]["state"][new_index][k], v, rtol=0.1, atol=1e-3,
+                                           msg=f"{name} {k}")
