@@ -11,9 +11,9 @@ own reader is what limits it. The reader (`--reader`): `cnn`, a small batch-norm
 re-initialises them). `--oracle BOXES` (diagnosis only, never selection): instead of the model's glimpses, one
 glimpse per image centred on its box (a random place in an image without one), the window's side drawn from
 `--oracle-sides LO HI` (fractions of the shorter side; the fit-reader stage's windows are 0.075-0.12): how well a
-reader reads when the window is where it should be. What it is fitted on (`--bag`): `first`, the first glimpse of each image; `any`, all T under
-readout=any (vsaccade.any_object_log_probs), as the fit-reader stage. With draws, each epoch reads one draw per
-image, chosen at random.
+reader reads when the window is where it should be. What it is fitted on (`--bag`): `first`, the first glimpse of
+each image; `any`, all T under readout=any (vsaccade.any_object_log_probs), as the fit-reader stage. With draws,
+each epoch reads one draw per image, chosen at random.
 
     python experiments/speed-signs/reading.py --checkpoint runs/folder-s0/last.pt --root DATA --epochs 30 \
         --cache runs/reading --json runs/reading/reading.json
@@ -117,7 +117,8 @@ class ModelReader(nn.Module):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="the model whose glimpses are read (not with --oracle)")
-    parser.add_argument("--oracle", metavar="BOXES", help="glimpses centred on these boxes instead (with --root, --cache)")
+    parser.add_argument("--oracle", metavar="BOXES",
+                        help="glimpses centred on these boxes instead (with --root, --cache)")
     parser.add_argument("--oracle-sides", type=float, nargs=2, default=(0.075, 0.12), metavar=("LO", "HI"))
     parser.add_argument("--root", help="the folder (with --cache: glimpses read here)")
     parser.add_argument("--cache", help="folder for the glimpses read here")
@@ -132,6 +133,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if not args.checkpoint and not args.oracle:
+        parser.error("give --checkpoint (the model's glimpses) or --oracle BOXES")
     import vsaccade
 
     torch.set_num_threads(args.threads)
