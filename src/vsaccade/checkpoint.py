@@ -118,6 +118,14 @@ def upgrade_state_dict(state: dict) -> dict:
     return renamed
 
 
+def without_untrained_heads(state: dict, model_config: dict, own: dict) -> dict:
+    """A readout=any checkpoint's tensors less the classifier heads it kept but never trained (the fit-reader stage
+    swaps readout on a model built with them), where the model loading them has none."""
+    if model_config.get("readout") != "any":
+        return state
+    return {k: v for k, v in state.items() if not k.startswith("classifier.") or k in own}
+
+
 def model_from_checkpoint(payload: dict, path="checkpoint"):
     """Rebuild the model a checkpoint describes and load its weights."""
     from .config import ConfigError, ModelConfig, upgrade_model_fields
@@ -133,8 +141,7 @@ def model_from_checkpoint(payload: dict, path="checkpoint"):
     own = model.state_dict()
     if not any(k.startswith("reader.") for k in own):  # the no-glimpse control reads nothing
         state = {k: v for k, v in state.items() if not k.startswith("reader.")}
-    if payload["model_config"].get("readout") == "any":  # readout=any models kept classifier heads they never trained
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.") or k in own}
+    state = without_untrained_heads(state, payload["model_config"], own)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError) as error:
@@ -182,8 +189,7 @@ def load_initial_weights(model, path) -> int:
         raise CheckpointError(f"{path} holds no state dict (a dict of tensors, or a checkpoint with one)")
     state = upgrade_state_dict(state)
     own = model.state_dict()
-    if payload.get("model_config", {}).get("readout") == "any":  # classifier heads it kept but never trained
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.") or k in own}
+    state = without_untrained_heads(state, payload.get("model_config", {}), own)
     for name, tensor in state.items():
         if name not in own:
             raise CheckpointError(f"{path}: {name} is not a tensor of this model")
