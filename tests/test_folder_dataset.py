@@ -75,6 +75,20 @@ def test_folder_task_splits_classes_and_boxes(tmp_path):
         make_task("folder", "train", root=str(tmp_path / "nowhere"))
 
 
+def test_proxy_budget_caps_the_share_of_pixels_the_view_reads(tmp_path):
+    # 800x800 JPEGs: a 0.3 view (240 px) is shrunk from the whole image; a budget of 2% lowers it to the largest side
+    # whose 2x thumbnail JPEG's 1/8 shrink-on-load still holds (100 px / 2 -> 48), which reads 1.6% of the pixels.
+    root = make_folder(tmp_path / "data", per_class=2, size=800)
+    assert make_task("folder", "test", root=str(root), proxy_size=0.3).proxy_size == 240
+    task = make_task("folder", "test", root=str(root), proxy_size=0.3, proxy_budget=0.02)
+    assert task.proxy_size == 48
+    image = task[0].image
+    assert image.pixels_requested / (800 * 800) <= 0.02 < image.proxy_read_share(task.proxy_size + 8)
+    assert make_task("folder", "test", root=str(root), proxy_size=64, proxy_budget=0.02).proxy_size == 48
+    with pytest.raises(Exception, match="task.proxy_budget"):
+        make_task("folder", "test", root=str(root), proxy_size=0.3, proxy_budget=1.5)
+
+
 def test_train_and_predict_from_prepared_files(tmp_path, capsys):
     # The folder preset as a user runs it, scaled down: its sizes are formulas of the images' (a 0.2 x 160-px proxy
     # is 32 pixels, one location cell per 8 of them), and its presence anchor needs the class without objects.

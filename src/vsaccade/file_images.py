@@ -375,12 +375,26 @@ class FileImage(LargeImage):
         factors = [2, 4, 8] if self.loader == "jpegload" else []
         return max([f for f in factors if self.height // f >= rows and self.width // f >= cols], default=1)
 
+    def proxy_oversample(self, size: int) -> int:
+        """k: the proxy of `size` is shrunk from a thumbnail k times as large (PROXY_OVERSAMPLE, or less for a small
+        image)."""
+        rows, cols = proxy_extent(self.height, self.width, size)
+        return max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
+
+    def proxy_read_share(self, size: int) -> float:
+        """The share of the image's pixels a proxy of `size` reads (the level its thumbnail shrinks from), by the
+        project's one definition (images.LargeImage), without reading anything."""
+        rows, cols = proxy_extent(self.height, self.width, size)
+        k = self.proxy_oversample(size)
+        factor = self.shrink_on_load(rows * k, cols * k)
+        return math.ceil(self.height / factor) * math.ceil(self.width / factor) / (self.height * self.width)
+
     def proxy(self, size):
         """Shrink-on-load (JPEG, WebP) or the nearest pyramid level (tiled TIFF) via vips thumbnail, upright, to
         PROXY_OVERSAMPLE x the proxy's size, then area-averaged to it (as the in-memory images' proxies are)."""
         pyvips = require_pyvips()
         rows, cols = proxy_extent(self.height, self.width, size)
-        k = max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
+        k = self.proxy_oversample(size)
         self.count_read(0, 0, self.height, self.width, factor=self.shrink_on_load(rows * k, cols * k))
         try:
             page = dict(self.pyramid).get(self.shrink_on_load(rows * k, cols * k))

@@ -8,7 +8,9 @@ and `test`; without a `validation` folder, every 10th training image (in sorted 
 validation split and never trained on.
 
 The proxy (`task.proxy_size`) is a number of pixels on its longer side or a fraction of the images' longer side:
-`--set task.proxy_size=0.3` is 384 for 1280x960 photos (`proxy_side`).
+`--set task.proxy_size=0.3` is 384 for 1280x960 photos (`proxy_side`). `task.proxy_budget` caps the share of an
+image's pixels that making its proxy reads (`--set task.proxy_budget=0.025`: a 4000x3000 JPEG's proxy is then
+made from its 1/8 shrink-on-load, 1.6% of its pixels, so at most 248 px on its longer side).
 
 Optional object boxes (hit rates; the box-supervised variant) come from `task.boxes`, a folder beside the root
 holding `<split>.csv` (what `vsaccade generate` writes as `DST-boxes`), or else from `root/<split>/boxes.csv` (the
@@ -80,29 +82,45 @@ def read_boxes(path: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
-def proxy_side(proxy_size: int | float, train_dir: Path, classes: list[str]) -> int:
-    """The proxy's longer side: `proxy_size` pixels, or, for a fraction in (0, 1), that fraction of the median longer
-    side of the training images (headers of at most SIDE_SAMPLE of them, evenly spaced), rounded to a multiple of
-    PROXY_MULTIPLE. Every split computes it from the training images, so all agree."""
-    if isinstance(proxy_size, int) and not isinstance(proxy_size, bool) and proxy_size >= PROXY_MULTIPLE:
-        return proxy_size
-    if not isinstance(proxy_size, float) or not 0 < proxy_size < 1:
-        raise ImageError(f"task.proxy_size must be pixels (an integer >= {PROXY_MULTIPLE}) or a fraction of the images' "
-                         f"longer side in (0, 1), got {proxy_size!r}")
+def median_image(train_dir: Path, classes: list[str]):
+    """The training image of the median longer side among at most SIDE_SAMPLE of them (headers only, evenly spaced)."""
     from ..file_images import FileImage
 
     paths = [path for name in classes for path in list_images(train_dir / name)]
-    sides = []
+    images = []
     for path in paths[:: max(1, len(paths) // SIDE_SAMPLE)][:SIDE_SAMPLE]:
         try:
-            image = FileImage(path)
-            sides.append(max(image.height, image.width))
+            images.append(FileImage(path))
         except ImageError:  # the scan reports it with its reason
             continue
-    if not sides:
-        raise ImageError(f"no readable training image under {train_dir} to take a fractional proxy size of")
-    side = sorted(sides)[len(sides) // 2] * proxy_size
-    return max(PROXY_MULTIPLE, round(side / PROXY_MULTIPLE) * PROXY_MULTIPLE)
+    if not images:
+        raise ImageError(f"no readable training image under {train_dir} to take the proxy's size from")
+    return sorted(images, key=lambda image: max(image.height, image.width))[len(images) // 2]
+
+
+def proxy_side(proxy_size: int | float, train_dir: Path, classes: list[str], budget: float = 0.0) -> int:
+    """The proxy's longer side: `proxy_size` pixels, or, for a fraction in (0, 1), that fraction of the median training
+    image's longer side (`median_image`) rounded to a multiple of PROXY_MULTIPLE. With a `budget` in (0, 1), the
+    side is lowered by multiples of PROXY_MULTIPLE until making the median image's proxy reads at most that share of
+    its pixels (FileImage.proxy_read_share: the file's shrink-on-load or pyramid level decides it). Every split
+    computes it from the training images, so all agree."""
+    pixels = isinstance(proxy_size, int) and not isinstance(proxy_size, bool) and proxy_size >= PROXY_MULTIPLE
+    if not pixels and (not isinstance(proxy_size, float) or not 0 < proxy_size < 1):
+        raise ImageError(f"task.proxy_size must be pixels (an integer >= {PROXY_MULTIPLE}) or a fraction of the images' "
+                         f"longer side in (0, 1), got {proxy_size!r}")
+    if not 0 <= budget < 1:
+        raise ImageError(f"task.proxy_budget must be a share of the image's pixels in (0, 1), or 0 for none; got {budget!r}")
+    if pixels and not budget:
+        return proxy_size
+    image = median_image(train_dir, classes)
+    side = proxy_size if pixels else round(max(image.height, image.width) * proxy_size / PROXY_MULTIPLE) * PROXY_MULTIPLE
+    side = max(PROXY_MULTIPLE, side)
+    while budget and image.proxy_read_share(side) > budget:
+        if side <= PROXY_MULTIPLE:
+            raise ImageError(f"task.proxy_budget={budget}: even a {PROXY_MULTIPLE}-px proxy of {image.path} reads "
+                             f"{image.proxy_read_share(side):.1%} of its pixels (no smaller stored level or shrink-on-load)")
+        side -= PROXY_MULTIPLE
+    return side
 
 
 @register_task("folder")
@@ -110,7 +128,8 @@ class FolderTask(Task):
     name = "folder"
 
     def __init__(self, split: str = "train", root: str | None = None, proxy_size: int | float = 256, channels: int = 3,
-                 size: int | None = None, seed: int = 0, max_pixels: int = 10**10, boxes: str = "", **ignored):
+                 size: int | None = None, seed: int = 0, max_pixels: int = 10**10, boxes: str = "",
+                 proxy_budget: float = 0.0, **ignored):
         if not root:
             raise ImageError("the folder task needs a root: --set task.root=/path/holding/train/<class>/<image>")
         if boxes and not Path(boxes).is_dir():
@@ -125,7 +144,7 @@ class FolderTask(Task):
         self.heads = (Head("label", len(self.classes), classes=tuple(self.classes)),)
         self.image_channels = self.proxy_channels = channels
         self.max_pixels = max_pixels
-        self.proxy_size = proxy_side(proxy_size, train_dir, self.classes)
+        self.proxy_size = proxy_side(proxy_size, train_dir, self.classes, proxy_budget)
         split_dir = self.root / split
         holdout = split in ("train", "validation") and not (self.root / "validation").is_dir()
         if holdout:
