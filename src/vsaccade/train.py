@@ -190,6 +190,24 @@ def clock(minutes: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
+def freeze(model, prefixes: str) -> list[str]:
+    """train.frozen: the parameters under each comma-separated name prefix (a module's name, as in state_dict) are not
+    trained, and batch norms among them keep their running statistics (momentum 0: they still normalise each batch
+    by its own statistics in training, as they did when trained). Returns the prefixes; an unknown one is an error."""
+    wanted = [prefix.strip() for prefix in prefixes.split(",") if prefix.strip()]
+    modules = dict(model.named_modules())
+    unknown = [prefix for prefix in wanted if prefix not in modules]
+    if unknown:
+        raise ConfigError(f"train.frozen: this model has no module {', '.join(unknown)} (its top-level modules: "
+                          f"{', '.join(name for name, _ in model.named_children())})")
+    for prefix in wanted:
+        modules[prefix].requires_grad_(False)
+        for module in modules[prefix].modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.momentum = 0.0
+    return wanted
+
+
 class Run:
     """A training run's state: the model, optimiser, progress and metric sums that last.pt saves and --resume
     restores as one object, with what the loop needs beside (configs, tasks, cluster, run directory)."""
@@ -198,6 +216,8 @@ class Run:
         self.module, self.model = model, model  # the bare model; `model` becomes its DDP wrapper under torchrun
         self.model_config, self.objective, self.config, self.tasks = model_config, objective, config, tasks
         self.cluster, self.out, self.log, self.progress, self.stop = cluster, out, log, progress, stop
+        if freeze(model, config.frozen):
+            log(f"not trained (train.frozen): {config.frozen}")
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.epoch, self.step_in_epoch, self.global_step, self.images_seen = 0, 0, 0, 0
         self.best, self.minutes_before, self.skipped_total, self.consecutive_skips = -math.inf, 0.0, 0, 0
