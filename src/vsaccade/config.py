@@ -316,7 +316,7 @@ class TrainConfig(PlainConfig):
     deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable runs, maybe slower)
     balance_classes: bool = False  # draw training samples with probability inverse to their class's frequency
     init_weights: str = ""  # a file of tensors in the model's names copied in before the first step (not on --resume)
-    frozen: str = ""  # comma-separated module names (e.g. "reader.separate,glimpse_heads") not trained (train.py: freeze)
+    frozen: str = ""  # comma-separated module names ("reader.separate,glimpse_heads") not trained (train.py: freeze)
 
     def validate(self):
         super().validate()

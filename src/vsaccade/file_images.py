@@ -381,12 +381,16 @@ class FileImage(LargeImage):
         rows, cols = proxy_extent(self.height, self.width, size)
         return max(1, min(PROXY_OVERSAMPLE, self.height // rows, self.width // cols))
 
-    def proxy_read_share(self, size: int) -> float:
-        """The share of the image's pixels a proxy of `size` reads (the level its thumbnail shrinks from), by the
-        project's one definition (images.LargeImage), without reading anything."""
+    def proxy_level(self, size: int) -> int:
+        """The factor of the level (shrink-on-load or pyramid page) a proxy of `size` is made from."""
         rows, cols = proxy_extent(self.height, self.width, size)
         k = self.proxy_oversample(size)
-        factor = self.shrink_on_load(rows * k, cols * k)
+        return self.shrink_on_load(rows * k, cols * k)
+
+    def proxy_read_share(self, size: int) -> float:
+        """The share of the image's pixels a proxy of `size` reads (the level it is made from), by the project's one
+        definition (images.LargeImage), without reading anything."""
+        factor = self.proxy_level(size)
         return math.ceil(self.height / factor) * math.ceil(self.width / factor) / (self.height * self.width)
 
     def proxy(self, size):
@@ -394,10 +398,10 @@ class FileImage(LargeImage):
         PROXY_OVERSAMPLE x the proxy's size, then area-averaged to it (as the in-memory images' proxies are)."""
         pyvips = require_pyvips()
         rows, cols = proxy_extent(self.height, self.width, size)
-        k = self.proxy_oversample(size)
-        self.count_read(0, 0, self.height, self.width, factor=self.shrink_on_load(rows * k, cols * k))
+        k, factor = self.proxy_oversample(size), self.proxy_level(size)
+        self.count_read(0, 0, self.height, self.width, factor=factor)
         try:
-            page = dict(self.pyramid).get(self.shrink_on_load(rows * k, cols * k))
+            page = dict(self.pyramid).get(factor)
             if self.value_range() is None and page is not None:
                 # what vips' thumbnail of the file does (it shrinks this same page), without opening the file again
                 small = self._page(page).thumbnail_image(cols * k, height=rows * k, size="force")

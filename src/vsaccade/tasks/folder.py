@@ -109,16 +109,18 @@ def proxy_side(proxy_size: int | float, train_dir: Path, classes: list[str], bud
         raise ImageError(f"task.proxy_size must be pixels (an integer >= {PROXY_MULTIPLE}) or a fraction of the images' "
                          f"longer side in (0, 1), got {proxy_size!r}")
     if not 0 <= budget < 1:
-        raise ImageError(f"task.proxy_budget must be a share of the image's pixels in (0, 1), or 0 for none; got {budget!r}")
+        raise ImageError(f"task.proxy_budget must be a share of the image's pixels in (0, 1), or 0 for none; "
+                         f"got {budget!r}")
     if pixels and not budget:
         return proxy_size
     image = median_image(train_dir, classes)
-    side = proxy_size if pixels else round(max(image.height, image.width) * proxy_size / PROXY_MULTIPLE) * PROXY_MULTIPLE
-    side = max(PROXY_MULTIPLE, side)
+    longer = max(image.height, image.width)
+    side = proxy_size if pixels else max(PROXY_MULTIPLE, round(longer * proxy_size / PROXY_MULTIPLE) * PROXY_MULTIPLE)
     while budget and image.proxy_read_share(side) > budget:
         if side <= PROXY_MULTIPLE:
             raise ImageError(f"task.proxy_budget={budget}: even a {PROXY_MULTIPLE}-px proxy of {image.path} reads "
-                             f"{image.proxy_read_share(side):.1%} of its pixels (no smaller stored level or shrink-on-load)")
+                             f"{image.proxy_read_share(side):.1%} of its pixels (no smaller stored level or "
+                             "shrink-on-load)")
         side -= PROXY_MULTIPLE
     return side
 
