@@ -43,7 +43,7 @@ def test_fitting_from_image_labels_alone_learns_which_glimpse_shows_the_object(t
     generator = torch.Generator().manual_seed(1)
     glimpses, labels, _ = bags(600, generator)
     trained = [*model.reader.separate.parameters(), *model.glimpse_heads.parameters()]
-    settings = {"epochs": 6, "lr": 3e-3, "cosine": True, "batch_size": 32}
+    settings = {"epochs": 6, "lr": 3e-3, "cosine": True, "batch_size": 32, "shift": 0}
     fit(model, trained, lambda g: read_any(model, g), {"glimpse": glimpses, "label": labels}, settings,
         tmp_path / "state.pt", lambda epoch: {}, progress=False, log=lambda *a: None)
     glimpses, labels, where = bags(300, generator)

@@ -36,11 +36,12 @@ PRETRAIN_SEED, POLISH_SEED, HELD_OUT_SEED = 0, 10, 11  # window_crop seeds
 # The stages' settings and their defaults (recipes.py refuses any other; `--stage NAME.SETTING=VALUE` sets one):
 # drawn crops (pretrain: centred on a sign or none; polish: training and held-out), their share of `none` crops with a
 # decoy where a sign would be (pretrain), epochs of Adam at `lr`, cosine-annealed to 0 over all steps if `cosine`,
-# the batch size, and the processes that draw the crops.
+# the batch size, the processes that draw the crops, and the pixels a glimpse may be moved whenever it is read
+# (`shift`: `fit`, `shifted`; the fit-reader stage's too).
 PRETRAIN_SETTINGS = {"crops": 0, "centred_decoys": 0.0, "epochs": 8, "lr": 1e-3, "cosine": True, "batch_size": 64,
-                     "workers": 2}
+                     "workers": 2, "shift": 0}
 POLISH_SETTINGS = {"crops": 30000, "held_out": 3000, "epochs": 3, "lr": 3e-4, "cosine": True, "batch_size": 64,
-                   "workers": 2}
+                   "workers": 2, "shift": 0}
 DESCRIBES_THE_MODEL = ("model_name", "model_config", "objective_config", "train_config", "task", "digit_source",
                        "vsaccade_version")
 
@@ -140,7 +141,8 @@ def fitted_crop_glimpse(job: tuple):
 def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_path: Path, measure,
         progress: bool = True, log=print) -> list:
     """Epochs of Adam (cosine-annealed to 0 over all steps if settings["cosine"]) on cross-entropy of
-    `read(uint8 glimpses)` against train["label"], shuffled by torch's global generator. After each epoch
+    `read(uint8 glimpses)` against train["label"], each glimpse moved by up to settings["shift"] pixels whenever it is
+    read (`shifted`), shuffled by torch's global generator. After each epoch
     `measure(epoch)` gives a history row and the state is saved to `state_path`; an existing one is resumed from."""
     optimizer = torch.optim.Adam(trained, settings["lr"])
     steps = settings["epochs"] * -(-len(train["label"]) // settings["batch_size"])
@@ -161,7 +163,7 @@ def fit(net: nn.Module, trained: list, read, train: dict, settings: dict, state_
         batches = range(0, len(order), settings["batch_size"])
         for start in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
             index = order[start:start + settings["batch_size"]]
-            glimpses = shifted(train["glimpse"][index], settings.get("shift", 0))
+            glimpses = shifted(train["glimpse"][index], settings["shift"])
             loss = F.cross_entropy(read(glimpses), train["label"][index])
             optimizer.zero_grad()
             loss.backward()

@@ -191,9 +191,9 @@ def clock(minutes: float) -> str:
 
 
 def freeze(model, prefixes: str) -> list[str]:
-    """train.frozen: the parameters under each comma-separated name prefix (a module's name, as in state_dict) are not
-    trained, and batch norms among them keep their running statistics (momentum 0: they still normalise each batch
-    by its own statistics in training, as they did when trained). Returns the prefixes; an unknown one is an error."""
+    """train.frozen: the parameters of each comma-separated module (its name as in state_dict: `reader.separate`) are
+    not trained, and batch norms among them keep their running statistics (momentum 0: they still normalise each batch
+    by its own statistics in training, as they did when trained). Returns the names; an unknown one is an error."""
     wanted = [prefix.strip() for prefix in prefixes.split(",") if prefix.strip()]
     modules = dict(model.named_modules())
     unknown = [prefix for prefix in wanted if prefix not in modules]

@@ -87,15 +87,16 @@ def median_image(train_dir: Path, classes: list[str]):
     from ..file_images import FileImage
 
     paths = [path for name in classes for path in list_images(train_dir / name)]
-    images = []
+    sides = []
     for path in paths[:: max(1, len(paths) // SIDE_SAMPLE)][:SIDE_SAMPLE]:
         try:
-            images.append(FileImage(path))
+            image = FileImage(path)
+            sides.append((max(image.height, image.width), path))
         except ImageError:  # the scan reports it with its reason
             continue
-    if not images:
+    if not sides:
         raise ImageError(f"no readable training image under {train_dir} to take the proxy's size from")
-    return sorted(images, key=lambda image: max(image.height, image.width))[len(images) // 2]
+    return FileImage(sorted(sides)[len(sides) // 2][1])
 
 
 def proxy_side(proxy_size: int | float, train_dir: Path, classes: list[str], budget: float = 0.0) -> int:
