@@ -33,6 +33,20 @@ def test_large_window_is_read_downsampled_to_block_means():
     assert torch.allclose(glimpse, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("downsample", [2, 3, 4])
+def test_block_means_equal_average_pooling_bit_for_bit(downsample):
+    """images._block_mean sums each block in order for speed; its values are F.avg_pool2d's exactly (ragged edges
+    zero-padded), and for 2x blocks F.interpolate's area mode's (the file proxies' definition)."""
+    from vsaccade.images import _block_mean
+
+    pixels = torch.randint(0, 256, (3, 50, 71)).float() / 255
+    padded = torch.nn.functional.pad(pixels, (0, (-71) % downsample, 0, (-50) % downsample))
+    assert torch.equal(_block_mean(pixels, downsample), torch.nn.functional.avg_pool2d(padded[None], downsample)[0])
+    even = pixels[:, :48, :70]
+    area = torch.nn.functional.interpolate(even[None], size=(24, 35), mode="area")[0]
+    assert torch.equal(_block_mean(even, 2), area)
+
+
 def test_outside_the_image_is_black_and_batches_mix_shapes():
     images = [ArrayImage(torch.ones(1, 256, 384)), ArrayImage(torch.ones(1, 64, 64))]
     z = torch.tensor([[0.125, -1.0, -1.0], [0.5, 0.0, 0.0]])  # the first window's centre is the top-left corner

@@ -101,21 +101,46 @@ def test_one_backward_reaches_every_parameter_of_every_preset(name):
     assert not [n for n, p in model.named_parameters() if p.grad is None]
 
 
+def megapixel_model_and_inputs(seed: int):
+    """The megapixel preset's model (eval mode) and two random 120x100 images with their proxies and masks."""
+    torch.manual_seed(0)
+    model = preset_model("megapixel")[0].eval()
+    g = torch.Generator().manual_seed(seed)
+    images = [ArrayImage(torch.rand(1, 120, 100, generator=g)) for _ in range(2)]
+    return model, images, torch.rand(2, 1, 32, 32, generator=g), torch.ones(2, 32, 32, dtype=torch.bool)
+
+
 def test_where_the_model_looks_is_a_call_argument():
     """A call's `look` (inhibition rules, centroid offsets) looks as a model whose config says so, same weights."""
     from vsaccade.model.search import Look
 
-    torch.manual_seed(0)
-    model = preset_model("megapixel")[0].eval()
-    g = torch.Generator().manual_seed(2)
-    images = [ArrayImage(torch.rand(1, 120, 100, generator=g)) for _ in range(2)]
-    proxy, mask = torch.rand(2, 1, 32, 32, generator=g), torch.ones(2, 32, 32, dtype=torch.bool)
+    model, images, proxy, mask = megapixel_model_and_inputs(2)
     with torch.no_grad():
         default = model(images, proxy, mask, sample=False)
         asked = model(images, proxy, mask, sample=False, look=Look(inhibit=("cell",), centroid=False))
         model.config = model.config.replace(inhibit="cell", centroid=False)  # what a test-time setting does
         configured = model(images, proxy, mask, sample=False)
     assert torch.equal(asked.z, configured.z) and not torch.equal(asked.z, default.z)
+
+
+def test_a_window_shift_moves_every_window_by_that_many_cells():
+    """model.window_shift (a test-time setting) moves each window's centre by (du, dv) cells from where it would be,
+    and a locator without cells refuses it."""
+    from vsaccade.config import ConfigError, ModelConfig
+
+    model, images, proxy, mask = megapixel_model_and_inputs(3)
+    with torch.no_grad():
+        still = model(images, proxy, mask, sample=False)
+        model.config = model.config.replace(window_shift=[0.25, -0.5], inhibit="cell")
+        moved = model(images, proxy, mask, sample=False)
+    half_cell = model.cell_geometry(images, torch.device("cpu"))[1]  # (B, 2) half a cell in (u, v)
+    expected = (still.z[:, 0, 1:] + torch.tensor([0.25, -0.5]) * 2 * half_cell).clamp(-1, 1)
+    assert torch.equal(moved.cells[:, 0], still.cells[:, 0])  # the first cell is chosen before any window
+    assert torch.allclose(moved.z[:, 0, 1:], expected, atol=1e-6) and not torch.allclose(moved.z, still.z)
+    with pytest.raises(ConfigError, match="locator=mixture"):
+        ModelConfig(locator="gaussian", window_shift=[0.5, 0.0]).validate()
+    with pytest.raises(ConfigError, match="window_shift"):
+        ModelConfig(window_shift=[0.5]).validate()
 
 
 def test_no_function_in_the_package_is_longer_than_sixty_lines():

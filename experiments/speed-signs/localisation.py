@@ -28,7 +28,8 @@ Printed per epoch, on the validation split: whether the top-scoring cell and any
 one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
 sign-vs-none accuracy. Results go to --json. --anchor-of CHECKPOINT trains nothing and measures a trained model's
 anchor instead (its hits, how often its top cell is exactly the sign's or one column left of it) and where its first
-glimpse lands (the sign's centre from the glimpse's, median pixels, on 64 validation signs). Hits use the boxes: diagnosis only, never selection.
+glimpse lands (the sign's centre from the glimpse's, median and quartiles in pixels, on 64 validation signs). Hits
+use the boxes: diagnosis only, never selection.
 
     python experiments/speed-signs/localisation.py --root DATA --boxes DATA-boxes --mode mil-max --reader deep \
         --proxy-size 384 --cells 48 --epochs 3 --seed 0
@@ -199,7 +200,9 @@ def glimpse_offsets(model, root: str, boxes: str, proxy_size: int, count: int = 
     sign = torch.stack([s.boxes[0] for s in samples])
     centre = lambda b: ((b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2)
     (sx, sy), (gx, gy) = centre(sign), centre(window)
+    quartiles = lambda d: [round(float(q), 1) for q in torch.quantile(d, torch.tensor([0.25, 0.75]))]
     return {"sign_right_of_first_glimpse_px": float((sx - gx).median()), "sign_below_first_glimpse_px": float((sy - gy).median()),
+            "right_quartiles_px": quartiles(sx - gx), "below_quartiles_px": quartiles(sy - gy),
             "window_side_px": float((window[:, 2] - window[:, 0]).median())}
 
 

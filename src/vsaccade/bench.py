@@ -225,6 +225,21 @@ def available_memory() -> int | None:
     return None
 
 
+def set_cpu_threads(threads: int) -> int:
+    """torch's intra-op threads and libvips' worker threads per pipeline both `threads`, so that a figure taken at one
+    thread is one core's work (vips would otherwise evaluate each proxy on as many threads as there are cores);
+    returns torch's previous count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        import pyvips
+
+        pyvips.concurrency_set(threads)
+    except (ImportError, OSError):
+        pass
+    return previous
+
+
 @contextlib.contextmanager
 def vips_cache_off():
     """libvips' operation cache off (as for files never seen before: a repeated open of the same file would
@@ -589,7 +604,7 @@ def bench(sizes=DEFAULT_SIZES, models=DEFAULT_MODELS, kinds=KINDS, threads=(1, 2
     finally:
         bar.close()
         stack.close()
-        torch.set_num_threads(initial_threads)
+        set_cpu_threads(initial_threads)
     write_json(report, out / "bench.json")
     (out / "bench.md").write_text(markdown(report))
     plot(report, out / "bench.png")
@@ -707,7 +722,7 @@ def measure_latency(built, kind, source, device, settings, bar, label) -> tuple[
 
 def measure_block(report, built, kind, source, n_threads, size, device, settings, costs, bar) -> list[dict]:
     """The rows of one (size, kind, threads) block: latency, stages and throughput of every model, with the load."""
-    torch.set_num_threads(n_threads)
+    set_cpu_threads(n_threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meter = CpuMeter()
     samples, staged, stages = measure_latency(built, kind, source, device, settings, bar, f"{size}px {kind} {n_threads}t")

@@ -26,11 +26,11 @@ STAGE_EVERY = 4  # every STAGE_EVERY-th file is measured through the instrument 
 
 def bench_files(checkpoint, folder, threads: int = 1, limit: int | None = None, overrides=(), out=None,
                 progress: bool = True, command: str = "") -> dict:
-    from .bench import machine_info, run_inference, summary_ms, vips_cache_off, wall_time
+    from .bench import machine_info, run_inference, set_cpu_threads, summary_ms, vips_cache_off, wall_time
     from .checkpoint import load, with_test_time_settings
     from .predict_files import expand_paths
 
-    torch.set_num_threads(threads)
+    set_cpu_threads(threads)
     model = with_test_time_settings(load(checkpoint), list(overrides)).eval()
     paths = expand_paths([str(folder)])[:limit]
     if len(paths) < 2 + STAGE_EVERY:

@@ -201,7 +201,8 @@ def load_initial_weights(model, path) -> int:
 
 TRAINING_ONLY = ("optimizer", "rng")
 # Model fields that change where the model looks but not its weights: settable on a trained model.
-TEST_TIME_FIELDS = ("inhibit", "centroid", "anchor_weight", "s_min", "s_max", "readout", "background", "proxy_padding")
+TEST_TIME_FIELDS = ("inhibit", "centroid", "window_shift", "anchor_weight", "s_min", "s_max", "readout", "background",
+                    "proxy_padding")
 # mean -> any keeps the trained weights (the per-glimpse heads read instead); any -> mean is refused (a model built
 # with readout=any has no classifier heads for them); "count" builds other parameters
 SWAPPABLE_READOUTS = ("mean", "any")

@@ -98,6 +98,9 @@ class ModelConfig(PlainConfig):
     anchor_network: str = "cell"  # anchor=attention/presence: per-cell features from "cell" or "strided" convolutions
     anchor_weight: float = 1.0  # weight of the anchor's logits in the cell distributions (mixture only)
     centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
+    # mixture: (du, dv) in cells, added to every window's centre (where a trained model looks: the fit-reader stage
+    # chooses it on validation among its `window_shifts`, label_reader.FIT_SETTINGS)
+    window_shift: list = field(default_factory=lambda: [0.0, 0.0])
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
     policy: str = "learned"  # or an ablation: "random", "prior", "grid", "mode" (model/saccader.py)
     inhibit: str = "cell"  # "none", "cell" (a chosen cell is masked for the remaining steps), "window" (every cell
@@ -162,6 +165,12 @@ class ModelConfig(PlainConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"ModelConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        shift = self.window_shift
+        if len(shift) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= 4
+                                      for x in shift):
+            raise ConfigError(f"model.window_shift is (du, dv) in cells, each within [-4, 4]; got {shift!r}")
+        if any(shift) and self.locator != "mixture":
+            raise ConfigError("model.window_shift moves windows from their cells: it needs locator=mixture")
         if not 0 < self.offset_reach <= 4:
             raise ConfigError(f"model.offset_reach is in cells, in (0, 4]; got {self.offset_reach}")
         if not 0 < self.s_min <= self.s_max <= 1:

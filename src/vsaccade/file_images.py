@@ -420,5 +420,5 @@ class FileImage(LargeImage):
             raise ImageError(f"{self.path}: cannot make a proxy ({_first_line(error)})") from None
         self.proxy_source = f"vips thumbnail ({self.loader}: shrink-on-load or pyramid level) at {k}x, area-averaged"
         out = torch.zeros(self.channels, size, size)
-        out[:, :rows, :cols] = F.interpolate(pixels[None], size=(rows, cols), mode="area")[0]
+        out[:, :rows, :cols] = _block_mean(pixels, k)  # what F.interpolate's "area" gives for k <= 2, faster
         return out

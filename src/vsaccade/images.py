@@ -114,14 +114,21 @@ def check_fits_a_glimpse(image: "LargeImage", glimpse_size: int) -> None:
 
 
 def _block_mean(pixels: torch.Tensor, downsample: int) -> torch.Tensor:
-    """Mean over downsample x downsample blocks of (C, H, W), zero-padding the ragged edge."""
+    """Mean over downsample x downsample blocks of (C, H, W), zero-padding the ragged edge: F.avg_pool2d's values bit
+    for bit (the block's pixels summed in its order, then divided), several times faster on one thread."""
     if downsample == 1:
         return pixels
-    _, h, w = pixels.shape
+    c, h, w = pixels.shape
     pad_h, pad_w = (-h) % downsample, (-w) % downsample
     if pad_h or pad_w:
         pixels = F.pad(pixels, (0, pad_w, 0, pad_h))
-    return F.avg_pool2d(pixels[None], downsample)[0]
+    blocks = pixels.reshape(c, (h + pad_h) // downsample, downsample, (w + pad_w) // downsample, downsample)
+    total = blocks[:, :, 0, :, 0]
+    for i in range(downsample):
+        for j in range(downsample):
+            if i or j:
+                total = total + blocks[:, :, i, :, j]
+    return total / (downsample * downsample)
 
 
 class ArrayImage(LargeImage):

@@ -133,7 +133,7 @@ class VariationalSaccader(nn.Module):
         self.fixed_policy = LOCATION_POLICIES[config.policy]
         self.proxy_padding = PROXY_PADDINGS[config.proxy_padding]()  # no parameters: a trained model can change it
         self.look = Look(inhibit=tuple(rule for rule in config.inhibit.split("+") if rule != "none"),
-                         centroid=config.centroid)
+                         centroid=config.centroid, shift=tuple(float(x) for x in config.window_shift))
         self.readout = AnyObjectReadout(config.heads, config.background) if config.readout == "any" else PooledReadout()
         self.window_gradient = WINDOW_GRADIENTS[config.window_gradient]
         self.cell_gradient = CELL_ESTIMATORS[config.estimator]

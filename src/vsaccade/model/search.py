@@ -21,10 +21,12 @@ from .locations import LocationStep, proxy_centroid_offsets, proxy_location_prio
 @dataclass(frozen=True)
 class Look:
     """How a mixture search looks beyond its distributions: the inhibition rules applied after each step
-    ("cell", "window"; INHIBITION_RULES) and whether offsets start at the proxy's intensity centroid."""
+    ("cell", "window"; INHIBITION_RULES), whether offsets start at the proxy's intensity centroid, and a constant
+    shift (du, dv), in cells, of every window's centre."""
 
     inhibit: tuple = ("cell",)
     centroid: bool = False
+    shift: tuple = (0.0, 0.0)
 
 
 class IntensityAnchor(nn.Module):
@@ -106,6 +108,9 @@ class MixtureSearch:
         self.keys = locations.cell_keys(features)
         cells = cell_mask.shape[-1]
         self.centroids = proxy_centroid_offsets(proxy * proxy_mask[:, None], cells) if look.centroid else None
+        if any(look.shift):  # where each window is measured from, moved: in half-cells, as the centroids are
+            moved = 2 * proxy.new_tensor(look.shift).expand(len(images), cells * cells, 2)
+            self.centroids = moved if self.centroids is None else self.centroids + moved
         if "window" in look.inhibit:  # where each cell's glimpse would be centred before any learned offset
             self.targets = self.centres + (self.centroids if self.centroids is not None else 0) * self.half_cell[:, None]
             # half a window's side in (u, v) units is s * half_side_per_s (u spans 2 across the width)
