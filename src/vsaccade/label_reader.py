@@ -39,11 +39,11 @@ from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, hist
 # (reader_stages.shifted), so the reader reads an object off the window's centre; 8 against 0 on the street-scale signs'
 # validation: 94.3% / 93.0% (seed 0), 95.3% / 92.7% (seed 1) (docs/benchmarks/labels-only.md).
 # `window_shifts`: after the reading policy, the fitted model's windows moved by a constant (du, dv), each from these
-# values in cells (model.window_shift), chosen on validation at that policy ([0]: not moved). A label-trained anchor's
-# windows can sit off its objects by a constant part of a cell (its receptive field), a move no gradient through a
-# glimpse makes.
+# values in cells (model.window_shift: up to a cell each way, the anchor's resolution), chosen on validation at that
+# policy ([0]: not moved). A label-trained anchor's windows can sit off its objects by a constant part of a cell (its
+# receptive field), a move no gradient through a glimpse makes.
 FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32,
-                "window_scale": 1.5, "shift": 8, "window_shifts": [-0.667, -0.333, 0, 0.333, 0.667]}
+                "window_scale": 1.5, "shift": 8, "window_shifts": [-1, -0.667, -0.333, 0, 0.333, 0.667, 1]}
 # How the fitted model reads an image, chosen on validation: at its posterior mode, or at one posterior draw (4
 # glimpses either way), the kind of glimpses the reader was fitted on.
 READING_POLICIES = ("mode", "samples:1")
