@@ -93,10 +93,6 @@ def test_the_folder_recipe_fits_the_reader_and_writes_a_model_evaluate_loads(fit
     by_policy = results["validation_by_policy"]  # how it reads, chosen on validation: what evaluate and predict use
     assert set(by_policy) == {"mode", "samples:1"} and by_policy[results["eval_policy"]] == max(by_policy.values())
     assert payload["train_config"]["eval_policy"] == results["eval_policy"] == results["test"]["policy"]
-    by_shift = results["validation_by_window_shift"]  # then where its windows sit, at that policy, chosen on validation
-    assert len(by_shift) == 49 and by_shift["0,0"] == by_policy[results["eval_policy"]]
-    du, dv = results["window_shift"]
-    assert by_shift[f"{du:g},{dv:g}"] == max(by_shift.values()) and payload["model_config"]["window_shift"] == [du, dv]
     capsys.readouterr()
     assert main(["evaluate", str(fitted / "read-seed0" / "model.pt"), "--no-references"]) == 0
     assert "label" in capsys.readouterr().out

@@ -98,8 +98,8 @@ class ModelConfig(PlainConfig):
     anchor_network: str = "cell"  # anchor=attention/presence: per-cell features from "cell" or "strided" convolutions
     anchor_weight: float = 1.0  # weight of the anchor's logits in the cell distributions (mixture only)
     centroid: bool = False  # mixture: offsets start at the proxy's intensity centroid around each cell
-    # mixture: (du, dv) in cells, added to every window's centre (where a trained model looks: the fit-reader stage
-    # chooses it on validation among its `window_shifts`, label_reader.FIT_SETTINGS)
+    # mixture: (du, dv) in cells, added to every window's centre: where a trained model looks, moved (a probe: moving
+    # a fitted model's windows onto the signs did not read them better, docs/benchmarks/labels-only.md)
     window_shift: list = field(default_factory=lambda: [0.0, 0.0])
     cell_score_width: int = 0  # width of the mixture's per-cell scoring MLP; 0: hidden (cost ~ cells^2 x width)
     policy: str = "learned"  # or an ablation: "random", "prior", "grid", "mode" (model/saccader.py)

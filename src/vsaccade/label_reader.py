@@ -38,12 +38,8 @@ from .reader_stages import DESCRIBES_THE_MODEL, as_uint8, fit, folder_task, hist
 # `shift`: each cached glimpse moved by up to this many pixels a side whenever it is read in fitting
 # (reader_stages.shifted), so the reader reads an object off the window's centre; 8 against 0 on the street-scale signs'
 # validation: 94.3% / 93.0% (seed 0), 95.3% / 92.7% (seed 1) (docs/benchmarks/labels-only.md).
-# `window_shifts`: after the reading policy, the fitted model's windows moved by a constant (du, dv), each from these
-# values in cells (model.window_shift: up to a cell each way, the anchor's resolution), chosen on validation at that
-# policy ([0]: not moved). A label-trained anchor's windows can sit off its objects by a constant part of a cell (its
-# receptive field), a move no gradient through a glimpse makes.
 FIT_SETTINGS = {"reader_encoder": "pooled", "draws": 4, "epochs": 12, "lr": 1e-3, "cosine": True, "batch_size": 32,
-                "window_scale": 1.5, "shift": 8, "window_shifts": [-1, -0.667, -0.333, 0, 0.333, 0.667, 1]}
+                "window_scale": 1.5, "shift": 8}
 # How the fitted model reads an image, chosen on validation: at its posterior mode, or at one posterior draw (4
 # glimpses either way), the kind of glimpses the reader was fitted on.
 READING_POLICIES = ("mode", "samples:1")
@@ -158,38 +154,27 @@ def fit_reader(stage, out: Path, init: Path, run: dict) -> dict:
     fitted.update(model_config=model.config.to_dict(), state_dict=model.state_dict(),
                   fitted_reader={"from": str(init), "epoch": best["epoch"], **settings})
     path = out / stage.name / "model.pt"
-    policy, by_policy, shift, by_shift = save_with_reading_policy(fitted, path, settings["window_shifts"], progress)
+    policy, by_policy = save_with_reading_policy(fitted, path, progress)
     minutes = (own["train"]["seconds"] + own["validation"]["seconds"] + history_seconds(history)) / 60
     return {"stage": stage.name, "kind": stage.kind, "settings": settings, "minutes": minutes,
             "vsaccade_version": code_version(),
             "train_bags": len(own["train"]["label"]), "chosen_epoch": best["epoch"],
             "history": [{"epoch": 0, "validation_images": best["before"]}, *history],
-            "eval_policy": policy, "validation_by_policy": by_policy, "window_shift": shift,
-            "validation_by_window_shift": by_shift,
+            "eval_policy": policy, "validation_by_policy": by_policy,
             "test": evaluate_checkpoint(path, "test", True, progress)}
 
 
-def save_with_reading_policy(fitted: dict, path: Path, shifts, progress: bool) -> tuple[str, dict, list, dict]:
-    """Save the fitted model at `path` reading as validation reads best (ties: the first policy, the smallest move):
-    its evaluation policy of READING_POLICIES (train_config.eval_policy: what evaluate, predict and the test evaluation
-    use), then, at that policy, its windows' constant move (du, dv), each of `shifts` cells (model.window_shift).
-    Returns the policy, each policy's validation accuracy, the move and each move's ("du,dv") validation accuracy."""
+def save_with_reading_policy(fitted: dict, path: Path, progress: bool) -> tuple[str, dict]:
+    """Save the fitted model at `path` with the evaluation policy of READING_POLICIES that reads the validation split
+    best (ties: the first) as its own (train_config.eval_policy: what evaluate, predict and the test evaluation use);
+    returns it and each policy's validation accuracy."""
     from .checkpoint import save_checkpoint
     from .recipes import evaluate_checkpoint
     from .results import head_metrics
 
-    def validation(policy: str, shift: tuple) -> float:
-        settings = [f"model.window_shift={list(shift)}"] if any(shift) else []
-        result = evaluate_checkpoint(path, "validation", False, progress, policy, settings)
-        return next(iter(head_metrics(result).values()))
-
     save_checkpoint(fitted, path)
-    by_policy = {policy: validation(policy, (0, 0)) for policy in READING_POLICIES}
-    policy = max(READING_POLICIES, key=lambda name: (by_policy[name], -READING_POLICIES.index(name)))
-    moves = sorted({(du, dv) for du in shifts for dv in shifts} | {(0, 0)}, key=lambda m: (abs(m[0]) + abs(m[1]), m))
-    by_shift = {move: by_policy[policy] if not any(move) else validation(policy, move) for move in moves}
-    shift = list(max(moves, key=lambda move: (by_shift[move], -moves.index(move))))
-    config = {**fitted["model_config"], "window_shift": shift}
-    save_checkpoint({**fitted, "model_config": config, "train_config": {**fitted["train_config"], "eval_policy": policy}},
-                    path)
-    return policy, by_policy, shift, {f"{du:g},{dv:g}": accuracy for (du, dv), accuracy in by_shift.items()}
+    accuracy = {policy: next(iter(head_metrics(evaluate_checkpoint(path, "validation", False, progress, policy))
+                                  .values())) for policy in READING_POLICIES}
+    chosen = max(READING_POLICIES, key=lambda policy: (accuracy[policy], -READING_POLICIES.index(policy)))
+    save_checkpoint({**fitted, "train_config": {**fitted["train_config"], "eval_policy": chosen}}, path)
+    return chosen, accuracy

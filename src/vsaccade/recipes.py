@@ -137,15 +137,14 @@ def train_stage(stage: Stage, out: Path, init, run: dict) -> dict:
                  provenance={"preset": stage.preset, "command": run["command"]})
 
 
-def evaluate_checkpoint(path: Path, split: str, references: bool, progress: bool, policy: str | None = None,
-                        settings=()) -> dict:
+def evaluate_checkpoint(path: Path, split: str, references: bool, progress: bool, policy: str | None = None) -> dict:
     """A checkpoint's model on a split of its own task, evaluated as its run was (its eval_policy, unless `policy`
-    says otherwise, and its eval_batch_size), with test-time `settings` ("model.FIELD=VALUE") applied."""
-    from .checkpoint import load, with_test_time_settings
+    says otherwise, and its eval_batch_size)."""
+    from .checkpoint import load
     from .evaluate import evaluate
     from .tasks import make_task
 
-    model = with_test_time_settings(load(path), list(settings))
+    model = load(path)
     config = model.checkpoint["train_config"]
     task = make_task(config["task"], split, seed=config["seed"], **config["task_options"])
     return evaluate(model, task, policy or config["eval_policy"], config["eval_batch_size"], references=references,
