@@ -131,7 +131,7 @@ def test_a_window_shift_moves_every_window_by_that_many_cells():
     model, images, proxy, mask = megapixel_model_and_inputs(3)
     with torch.no_grad():
         still = model(images, proxy, mask, sample=False)
-        model.config = model.config.replace(window_shift=[0.25, -0.5], inhibit="cell")
+        model.config = model.config.replace(window_shift=[0.25, -0.5])
         moved = model(images, proxy, mask, sample=False)
     half_cell = model.cell_geometry(images, torch.device("cpu"))[1]  # (B, 2) half a cell in (u, v)
     expected = (still.z[:, 0, 1:] + torch.tensor([0.25, -0.5]) * 2 * half_cell).clamp(-1, 1)

@@ -28,8 +28,8 @@ Printed per epoch, on the validation split: whether the top-scoring cell and any
 one cell of the sign's (top-4: what 4 glimpses could reach), and for the label-only modes the classifier's
 sign-vs-none accuracy. Results go to --json. --anchor-of CHECKPOINT trains nothing and measures a trained model's
 anchor instead (its hits, how often its top cell is exactly the sign's or one column left of it) and where its first
-glimpse lands (the sign's centre from the glimpse's, median and quartiles in pixels, on 64 validation signs). Hits
-use the boxes: diagnosis only, never selection.
+glimpse lands (the sign's centre from the glimpse's, median and quartiles in pixels, on the first --signs validation
+signs, 64 by default). Hits use the boxes: diagnosis only, never selection.
 
     python experiments/speed-signs/localisation.py --root DATA --boxes DATA-boxes --mode mil-max --reader deep \
         --proxy-size 384 --cells 48 --epochs 3 --seed 0
@@ -226,6 +226,8 @@ def main(argv=None):
     parser.add_argument("--anchor-of", default=None, metavar="CHECKPOINT",
                         help="train nothing: measure the hits of a trained model's proxy attention (anchor=attention "
                              "or presence) on the validation proxies")
+    parser.add_argument("--signs", type=int, default=64,
+                        help="--anchor-of: the validation signs where the first glimpse's place is measured")
     parser.add_argument("--dense-negatives", action="store_true",
                         help="mil-max: in images of the background class every cell is a negative (cross-entropy "
                              "averaged over cells) instead of the max alone")
@@ -260,7 +262,7 @@ def main(argv=None):
         record = {"checkpoint": args.anchor_of, **measure(model.anchor.attention, "presence", validation, valid_cells, cells,
                                                           none, 1, longer),
                   **anchor_offsets(model, validation, valid_cells, cells, longer),
-                  **glimpse_offsets(model, args.root, args.boxes, proxy_size)}
+                  **glimpse_offsets(model, args.root, args.boxes, proxy_size, args.signs)}
         print(json.dumps(record))
         if args.json:
             Path(args.json).write_text(json.dumps(record, indent=2))
